@@ -1,0 +1,106 @@
+"""`UsersTrackBatch`: the objects of one /users/track request, kept under Braze's limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from target_braze.mapping import OBJECT_TYPES, BrazeObject
+
+# '{"attributes":[' ... ']}' plus the separators between arrays: a few bytes per array.
+_ENVELOPE_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Braze's per-request limits, from the settings (Braze has changed them over the years)."""
+
+    max_objects: int = 75
+    per_array: bool = False
+    max_bytes: int = 3_900_000
+
+
+class UsersTrackBatch:
+    """Objects bound for one request.
+
+    Attributes objects for a user already in the batch are merged into that user's
+    object (last value wins), so one request never carries two updates of one user that
+    Braze might apply out of order, and each attribute is billed once.
+    """
+
+    def __init__(self, limits: RequestLimits) -> None:
+        """Start an empty batch."""
+        self.limits = limits
+        self.objects: list[BrazeObject] = []
+        self._by_user: dict[tuple[str, str], BrazeObject] = {}
+        self._counts: dict[str, int] = dict.fromkeys(OBJECT_TYPES, 0)
+        self._bytes = _ENVELOPE_BYTES
+        self.first_added_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    @property
+    def user_keys(self) -> Iterator[tuple[str, str]]:
+        """Every user this batch touches."""
+        return (obj.user_key for obj in self.objects)
+
+    @property
+    def record_count(self) -> int:
+        """How many records the batch carries (merged records count each)."""
+        return sum(len(obj.seqs) for obj in self.objects)
+
+    def try_add(self, obj: BrazeObject, now: float) -> bool:
+        """Add or merge `obj`; False (batch unchanged) when it would break a limit."""
+        if obj.array == "attributes":
+            existing = self._by_user.get(obj.user_key)
+            if existing is not None:
+                old_size = len(existing.encoded())
+                existing.merge(obj)
+                self._bytes += len(existing.encoded()) - old_size
+                return True
+        size = len(obj.encoded()) + 1
+        if self.objects and self._bytes + size > self.limits.max_bytes:
+            return False
+        if self.limits.per_array:
+            if self._counts[obj.array] >= self.limits.max_objects:
+                return False
+        elif len(self.objects) >= self.limits.max_objects:
+            return False
+        self.objects.append(obj)
+        self._counts[obj.array] += 1
+        self._bytes += size
+        if obj.array == "attributes":
+            self._by_user[obj.user_key] = obj
+        if self.first_added_at is None:
+            self.first_added_at = now
+        return True
+
+    def body(self) -> bytes:
+        """The request body, assembled from each object's cached JSON."""
+        parts: list[bytes] = []
+        for array in OBJECT_TYPES:
+            items = [obj.encoded() for obj in self.objects if obj.array == array]
+            if items:
+                parts.append(b'"' + array.encode() + b'":[' + b",".join(items) + b"]")
+        return b"{" + b",".join(parts) + b"}"
+
+    def index_of(self, array: str, index: int) -> BrazeObject | None:
+        """The object Braze means by `errors[].input_array` and `errors[].index`."""
+        matching = [obj for obj in self.objects if obj.array == array]
+        if 0 <= index < len(matching):
+            return matching[index]
+        return None
+
+    def halves(self) -> list[UsersTrackBatch]:
+        """Split in two (for 413 and 'Max Input Length Exceeded')."""
+        middle = len(self.objects) // 2
+        out = []
+        for part in (self.objects[:middle], self.objects[middle:]):
+            batch = UsersTrackBatch(self.limits)
+            for obj in part:
+                batch.objects.append(obj)
+                batch._counts[obj.array] += 1
+                batch._bytes += len(obj.encoded()) + 1
+            out.append(batch)
+        return out

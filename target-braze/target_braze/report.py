@@ -1,0 +1,107 @@
+"""`RunStats`: the run's counts, the progress line, the final summary and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("target_braze")
+
+COUNTERS = (
+    "records_in",
+    "objects_sent",
+    "objects_accepted",
+    "records_accepted",
+    "records_merged",
+    "requests",
+    "retries",
+    "rate_limited",
+    "server_errors",
+    "connection_errors",
+    "splits",
+    "rejected",
+    "data_points",
+    "bytes_sent",
+    "states_emitted",
+)
+
+
+class RunStats:
+    """Thread-safe counters shared by the sink, the sender threads and the client."""
+
+    def __init__(self, progress_interval: float = 10.0) -> None:
+        """Start the clock."""
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.rejected_by_reason: dict[str, int] = {}
+        self.started = time.monotonic()
+        self._progress_interval = progress_interval
+        self._next_progress = self.started + progress_interval
+
+    def add(self, **increments: int) -> None:
+        """Add to named counters."""
+        with self._lock:
+            for name, value in increments.items():
+                self.counts[name] += value
+
+    def add_rejection(self, reason_kind: str) -> None:
+        """Count a rejected record under a short reason (Braze's error type, or ours)."""
+        with self._lock:
+            self.counts["rejected"] += 1
+            self.rejected_by_reason[reason_kind] = self.rejected_by_reason.get(reason_kind, 0) + 1
+
+    def rejected_ratio(self) -> float:
+        """Rejected records over records received so far."""
+        with self._lock:
+            total = self.counts["records_in"]
+            return self.counts["rejected"] / total if total else 0.0
+
+    def maybe_log_progress(self) -> None:
+        """Log one progress line when `progress_interval` has passed (cheap to call often)."""
+        now = time.monotonic()
+        if now < self._next_progress:
+            return
+        self._next_progress = now + self._progress_interval
+        logger.info("Progress: %s", self._line(now))
+
+    def _line(self, now: float) -> str:
+        c = dict(self.counts)
+        elapsed = max(now - self.started, 1e-9)
+        return (
+            f"{c['records_in']} records in, {c['objects_sent']} objects sent in "
+            f"{c['requests']} requests ({c['retries']} retries, {c['rate_limited']} 429s, "
+            f"{c['server_errors']} 5xx, {c['connection_errors']} connection errors), "
+            f"{c['rejected']} rejected, {c['data_points']} data points, "
+            f"{c['records_in'] / elapsed:,.0f} records/s"
+        )
+
+    def summary(self) -> str:
+        """The final one-line summary."""
+        return self._line(time.monotonic())
+
+    def as_dict(self, *, dry_run: bool, outcome: str) -> dict[str, Any]:
+        """What `run_report_path` holds."""
+        elapsed = time.monotonic() - self.started
+        with self._lock:
+            counts = dict(self.counts)
+            reasons = dict(self.rejected_by_reason)
+        return {
+            "outcome": outcome,
+            "dry_run": dry_run,
+            "elapsed_seconds": round(elapsed, 3),
+            "records_per_second": round(counts["records_in"] / elapsed, 1) if elapsed else None,
+            **counts,
+            "rejected_by_reason": reasons,
+        }
+
+    def write_report(self, path: str, *, dry_run: bool, outcome: str) -> None:
+        """Write the JSON run report."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            json.dumps(self.as_dict(dry_run=dry_run, outcome=outcome), indent=2) + "\n"
+        )

@@ -1,0 +1,294 @@
+"""target-braze's settings, declared once: `--about --format=markdown` documents them."""
+
+from __future__ import annotations
+
+from singer_sdk import typing as th
+
+from target_braze.mapping import IDENTIFIER_TYPES, OBJECT_TYPES
+
+
+def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
+    """The mapping settings: at the top level (defaults) and per stream (overrides)."""
+
+    def default(value: object) -> object:
+        return value if with_defaults else None
+
+    return [
+        th.Property(
+            "identifier_property",
+            th.StringType,
+            default=default("customer_id"),
+            title="Identifier property",
+            description="The record property that identifies the Braze user.",
+        ),
+        th.Property(
+            "identifier_type",
+            th.StringType,
+            default=default("external_id"),
+            allowed_values=list(IDENTIFIER_TYPES),
+            title="Identifier type",
+            description=(
+                "What the identifier is in Braze: external_id, user_alias (needs "
+                "alias_label), braze_id, email or phone (email/phone only look users up)."
+            ),
+        ),
+        th.Property(
+            "alias_label",
+            th.StringType,
+            title="Alias label",
+            description="For identifier_type user_alias: the alias_label stored with each alias.",
+        ),
+        th.Property(
+            "object_type",
+            th.StringType,
+            default=default("attributes"),
+            allowed_values=list(OBJECT_TYPES),
+            title="Object type",
+            description="Send records as user attributes, custom events or purchases.",
+        ),
+        th.Property(
+            "exclude_properties",
+            th.ArrayType(th.StringType),
+            title="Exclude properties",
+            description=(
+                "Properties never sent. Default: the identifier property and the stream's "
+                "replication key (each would cost a data point per user per sync)."
+            ),
+        ),
+        th.Property(
+            "include_properties",
+            th.ArrayType(th.StringType),
+            title="Include properties",
+            description="If set, only these properties are sent (besides the identifier).",
+        ),
+        th.Property(
+            "update_existing_only",
+            th.BooleanType,
+            title="Update existing only",
+            description=(
+                "Send _update_existing_only: true to never create users. Unset: Braze's "
+                "default (false for external_id, true for user_alias)."
+            ),
+        ),
+        th.Property(
+            "null_values",
+            th.StringType,
+            default=default("unset"),
+            allowed_values=["unset", "skip"],
+            title="Null values",
+            description=(
+                "unset: a null removes the attribute from the profile, so Braze mirrors the "
+                "source (a stale churn score is not left behind). skip: nulls are not sent."
+            ),
+        ),
+        th.Property(
+            "event_name",
+            th.StringType,
+            title="Event name",
+            description="For object_type events: one name for every event of the stream.",
+        ),
+        th.Property(
+            "event_name_property",
+            th.StringType,
+            title="Event name property",
+            description="For object_type events: the property holding the event name.",
+        ),
+        th.Property(
+            "time_property",
+            th.StringType,
+            title="Time property",
+            description="For events and purchases: the property holding when it happened.",
+        ),
+        th.Property(
+            "product_id_property",
+            th.StringType,
+            title="Product id property",
+            description="For purchases: the property holding the product id.",
+        ),
+        th.Property(
+            "currency",
+            th.StringType,
+            title="Currency",
+            description="For purchases: one ISO 4217 code for every purchase.",
+        ),
+        th.Property(
+            "currency_property",
+            th.StringType,
+            title="Currency property",
+            description="For purchases: the property holding the ISO 4217 code.",
+        ),
+        th.Property(
+            "price_property",
+            th.StringType,
+            title="Price property",
+            description="For purchases: the property holding the price.",
+        ),
+        th.Property(
+            "quantity_property",
+            th.StringType,
+            title="Quantity property",
+            description="For purchases: the property holding the quantity (1-100).",
+        ),
+    ]
+
+
+CONFIG_SCHEMA = th.PropertiesList(
+    th.Property(
+        "api_key",
+        th.StringType,
+        secret=True,
+        title="Braze REST API key",
+        description="A REST API key with the users.track permission. Not needed for dry_run.",
+    ),
+    th.Property(
+        "rest_endpoint",
+        th.StringType,
+        title="REST endpoint",
+        description=(
+            "The Braze instance (US-01..US-08, US-10, EU-01, EU-02, AU-01, ID-01) or the REST "
+            "URL. https is required except for loopback test servers."
+        ),
+    ),
+    *_mapping_properties(with_defaults=True),
+    th.Property(
+        "stream_mappings",
+        th.ObjectType(
+            additional_properties=th.ObjectType(*_mapping_properties(with_defaults=False))
+        ),
+        title="Per-stream mappings",
+        description=(
+            "Overrides of the mapping settings by stream name, e.g. "
+            '{"orders": {"object_type": "purchases", ...}}.'
+        ),
+    ),
+    th.Property(
+        "max_objects_per_request",
+        th.IntegerType,
+        default=75,
+        title="Max objects per request",
+        description="Braze's limit: 75 objects per request, all arrays combined.",
+    ),
+    th.Property(
+        "legacy_per_array_limits",
+        th.BooleanType,
+        default=False,
+        title="Legacy per-array limits",
+        description="Accounts on legacy limits may send max_objects_per_request per array.",
+    ),
+    th.Property(
+        "max_request_bytes",
+        th.IntegerType,
+        default=3_900_000,
+        title="Max request bytes",
+        description="Body size cap, under Braze's 4 MB limit.",
+    ),
+    th.Property(
+        "bulk_header",
+        th.BooleanType,
+        default=True,
+        title="Bulk header",
+        description="Send X-Braze-Bulk: true (routes backfill-style traffic as bulk).",
+    ),
+    th.Property(
+        "max_requests_per_window",
+        th.IntegerType,
+        default=3000,
+        title="Max requests per window",
+        description=(
+            "Client-side rate limit: at most this many requests per rate_limit_window_seconds "
+            "(Braze: 3,000 per 3 s, shared with all other traffic). 0 turns it off."
+        ),
+    ),
+    th.Property(
+        "rate_limit_window_seconds",
+        th.IntegerType,
+        default=3,
+        title="Rate limit window (seconds)",
+        description="The window of max_requests_per_window.",
+    ),
+    th.Property(
+        "max_concurrent_requests",
+        th.IntegerType,
+        default=16,
+        title="Max concurrent requests",
+        description="Requests in flight at once. Two in-flight requests never share a user.",
+    ),
+    th.Property(
+        "request_timeout_seconds",
+        th.IntegerType,
+        default=30,
+        title="Request timeout (seconds)",
+        description="A request with no answer by then is retried.",
+    ),
+    th.Property(
+        "max_retries",
+        th.IntegerType,
+        default=8,
+        title="Max retries",
+        description="Retries of a request after 429, 5xx, timeouts or dropped connections.",
+    ),
+    th.Property(
+        "retry_backoff_seconds",
+        th.NumberType,
+        default=1.0,
+        title="Retry backoff (seconds)",
+        description="First retry delay; doubles per retry (with jitter) up to 60 s.",
+    ),
+    th.Property(
+        "flush_interval_seconds",
+        th.NumberType,
+        default=1.0,
+        title="Flush interval (seconds)",
+        description=(
+            "When a STATE arrives, partly filled requests older than this are sent, so a "
+            "checkpoint waits at most about this long for a request to fill up."
+        ),
+    ),
+    th.Property(
+        "rejected_records_path",
+        th.StringType,
+        title="Rejected records path",
+        description=(
+            "JSONL file of records Braze will not get (stream, identifier, record, reason). "
+            "Unset: each rejection is logged as a warning."
+        ),
+    ),
+    th.Property(
+        "max_rejected_ratio",
+        th.NumberType,
+        default=0.0,
+        title="Max rejected ratio",
+        description=(
+            "The run fails, and STATE is held back, while rejected records exceed this share "
+            "of the records received (0.05 = 5%). Default 0: any rejection fails the run."
+        ),
+    ),
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        title="Dry run",
+        description="Build and validate requests and write them to dry_run_path; send nothing "
+        "and emit no STATE.",
+    ),
+    th.Property(
+        "dry_run_path",
+        th.StringType,
+        default="output/braze-dry-run.jsonl",
+        title="Dry run path",
+        description="Where dry_run writes one request body per line.",
+    ),
+    th.Property(
+        "run_report_path",
+        th.StringType,
+        title="Run report path",
+        description="If set, a JSON report of the run's counts and data points is written.",
+    ),
+    th.Property(
+        "progress_interval_seconds",
+        th.NumberType,
+        default=10.0,
+        title="Progress interval (seconds)",
+        description="How often a progress line is logged on long runs.",
+    ),
+).to_dict()
