@@ -1,0 +1,392 @@
+"""The profile store: Braze's attribute semantics, kept in memory and written to SQLite.
+
+Profiles live in memory (the hot path reads and edits them there) and every request's
+changes are written to SQLite in one transaction with ``executemany``, so the database
+always holds the applied state, survives a restart (``--db PATH``) and can be inspected
+with any SQLite client. Events and purchases are only appended to SQLite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from braze_sandbox.contract import CONTROL_KEYS, STANDARD_FIELDS, is_operation, parse_time
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (
+    braze_id TEXT PRIMARY KEY,
+    external_id TEXT UNIQUE,
+    email TEXT,
+    phone TEXT,
+    user_aliases BLOB NOT NULL,
+    standard BLOB NOT NULL,
+    custom_attributes BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    braze_id TEXT NOT NULL,
+    external_id TEXT,
+    name TEXT NOT NULL,
+    time TEXT NOT NULL,
+    properties BLOB,
+    app_id TEXT,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purchases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    braze_id TEXT NOT NULL,
+    external_id TEXT,
+    product_id TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    price REAL NOT NULL,
+    quantity INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    properties BLOB,
+    app_id TEXT,
+    received_at REAL NOT NULL
+);
+"""
+
+_UPSERT = (
+    "INSERT OR REPLACE INTO profiles (braze_id, external_id, email, phone, user_aliases,"
+    " standard, custom_attributes, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (braze_id, external_id, name, time, properties, app_id, received_at)"
+    " VALUES (?,?,?,?,?,?,?)"
+)
+_INSERT_PURCHASE = (
+    "INSERT INTO purchases (braze_id, external_id, product_id, currency, price, quantity,"
+    " time, properties, app_id, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+@dataclass(slots=True)
+class Profile:
+    """One Braze user: identifiers, standard fields and custom attributes."""
+
+    braze_id: str
+    external_id: str | None = None
+    user_aliases: list[dict[str, str]] = field(default_factory=list)
+    standard: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """The admin API's view of the profile."""
+        doc: dict[str, Any] = {"braze_id": self.braze_id}
+        if self.external_id is not None:
+            doc["external_id"] = self.external_id
+        if self.user_aliases:
+            doc["user_aliases"] = self.user_aliases
+        doc.update(self.standard)
+        doc["custom_attributes"] = self.custom
+        return doc
+
+
+def _merge(target: dict[str, Any], update: dict[str, Any]) -> None:
+    """Deep-merge for ``_merge_objects``: dicts merge, ``null`` removes, the rest replaces."""
+    for key, value in update.items():
+        if value is None:
+            target.pop(key, None)
+        elif type(value) is dict and not _is_time(value) and type(target.get(key)) is dict:
+            _merge(target[key], value)
+        else:
+            target[key] = _normalise_nested(value)
+
+
+def _is_time(value: dict[str, Any]) -> bool:
+    return len(value) == 1 and "$time" in value
+
+
+def _normalise_nested(value: Any) -> Any:
+    """Copy a nested value, normalising ``{"$time": iso}`` dates to UTC."""
+    if type(value) is dict:
+        if _is_time(value):
+            return {"$time": parse_time(value["$time"])}
+        return {k: _normalise_nested(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_normalise_nested(v) for v in value]
+    return value
+
+
+class ProfileStore:
+    """Profiles, events and purchases; one SQLite transaction per applied request."""
+
+    def __init__(self, db_path: str = ":memory:", max_array_length: int = 25) -> None:
+        self.db_path = db_path
+        self.max_array_length = max_array_length
+        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.executescript(_SCHEMA)
+        self.profiles: dict[str, Profile] = {}
+        self._by_key: dict[str, str] = {}
+        self._next_id = 1
+        self._dirty: dict[str, Profile] = {}
+        self._events: list[tuple[Any, ...]] = []
+        self._purchases: list[tuple[Any, ...]] = []
+        self._load()
+
+    # -- lookup -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        rows = self._db.execute(
+            "SELECT braze_id, external_id, email, phone, user_aliases, standard,"
+            " custom_attributes, created_at, updated_at FROM profiles"
+        ).fetchall()
+        for bid, ext, _email, _phone, aliases, standard, custom, created, updated in rows:
+            profile = Profile(
+                bid, ext, orjson.loads(aliases), orjson.loads(standard), orjson.loads(custom)
+            )
+            profile.created_at, profile.updated_at = created, updated
+            self.profiles[bid] = profile
+            self._index(profile)
+        self._next_id = len(self.profiles) + 1
+
+    def _index(self, profile: Profile) -> None:
+        keys = self._by_key
+        keys["b:" + profile.braze_id] = profile.braze_id
+        if profile.external_id is not None:
+            keys["e:" + profile.external_id] = profile.braze_id
+        for alias in profile.user_aliases:
+            keys["a:" + alias["alias_label"] + "\x1f" + alias["alias_name"]] = profile.braze_id
+        email = profile.standard.get("email")
+        if type(email) is str:
+            keys.setdefault("m:" + email.lower(), profile.braze_id)
+        phone = profile.standard.get("phone")
+        if type(phone) is str:
+            keys.setdefault("p:" + phone, profile.braze_id)
+
+    def find(self, user_key: str) -> Profile | None:
+        """The profile an identifier key (see :func:`contract.identify`) points at."""
+        bid = self._by_key.get(user_key)
+        return None if bid is None else self.profiles.get(bid)
+
+    def resolve(self, user_key: str, obj: dict[str, Any], create: bool) -> Profile | None:
+        """Find the user of an object, creating it when allowed (never for ``braze_id``)."""
+        bid = self._by_key.get(user_key)
+        if bid is not None:
+            return self.profiles[bid]
+        if not create or user_key[0] == "b":
+            return None
+        while True:
+            new_id = f"{0x5E0000000000000000000000 + self._next_id:024x}"
+            self._next_id += 1
+            if new_id not in self.profiles:
+                break
+        now = time.time()
+        profile = Profile(new_id, created_at=now, updated_at=now)
+        kind = user_key[0]
+        if kind == "e":
+            profile.external_id = user_key[2:]
+        elif kind == "a":
+            alias = obj["user_alias"]
+            profile.user_aliases.append(
+                {"alias_name": alias["alias_name"], "alias_label": alias["alias_label"]}
+            )
+        elif kind == "m":
+            profile.standard["email"] = obj["email"]
+        elif kind == "p":
+            profile.standard["phone"] = obj["phone"]
+        self.profiles[new_id] = profile
+        self._index(profile)
+        self._dirty[new_id] = profile
+        return profile
+
+    # -- attribute semantics ---------------------------------------------------------
+
+    def apply_attributes(
+        self, profile: Profile, obj: dict[str, Any], skip_nested: bool = False
+    ) -> None:
+        """Apply one attributes object to a profile with Braze's semantics.
+
+        ``skip_nested`` drops nested-object updates: Braze discards every nested update of
+        a request when one nested value in it is invalid.
+        """
+        merge = obj.get("_merge_objects") is True
+        max_len = self.max_array_length
+        standard = profile.standard
+        custom = profile.custom
+        for key, value in obj.items():
+            if key in CONTROL_KEYS:
+                continue
+            target = standard if key in STANDARD_FIELDS else custom
+            kind = type(value)
+            if value is None:
+                target.pop(key, None)
+            elif kind is dict:
+                if is_operation(value):
+                    if "inc" in value:
+                        current = target.get(key)
+                        base = current if type(current) is int else 0
+                        target[key] = base + value["inc"]
+                    else:
+                        current = target.get(key)
+                        items = list(current) if type(current) is list else []
+                        for item in value.get("add", ()):
+                            items.append(item)
+                        removed = value.get("remove")
+                        if removed:
+                            drop = set(removed)
+                            items = [i for i in items if i not in drop]
+                        # Over the cap, Braze keeps the newest elements.
+                        target[key] = items[-max_len:] if len(items) > max_len else items
+                elif skip_nested:
+                    continue
+                elif merge and type(target.get(key)) is dict:
+                    _merge(target[key], value)
+                else:
+                    target[key] = _normalise_nested(value)
+            elif kind is list:
+                if all(type(i) is str for i in value):
+                    target[key] = value[:max_len]
+                elif not skip_nested:
+                    target[key] = _normalise_nested(value)
+            else:
+                target[key] = value
+            if key == "email" and type(value) is str:
+                self._by_key.setdefault("m:" + value.lower(), profile.braze_id)
+            elif key == "phone" and type(value) is str:
+                self._by_key.setdefault("p:" + value, profile.braze_id)
+        profile.updated_at = time.time()
+        self._dirty[profile.braze_id] = profile
+
+    def record_event(self, profile: Profile, obj: dict[str, Any], when: str) -> None:
+        """Append an event; Braze never deduplicates, so neither does this."""
+        props = obj.get("properties")
+        self._events.append(
+            (
+                profile.braze_id,
+                profile.external_id,
+                obj["name"],
+                when,
+                None if props is None else orjson.dumps(props),
+                obj.get("app_id"),
+                time.time(),
+            )
+        )
+
+    def record_purchase(self, profile: Profile, obj: dict[str, Any], when: str) -> None:
+        """Append a purchase; never deduplicated."""
+        props = obj.get("properties")
+        self._purchases.append(
+            (
+                profile.braze_id,
+                profile.external_id,
+                obj["product_id"],
+                obj["currency"],
+                float(obj["price"]),
+                obj.get("quantity", 1),
+                when,
+                None if props is None else orjson.dumps(props),
+                obj.get("app_id"),
+                time.time(),
+            )
+        )
+
+    def commit(self) -> None:
+        """Write this request's changes in one transaction."""
+        if not (self._dirty or self._events or self._purchases):
+            return
+        db = self._db
+        db.execute("BEGIN")
+        if self._dirty:
+            dumps = orjson.dumps
+            db.executemany(
+                _UPSERT,
+                [
+                    (
+                        p.braze_id,
+                        p.external_id,
+                        p.standard.get("email"),
+                        p.standard.get("phone"),
+                        dumps(p.user_aliases),
+                        dumps(p.standard),
+                        dumps(p.custom),
+                        p.created_at,
+                        p.updated_at,
+                    )
+                    for p in self._dirty.values()
+                ],
+            )
+            self._dirty.clear()
+        if self._events:
+            db.executemany(_INSERT_EVENT, self._events)
+            self._events.clear()
+        if self._purchases:
+            db.executemany(_INSERT_PURCHASE, self._purchases)
+            self._purchases.clear()
+        db.execute("COMMIT")
+
+    # -- reading back ----------------------------------------------------------------
+
+    def events(self, braze_id: str | None = None) -> list[dict[str, Any]]:
+        """Recorded events, oldest first, optionally for one user."""
+        sql = "SELECT seq, braze_id, external_id, name, time, properties, app_id FROM events"
+        rows = self._query(sql, braze_id)
+        return [
+            {
+                "seq": seq,
+                "braze_id": bid,
+                "external_id": ext,
+                "name": name,
+                "time": when,
+                "properties": None if props is None else orjson.loads(props),
+                "app_id": app,
+            }
+            for seq, bid, ext, name, when, props, app in rows
+        ]
+
+    def purchases(self, braze_id: str | None = None) -> list[dict[str, Any]]:
+        """Recorded purchases, oldest first, optionally for one user."""
+        sql = (
+            "SELECT seq, braze_id, external_id, product_id, currency, price, quantity, time,"
+            " properties, app_id FROM purchases"
+        )
+        rows = self._query(sql, braze_id)
+        return [
+            {
+                "seq": seq,
+                "braze_id": bid,
+                "external_id": ext,
+                "product_id": product,
+                "currency": currency,
+                "price": price,
+                "quantity": quantity,
+                "time": when,
+                "properties": None if props is None else orjson.loads(props),
+                "app_id": app,
+            }
+            for seq, bid, ext, product, currency, price, quantity, when, props, app in rows
+        ]
+
+    def _query(self, sql: str, braze_id: str | None) -> list[tuple[Any, ...]]:
+        if braze_id is None:
+            return self._db.execute(sql + " ORDER BY seq").fetchall()
+        return self._db.execute(sql + " WHERE braze_id = ? ORDER BY seq", (braze_id,)).fetchall()
+
+    def reset(self) -> None:
+        """Forget every profile, event and purchase."""
+        self.profiles.clear()
+        self._by_key.clear()
+        self._dirty.clear()
+        self._events.clear()
+        self._purchases.clear()
+        self._next_id = 1
+        self._db.execute("BEGIN")
+        for table in ("profiles", "events", "purchases"):
+            self._db.execute(f"DELETE FROM {table}")
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
