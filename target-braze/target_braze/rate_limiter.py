@@ -56,7 +56,8 @@ class RateLimiter:
                     wait = self._cooling[0] - now if self._cooling else 0.05
                 elif wait <= 0:
                     break
-                self._cond.wait(timeout=max(wait, 0.001))
+                # Short waits: a pause or a cooling slot may end sooner than first computed.
+                self._cond.wait(timeout=min(max(wait, 0.001), 0.1))
             self._in_use += 1
         self.waited_seconds += self._clock() - started
 

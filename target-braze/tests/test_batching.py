@@ -1,0 +1,60 @@
+"""UsersTrackBatch: object and byte limits, merging per user, error index mapping."""
+
+import orjson
+
+from target_braze.batching import RequestLimits, UsersTrackBatch
+from target_braze.mapping import StreamMapping
+
+MAPPING = StreamMapping("s", {"properties": {}}, {}, [])
+
+
+def obj(user: str, seq: int, **attrs):
+    return MAPPING.build({"customer_id": user, **attrs}, seq)
+
+
+def test_never_more_than_max_objects():
+    batch = UsersTrackBatch(RequestLimits(max_objects=3))
+    assert all(batch.try_add(obj(f"u{i}", i), 0) for i in range(3))
+    assert not batch.try_add(obj("u9", 9), 0)
+    assert len(batch) == 3
+
+
+def test_never_more_than_max_bytes():
+    batch = UsersTrackBatch(RequestLimits(max_objects=75, max_bytes=400))
+    added = 0
+    while batch.try_add(obj(f"user-{added}", added, peak_note="x" * 50), 0):
+        added += 1
+    assert 1 <= added < 75
+    assert len(batch.body()) <= 400
+
+
+def test_same_user_is_merged_into_one_object():
+    batch = UsersTrackBatch(RequestLimits())
+    batch.try_add(obj("u1", 0, a=1), 0)
+    batch.try_add(obj("u2", 1, a=2), 0)
+    batch.try_add(obj("u1", 2, b=3), 0)
+    body = orjson.loads(batch.body())
+    assert body == {"attributes": [{"external_id": "u1", "a": 1, "b": 3},
+                                   {"external_id": "u2", "a": 2}]}
+    assert batch.record_count == 3
+
+
+def test_errors_index_maps_to_the_object_of_that_array():
+    batch = UsersTrackBatch(RequestLimits())
+    for i in range(3):
+        batch.try_add(obj(f"u{i}", i), 0)
+    found = batch.index_of("attributes", 2)
+    assert found is not None
+    assert found.identifier == "u2"
+    assert batch.index_of("attributes", 3) is None
+    assert batch.index_of("events", 0) is None
+
+
+def test_halves_keep_every_object_once():
+    batch = UsersTrackBatch(RequestLimits())
+    for i in range(5):
+        batch.try_add(obj(f"u{i}", i), 0)
+    halves = batch.halves()
+    assert [len(h) for h in halves] == [2, 3]
+    ids = [o.identifier for h in halves for o in h.objects]
+    assert ids == [f"u{i}" for i in range(5)]
