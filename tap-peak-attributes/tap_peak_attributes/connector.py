@@ -1,0 +1,302 @@
+"""The warehouse connection: engines, name resolution, column typing, secret masking.
+
+Peak's warehouse is Snowflake or Redshift (PostgreSQL protocol); the bundled sample and
+tests use SQLite. Everything dialect-specific the streams need lives here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+import typing as t
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from tap_peak_attributes.errors import TapPeakError
+from tap_peak_attributes.timestamps import normalise
+
+#: URL query parameters that carry credentials (Snowflake OAuth tokens, key passphrases).
+SECRET_QUERY_KEYS = frozenset(
+    {"token", "password", "private_key", "private_key_file_pwd", "passcode", "access_token"}
+)
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
+
+
+def mask_url(url: URL | str) -> str:
+    """Render a URL for logs and errors: password and token-like query values hidden."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except sa.exc.ArgumentError:
+        return "<unparseable sqlalchemy_url>"
+    query = {
+        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
+        for key, value in parsed.query.items()
+    }
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def url_secrets(url: URL) -> list[str]:
+    """The secret strings inside a URL, to scrub them from driver error messages."""
+    found = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if key.lower() in SECRET_QUERY_KEYS:
+            found.extend([value] if isinstance(value, str) else list(value))
+    return [str(s) for s in found if s]
+
+
+def scrub(text: str, secrets: t.Iterable[str]) -> str:
+    """Remove secrets from a message and keep only its first line."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    for secret in secrets:
+        if secret:
+            first = first.replace(secret, "***")
+    return first
+
+
+def resolve_name(configured: str, available: t.Iterable[str], what: str) -> str:
+    """Find `configured` among `available` names, ignoring case.
+
+    Snowflake folds unquoted names to UPPER case and Redshift/PostgreSQL to lower case,
+    so a user's `customer_id` must find `CUSTOMER_ID` (and vice versa). An exact match
+    wins when names differ only by case.
+    """
+    names = list(available)
+    if configured in names:
+        return configured
+    matches = [name for name in names if name.lower() == configured.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        msg = f"{what} {configured!r} is ambiguous: {', '.join(sorted(matches))} all match"
+        raise TapPeakError(msg)
+    listing = ", ".join(sorted(names)) or "none"
+    msg = f"{what} {configured!r} not found; available: {listing}"
+    raise TapPeakError(msg)
+
+
+def json_schema_for(sql_type: sa.types.TypeEngine) -> dict[str, t.Any]:
+    """JSON Schema (nullable) for a reflected column type, for any of the three dialects.
+
+    Snowflake's TIMESTAMP_NTZ/LTZ/TZ types are not SQLAlchemy DateTime subclasses, hence
+    the fallback on the type's name.
+    """
+    name = type(sql_type).__name__.upper()
+    if isinstance(sql_type, sa.Boolean):
+        return {"type": ["boolean", "null"]}
+    if isinstance(sql_type, sa.Integer):
+        return {"type": ["integer", "null"]}
+    if isinstance(sql_type, sa.Numeric):
+        if not isinstance(sql_type, sa.Float) and sql_type.scale == 0:
+            return {"type": ["integer", "null"]}
+        return {"type": ["number", "null"]}
+    if isinstance(sql_type, sa.DateTime) or "TIMESTAMP" in name or "DATETIME" in name:
+        return {"type": ["string", "null"], "format": "date-time"}
+    if isinstance(sql_type, sa.Date):
+        return {"type": ["string", "null"], "format": "date"}
+    if "DECFLOAT" in name or name in {"REAL", "DOUBLE", "DOUBLE_PRECISION"}:
+        return {"type": ["number", "null"]}
+    return {"type": ["string", "null"]}
+
+
+def is_timezone_aware(sql_type: sa.types.TypeEngine) -> bool:
+    """Whether a timestamp column stores an instant (timestamptz, TIMESTAMP_TZ/LTZ)."""
+    name = type(sql_type).__name__.upper()
+    if name in {"TIMESTAMP_TZ", "TIMESTAMP_LTZ"}:
+        return True
+    return bool(getattr(sql_type, "timezone", False))
+
+
+def is_temporal(sql_type: sa.types.TypeEngine) -> bool:
+    """Whether values of this column arrive from the driver as datetimes."""
+    return json_schema_for(sql_type).get("format") in {"date-time", "date"}
+
+
+def value_converter(schema: dict[str, t.Any]) -> t.Callable[[t.Any], t.Any]:
+    """A function turning a driver value into the JSON value `schema` promises.
+
+    Columns are selected untyped (raw driver values) so SQLAlchemy's SQLite DATETIME and
+    Numeric processors can neither choke on text formats nor warn about decimals.
+    """
+    kinds = set(schema.get("type", [])) - {"null"}
+    fmt = schema.get("format")
+
+    def convert(value: t.Any) -> t.Any:
+        if value is None:
+            return None
+        if fmt == "date-time":
+            return normalise(value if isinstance(value, dt.datetime | str) else str(value))
+        if fmt == "date":
+            return value.isoformat() if isinstance(value, dt.date) else str(value)
+        if "boolean" in kinds:
+            if isinstance(value, str):
+                return value.strip().lower() in {"true", "t", "1", "yes", "y"}
+            return bool(value)
+        if "integer" in kinds:
+            return int(value)
+        if "number" in kinds:
+            if isinstance(value, str):
+                return decimal.Decimal(value)
+            return value
+        return value if isinstance(value, str) else str(value)
+
+    return convert
+
+
+@dataclass(frozen=True)
+class ResolvedTable:
+    """A table as it really exists: actual schema, table and column names and types."""
+
+    schema: str | None
+    name: str
+    columns: dict[str, sa.types.TypeEngine]
+
+    def column(self, configured: str, setting: str) -> str:
+        """The actual name of a configured column (case-insensitive), or a clear error."""
+        where = f"{setting}: column of {self.display}"
+        return resolve_name(configured, self.columns, where)
+
+    @property
+    def display(self) -> str:
+        """`schema.table` for messages."""
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+    def sql(self, *columns: str) -> sa.TableClause:
+        """A lightweight, untyped table clause (raw driver values, no result processing)."""
+        return sa.table(self.name, *(sa.column(c) for c in columns), schema=self.schema)
+
+
+class Warehouse:
+    """One engine over the warehouse, with masking and friendly errors built in."""
+
+    def __init__(self, url: URL | str, *, connect_timeout: int = 30) -> None:
+        """Parse and validate the URL; the engine connects lazily."""
+        try:
+            self.url = make_url(url) if isinstance(url, str) else url
+        except sa.exc.ArgumentError as exc:
+            msg = "sqlalchemy_url is not a valid SQLAlchemy URL (dialect://user@host/db)"
+            raise TapPeakError(msg) from exc
+        self.masked_url = mask_url(self.url)
+        self.secrets = url_secrets(self.url)
+        self.dialect_name = self.url.get_backend_name()
+        if self.dialect_name == "sqlite":
+            database = self.url.database or ""
+            if database not in {"", ":memory:"} and not database.startswith("file:"):
+                if not Path(database).is_file():
+                    msg = f"SQLite database file not found: {database}"
+                    raise TapPeakError(msg)
+        try:
+            self.engine = sa.create_engine(
+                self.url, connect_args=self._connect_args(connect_timeout)
+            )
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            hint = (
+                " (install tap-peak-attributes[snowflake])"
+                if "snowflake" in str(self.dialect_name)
+                else ""
+            )
+            msg = f"cannot use {self.masked_url}: {scrub(str(exc), self.secrets)}{hint}"
+            raise TapPeakError(msg) from exc
+        if self.dialect_name == "postgresql":
+            sa.event.listen(self.engine, "connect", _utc_session_postgres)
+
+    def _connect_args(self, timeout: int) -> dict[str, t.Any]:
+        if self.dialect_name == "postgresql":
+            return {"connect_timeout": timeout}
+        if self.dialect_name == "snowflake":
+            # LTZ values and casts of text then arrive in UTC.
+            return {"session_parameters": {"TIMEZONE": "UTC"}, "login_timeout": timeout}
+        return {}
+
+    def connect(self) -> sa.Connection:
+        """Open a connection; unreachable hosts and refused logins become one clear line."""
+        try:
+            return self.engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise self.error("cannot connect to the warehouse", exc) from exc
+
+    def error(self, what: str, exc: BaseException) -> TapPeakError:
+        """Wrap a driver error: masked URL, first line of the reason, secrets scrubbed."""
+        reason = str(getattr(exc, "orig", None) or exc)
+        return TapPeakError(f"{what} at {self.masked_url}: {scrub(reason, self.secrets)}")
+
+    def resolve_table(self, conn: sa.Connection, schema: str | None, table: str) -> ResolvedTable:
+        """Find a configured table (case-insensitively) and reflect its columns.
+
+        SQLite has no schemas: `schema` is used only when it names an attached database
+        (`main`, `temp` or an ATTACHed one) and is otherwise ignored, so the default
+        `publish` works against the bundled sample file.
+        """
+        inspector = sa.inspect(conn)
+        actual_schema: str | None
+        if self.dialect_name == "sqlite":
+            attached = [row[1] for row in conn.exec_driver_sql("PRAGMA database_list")]
+            lowered = {name.lower(): name for name in attached}
+            actual_schema = lowered.get((schema or "").lower())
+        elif schema:
+            actual_schema = resolve_name(schema, inspector.get_schema_names(), "schema")
+        else:
+            actual_schema = None
+        names = [
+            *inspector.get_table_names(actual_schema),
+            *inspector.get_view_names(actual_schema),
+        ]
+        where = f"table in schema {actual_schema}" if actual_schema else "table"
+        name = resolve_name(table, names, where)
+        columns = {c["name"]: c["type"] for c in inspector.get_columns(name, actual_schema)}
+        return ResolvedTable(actual_schema, name, columns)
+
+    def timestamp_expression(
+        self, column: sa.ColumnClause, sql_type: sa.types.TypeEngine
+    ) -> tuple[sa.ColumnElement[t.Any], t.Callable[[dt.datetime], t.Any]]:
+        """The SQL expression to filter and sort by, and how to bind a UTC datetime to it.
+
+        SQLite stores timestamps as text in whatever format the writer chose
+        (`2024-01-01 05:00:00`, `...T...Z`, `...+02:00`), and comparing that text with
+        an ISO bookmark silently skips rows. So on SQLite both sides are normalised by
+        `strftime('%Y-%m-%d %H:%M:%f', ...)`: UTC text with a fixed width (millisecond
+        precision) that sorts correctly. Text columns elsewhere are cast to a zoned
+        timestamp; real timestamp columns are compared natively.
+        """
+        from tap_peak_attributes.timestamps import sqlite_text, to_utc
+
+        if self.dialect_name == "sqlite":
+            expression = sa.func.strftime(SQLITE_TIMESTAMP_FORMAT, column)
+            return expression, sqlite_text
+        if not is_temporal(sql_type):
+            return sa.cast(column, sa.DateTime(timezone=True)), to_utc
+        if is_timezone_aware(sql_type):
+            return column, to_utc
+        return column, lambda value: to_utc(value).replace(tzinfo=None)
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+
+def _utc_session_postgres(dbapi_connection: t.Any, _record: t.Any) -> None:
+    """Run sessions in UTC so casts of text and timestamptz arithmetic agree with Python.
+
+    A SET (not the `options` startup parameter) also works on Redshift.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+
+
+_IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]+")
+
+
+def attribute_key(prefix: str, name: str) -> str:
+    """Record key of an attribute: prefix + lower-case name, odd characters as `_`.
+
+    Lower case makes the same output named `CHURN_PROBABILITY` on Snowflake and
+    `churn_probability` on Redshift land on one Braze attribute.
+    """
+    return prefix + _IDENTIFIER.sub("_", name.strip()).lower()

@@ -1,0 +1,155 @@
+"""Warehouse credentials from Peak's connections API.
+
+No Peak REST API returns table rows; Peak hands out the tenant's warehouse credentials,
+and the tap then reads with SQL like any Peak user does. One GET, made with `requests`
+(the `peak-sdk` package pins old dependencies):
+
+    GET {base}/connections/api/v2/connections/credentials?type=data-warehouse
+    Authorization: <token>            (raw: no "Bearer")
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import typing as t
+from urllib.parse import urlsplit
+
+import requests
+from sqlalchemy.engine import URL
+
+from tap_peak_attributes.errors import TapPeakError
+
+CREDENTIALS_PATH = "/connections/api/v2/connections/credentials"
+REDSHIFT_PORT = 5439
+SNOWFLAKE_SUFFIX = ".snowflakecomputing.com"
+
+
+def base_url(stage: str = "prod", override: str | None = None) -> str:
+    """Peak's service URL for a stage, or a validated override.
+
+    The API key travels in a header, so anything but https is refused unless the host is
+    loopback (a local test server).
+    """
+    if override:
+        parts = urlsplit(override)
+        host = parts.hostname or ""
+        if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
+            msg = (
+                f"peak_api_url must use https (plain http only for localhost/127.0.0.0/8/::1), "
+                f"not {parts.scheme}://{host}"
+            )
+            raise TapPeakError(msg)
+        return override.rstrip("/")
+    if stage == "prod":
+        return "https://service.peak.ai"
+    return f"https://service.{stage}.peak.ai"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fetch_credentials(
+    api_key: str, *, stage: str = "prod", override: str | None = None, timeout: float = 30
+) -> dict[str, t.Any]:
+    """Return Peak's data-warehouse answer; refused or failed calls become one clear line."""
+    url = base_url(stage, override) + CREDENTIALS_PATH
+    try:
+        response = requests.get(
+            url,
+            params={"type": "data-warehouse"},
+            headers={"Authorization": api_key, "Accept": "application/json"},
+            timeout=timeout,
+        )
+    except requests.RequestException as exc:
+        msg = f"cannot reach Peak's API at {base_url(stage, override)}: {type(exc).__name__}"
+        raise TapPeakError(msg) from None
+    if response.status_code in {401, 403}:
+        msg = (
+            f"Peak refused peak_api_key (HTTP {response.status_code}): the key is wrong, "
+            "expired (tenant API keys last 3 months) or lacks access; create a new API key "
+            "in Peak and set peak_api_key"
+        )
+        raise TapPeakError(msg)
+    if not response.ok:
+        msg = f"Peak's connections API answered HTTP {response.status_code} for {url}"
+        raise TapPeakError(msg)
+    try:
+        answer = response.json()
+    except ValueError:
+        msg = f"Peak's connections API did not answer JSON at {url}"
+        raise TapPeakError(msg) from None
+    if not isinstance(answer, dict):
+        msg = "Peak's connections API answered an unexpected document (not an object)"
+        raise TapPeakError(msg)
+    return answer
+
+
+def _require(answer: t.Mapping[str, t.Any], *keys: str) -> None:
+    missing = [k for k in keys if not answer.get(k)]
+    if missing:
+        msg = f"Peak's warehouse credentials lack {', '.join(missing)}"
+        raise TapPeakError(msg)
+
+
+def redshift_url(answer: t.Mapping[str, t.Any]) -> URL:
+    """A psycopg URL for the Redshift answer (Redshift speaks PostgreSQL's protocol)."""
+    _require(answer, "host", "database", "user", "password")
+    return URL.create(
+        "postgresql+psycopg",
+        username=str(answer["user"]),
+        password=str(answer["password"]),
+        host=str(answer["host"]),
+        port=int(answer.get("port") or REDSHIFT_PORT),
+        database=str(answer["database"]),
+        query={"sslmode": "require"},
+    )
+
+
+def snowflake_url(answer: t.Mapping[str, t.Any]) -> URL:
+    """A snowflake-sqlalchemy URL: account from host, OAuth token or password.
+
+    `URL.create` percent-quotes user and password; the database/schema path and query
+    values are quoted on rendering.
+    """
+    _require(answer, "host", "database", "user")
+    if not answer.get("password") and not answer.get("accessToken"):
+        msg = "Peak's Snowflake credentials have neither password nor accessToken"
+        raise TapPeakError(msg)
+    host = str(answer["host"]).removeprefix("https://").split("/")[0]
+    account = host.removesuffix(SNOWFLAKE_SUFFIX)
+    database = str(answer["database"])
+    if answer.get("schema"):
+        database = f"{database}/{answer['schema']}"
+    query: dict[str, str] = {}
+    for key in ("warehouse", "role"):
+        if answer.get(key):
+            query[key] = str(answer[key])
+    password: str | None = str(answer["password"]) if answer.get("password") else None
+    if answer.get("accessToken"):
+        query |= {"authenticator": "oauth", "token": str(answer["accessToken"])}
+        password = None
+    return URL.create(
+        "snowflake",
+        username=str(answer["user"]),
+        password=password,
+        host=account,
+        database=database,
+        query=query,
+    )
+
+
+def warehouse_url(answer: t.Mapping[str, t.Any]) -> URL:
+    """Dispatch on `dataWarehouseType`."""
+    kind = str(answer.get("dataWarehouseType", "")).lower()
+    if kind in {"amazon_redshift", "redshift"}:
+        return redshift_url(answer)
+    if kind == "snowflake":
+        return snowflake_url(answer)
+    msg = f"Peak reported an unsupported dataWarehouseType {kind or '(none)'!r}"
+    raise TapPeakError(msg)

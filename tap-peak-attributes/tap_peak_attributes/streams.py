@@ -1,0 +1,405 @@
+"""Streams of customers whose predicted attributes changed since the last sync.
+
+Two table shapes, one incremental contract (see `incremental.py`):
+
+- wide: one row per customer, one column per attribute. A record is the whole row.
+- long: one row per changed attribute. The rows of one customer sharing an updated-at
+  become one record holding only those attributes, because every attribute sent to Braze
+  is a billed data point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import re
+import typing as t
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from singer_sdk import Stream
+from singer_sdk.exceptions import InvalidStreamSortException
+
+from tap_peak_attributes.connector import (
+    Warehouse,
+    attribute_key,
+    json_schema_for,
+    resolve_name,
+    value_converter,
+)
+from tap_peak_attributes.errors import TapPeakError
+from tap_peak_attributes.incremental import (
+    REPLICATION_KEY,
+    Bookmark,
+    Window,
+    incremental_query,
+)
+from tap_peak_attributes.timestamps import parse_setting, to_utc
+
+if t.TYPE_CHECKING:
+    from singer_sdk import Tap
+    from singer_sdk.helpers import types
+
+#: Types a long table's text values can be given in `attribute_types`.
+ATTRIBUTE_TYPES: dict[str, dict[str, t.Any]] = {
+    "string": {"type": ["string", "null"]},
+    "integer": {"type": ["integer", "null"]},
+    "number": {"type": ["number", "null"]},
+    "boolean": {"type": ["boolean", "null"]},
+    "date-time": {"type": ["string", "null"], "format": "date-time"},
+}
+#: Distinct values sampled per long attribute when its type must be inferred.
+INFERENCE_SAMPLE = 200
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_BOOLEAN = frozenset({"true", "false"})
+
+
+def utc_now() -> dt.datetime:
+    """The sync's clock (a function so tests can move time forward)."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """One entry of the `streams` setting, with defaults applied."""
+
+    name: str
+    table: str
+    shape: str = "wide"
+    schema: str | None = None
+    id_column: str = "customer_id"
+    updated_at_column: str = "updated_at"
+    attributes: tuple[str, ...] = ()
+    exclude_attributes: tuple[str, ...] = ()
+    attribute_name_column: str = "attribute_name"
+    attribute_value_column: str = "attribute_value"
+    attribute_types: dict[str, str] = field(default_factory=dict)
+    attribute_prefix: str = "peak_"
+
+    @classmethod
+    def from_config(cls, raw: t.Mapping[str, t.Any], default_schema: str | None) -> StreamSettings:
+        """Validate one stream entry; JSON Schema already checked the types."""
+        name = raw.get("name") or raw.get("table")
+        if not name or not raw.get("table"):
+            msg = "every entry of `streams` needs a `table` (and a `name`)"
+            raise TapPeakError(msg)
+        shape = raw.get("shape", "wide")
+        if shape not in {"wide", "long"}:
+            msg = f"streams[{name}].shape must be 'wide' or 'long', not {shape!r}"
+            raise TapPeakError(msg)
+        types = {str(k).lower(): str(v) for k, v in (raw.get("attribute_types") or {}).items()}
+        unknown = sorted({v for v in types.values() if v not in ATTRIBUTE_TYPES})
+        if unknown:
+            msg = (
+                f"streams[{name}].attribute_types: unknown type(s) {', '.join(unknown)}; "
+                f"use one of {', '.join(ATTRIBUTE_TYPES)}"
+            )
+            raise TapPeakError(msg)
+        prefix = raw.get("attribute_prefix")
+        return cls(
+            name=str(name),
+            table=str(raw["table"]),
+            shape=shape,
+            schema=raw.get("schema") or default_schema,
+            id_column=raw.get("id_column") or "customer_id",
+            updated_at_column=raw.get("updated_at_column") or "updated_at",
+            attributes=tuple(raw.get("attributes") or ()),
+            exclude_attributes=tuple(raw.get("exclude_attributes") or ()),
+            attribute_name_column=raw.get("attribute_name_column") or "attribute_name",
+            attribute_value_column=raw.get("attribute_value_column") or "attribute_value",
+            attribute_types=types,
+            attribute_prefix="peak_" if prefix is None else str(prefix),
+        )
+
+
+def infer_attribute_type(values: t.Iterable[str]) -> str:
+    """Narrowest of integer, number, boolean, string that fits every sampled value."""
+    texts = [v.strip() for v in values if v is not None and v.strip()]
+    if not texts:
+        return "string"
+    if all(_INTEGER.match(v) for v in texts):
+        return "integer"
+    if all(_NUMBER.match(v) for v in texts):
+        return "number"
+    if all(v.lower() in _BOOLEAN for v in texts):
+        return "boolean"
+    return "string"
+
+
+class PeakAttributesStream(Stream):
+    """Common incremental machinery; subclasses build the columns and the records."""
+
+    replication_key = REPLICATION_KEY
+    is_sorted = True
+
+    def __init__(self, tap: Tap, settings: StreamSettings, warehouse: Warehouse) -> None:
+        """Reflect the table and build the schema (this is discovery)."""
+        self.settings = settings
+        self.warehouse = warehouse
+        with warehouse.connect() as conn:
+            try:
+                self.table = warehouse.resolve_table(conn, settings.schema, settings.table)
+                self.id_column = self.table.column(settings.id_column, "id_column")
+                self.ts_column = self.table.column(settings.updated_at_column, "updated_at_column")
+                properties = self.discover_attributes(conn)
+            except sa.exc.DBAPIError as exc:
+                raise warehouse.error(f"cannot read {settings.table}", exc) from exc
+        self.converters = {key: value_converter(schema) for key, schema in properties.items()}
+        schema = {
+            "type": "object",
+            "properties": {
+                "customer_id": {"type": ["string"]},
+                REPLICATION_KEY: {"type": ["string"], "format": "date-time"},
+                **properties,
+            },
+            "required": ["customer_id", REPLICATION_KEY],
+        }
+        super().__init__(tap, schema=schema, name=settings.name)
+        self.STATE_MSG_FREQUENCY = int(tap.config.get("state_message_frequency") or 10_000)
+        self._advance = True
+        self._last_emitted: tuple[str, str] | None = None
+
+    def discover_attributes(self, conn: sa.Connection) -> dict[str, dict[str, t.Any]]:
+        """Attribute properties of the record schema, keyed by prefixed name."""
+        raise NotImplementedError
+
+    # --- the window ---------------------------------------------------------------
+
+    def window(self) -> Window:
+        """This run's window: after the bookmark (minus look-back), never past sync start."""
+        start = self.config.get("start_date")
+        minutes = int(self.config.get("lookback_window_minutes") or 0)
+        return Window(
+            bookmark=Bookmark.from_state(self.stream_state),
+            start_date=parse_setting(start, "start_date") if start else None,
+            lookback=dt.timedelta(minutes=minutes),
+            cap=utc_now(),
+        )
+
+    def bind_id(self, value: str) -> t.Any:
+        """Bind the stored (text) id with the column's own type, so ordering agrees."""
+        if json_schema_for(self.table.columns[self.id_column])["type"][0] == "integer":
+            return int(value)
+        return value
+
+    def rows(
+        self, columns: list[str], order_after: t.Sequence[str] = ()
+    ) -> t.Iterator[sa.Row[t.Any]]:
+        """Run the incremental query and stream its rows: (ts, id, after_bookmark, *columns).
+
+        `order_after` (a subset of `columns`) orders rows within one (ts, id) pair.
+        """
+        source = self.table.sql(*dict.fromkeys([self.id_column, self.ts_column, *columns]))
+        ts, bind_ts = self.warehouse.timestamp_expression(
+            source.c[self.ts_column], self.table.columns[self.ts_column]
+        )
+        query = incremental_query(
+            source=source,
+            ts=ts,
+            id_column=source.c[self.id_column],
+            columns=[source.c[c] for c in columns],
+            window=self.window(),
+            bind_ts=bind_ts,
+            bind_id=self.bind_id,
+            order_after=[source.c[c] for c in order_after],
+        )
+        self.warn_unusable_rows(source, ts)
+        options: dict[str, t.Any] = {}
+        if self.warehouse.dialect_name != "sqlite":
+            options = {"stream_results": True, "yield_per": 5_000}
+        with self.warehouse.connect() as conn:
+            try:
+                yield from conn.execution_options(**options).execute(query)
+            except sa.exc.DBAPIError as exc:
+                raise self.warehouse.error(f"reading {self.table.display} failed", exc) from exc
+
+    def unusable_condition(self, source: sa.TableClause, ts: sa.ColumnElement[t.Any]) -> t.Any:
+        """Rows that can never be emitted: no id or no (readable) updated-at."""
+        return sa.or_(source.c[self.id_column].is_(None), ts.is_(None))
+
+    def warn_unusable_rows(self, source: sa.TableClause, ts: sa.ColumnElement[t.Any]) -> None:
+        """One warning line per stream per run counting rows that are never emitted."""
+        query = sa.select(sa.func.count()).select_from(source)
+        query = query.where(self.unusable_condition(source, ts))
+        with self.warehouse.connect() as conn:
+            try:
+                count = conn.execute(query).scalar() or 0
+            except sa.exc.DBAPIError as exc:
+                raise self.warehouse.error(f"reading {self.table.display} failed", exc) from exc
+        if count:
+            self.logger.warning(
+                "%d rows of %s have a NULL %s or %s (or one that is not a timestamp) "
+                "and are not emitted; fix them at the source",
+                count,
+                self.table.display,
+                self.id_column,
+                self.ts_column,
+            )
+
+    # --- singer-sdk state hooks -----------------------------------------------------
+
+    def get_replication_key_signpost(self, context: types.Context | None = None) -> None:  # noqa: ARG002
+        """No signpost: the query itself caps rows at sync start (see `window`)."""
+        return
+
+    def _write_starting_replication_value(self, context: types.Context | None) -> None:
+        """Keep STATE to the bookmark proper; the window is computed in `window()`."""
+
+    def _increment_stream_state(
+        self, latest_record: types.Record, *, context: types.Context | None = None
+    ) -> None:
+        """Advance the bookmark to the record just written: `(updated_at, customer_id)`.
+
+        Replaces singer-sdk's version, which keeps only `replication_key_value`. A row
+        re-read by the look-back (not after the stored bookmark, as decided by the
+        database) never moves the bookmark back. Order is checked on the timestamp,
+        the fixed-format text sorting like the instant.
+        """
+        record_key = (latest_record[REPLICATION_KEY], latest_record["customer_id"])
+        if self._last_emitted is not None and record_key[0] < self._last_emitted[0]:
+            msg = (
+                f"Unsorted data in stream {self.name}: {record_key[0]} after "
+                f"{self._last_emitted[0]}"
+            )
+            raise InvalidStreamSortException(msg)
+        self._last_emitted = record_key
+        if self._advance:
+            state = self.get_context_state(context)
+            Bookmark(to_utc(record_key[0]), record_key[1]).write(state)
+
+
+class WideAttributesStream(PeakAttributesStream):
+    """One record per customer row: the row's attributes, all of them (the full state)."""
+
+    primary_keys = ("customer_id",)
+
+    def discover_attributes(self, conn: sa.Connection) -> dict[str, dict[str, t.Any]]:
+        """Every column but id and updated-at, narrowed by `attributes`/`exclude_attributes`."""
+        candidates = [c for c in self.table.columns if c not in {self.id_column, self.ts_column}]
+        if self.settings.attributes:
+            chosen = [
+                resolve_name(a, candidates, f"attributes: column of {self.table.display}")
+                for a in self.settings.attributes
+            ]
+        else:
+            chosen = candidates
+        excluded = {
+            resolve_name(a, candidates, f"exclude_attributes: column of {self.table.display}")
+            for a in self.settings.exclude_attributes
+        }
+        self.attribute_columns = {
+            attribute_key(self.settings.attribute_prefix, c): c for c in chosen if c not in excluded
+        }
+        return {
+            key: json_schema_for(self.table.columns[column])
+            for key, column in self.attribute_columns.items()
+        }
+
+    def get_records(self, context: types.Context | None) -> t.Iterable[dict]:  # noqa: ARG002
+        """Yield one record per row, in (updated_at, customer_id) order."""
+        keys = list(self.attribute_columns)
+        columns = list(self.attribute_columns.values())
+        converters = [self.converters[k] for k in keys]
+        ts_convert = self.converters_ts()
+        for row in self.rows(columns):
+            self._advance = bool(row[2])
+            record = {"customer_id": str(row[1]), REPLICATION_KEY: ts_convert(row[0])}
+            for key, convert, value in zip(keys, converters, row[3:], strict=True):
+                record[key] = convert(value)
+            yield record
+
+    def converters_ts(self) -> t.Callable[[t.Any], str]:
+        """Turn the selected timestamp expression into the fixed UTC text."""
+        return value_converter({"type": ["string"], "format": "date-time"})
+
+
+class LongAttributesStream(PeakAttributesStream):
+    """One record per customer per updated-at, holding only the attributes that changed.
+
+    Key: (customer_id, updated_at). A customer changing in two model runs yields two
+    records in one sync; keyed by customer alone, a deduplicating target could drop the
+    older record and with it attributes only that run changed. The target merges records
+    by `customer_id` itself.
+    """
+
+    primary_keys = ("customer_id", REPLICATION_KEY)
+
+    def discover_attributes(self, conn: sa.Connection) -> dict[str, dict[str, t.Any]]:
+        """Attribute names from `attributes` or the data, typed from `attribute_types` or inferred."""
+        self.name_column = self.table.column(
+            self.settings.attribute_name_column, "attribute_name_column"
+        )
+        self.value_column = self.table.column(
+            self.settings.attribute_value_column, "attribute_value_column"
+        )
+        source = self.table.sql(self.name_column, self.value_column)
+        names_col, values_col = source.c[self.name_column], source.c[self.value_column]
+        if self.settings.attributes:
+            names = list(self.settings.attributes)
+        else:
+            query = (
+                sa.select(names_col).where(names_col.is_not(None)).distinct().order_by(names_col)
+            )
+            names = [str(n) for n in conn.execute(query).scalars()]
+        excluded = {a.lower() for a in self.settings.exclude_attributes}
+        self.attribute_keys: dict[str, str] = {}
+        properties: dict[str, dict[str, t.Any]] = {}
+        for name in names:
+            if name.lower() in excluded:
+                continue
+            kind = self.settings.attribute_types.get(name.lower())
+            if kind is None:
+                sample = (
+                    sa.select(values_col)
+                    .where(names_col == name, values_col.is_not(None))
+                    .distinct()
+                    .limit(INFERENCE_SAMPLE)
+                )
+                kind = infer_attribute_type(str(v) for v in conn.execute(sample).scalars())
+            key = attribute_key(self.settings.attribute_prefix, name)
+            self.attribute_keys[name.lower()] = key
+            properties[key] = ATTRIBUTE_TYPES[kind]
+        return properties
+
+    def unusable_condition(self, source: sa.TableClause, ts: sa.ColumnElement[t.Any]) -> t.Any:
+        """Also count rows without an attribute name."""
+        return sa.or_(super().unusable_condition(source, ts), source.c[self.name_column].is_(None))
+
+    def get_records(self, context: types.Context | None) -> t.Iterable[dict]:  # noqa: ARG002
+        """Group consecutive rows of one (updated_at, customer) into one record."""
+        ts_convert = value_converter({"type": ["string"], "format": "date-time"})
+        unknown: set[str] = set()
+        rows = self.rows([self.name_column, self.value_column], order_after=[self.name_column])
+        for (raw_ts, raw_id), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+            record: dict[str, t.Any] = {
+                "customer_id": str(raw_id),
+                REPLICATION_KEY: ts_convert(raw_ts),
+            }
+            advance = False
+            for row in group:
+                advance = advance or bool(row[2])
+                name, value = row[3], row[4]
+                if name is None:
+                    continue
+                key = self.attribute_keys.get(str(name).lower())
+                if key is None:
+                    unknown.add(str(name))
+                    continue
+                try:
+                    record[key] = self.converters[key](value)
+                except (ValueError, ArithmeticError) as exc:
+                    msg = (
+                        f"stream {self.name}: attribute {name!r} of customer {raw_id} holds "
+                        f"{str(value)[:40]!r}, not a {self.schema['properties'][key]['type'][0]}; "
+                        "declare its type in attribute_types"
+                    )
+                    raise TapPeakError(msg) from exc
+            self._advance = advance
+            yield record
+        if unknown:
+            self.logger.warning(
+                "Stream %s skipped attributes not in its catalog schema (new since discovery?): %s",
+                self.name,
+                ", ".join(sorted(unknown)),
+            )
