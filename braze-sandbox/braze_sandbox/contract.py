@@ -14,7 +14,7 @@ loops, ``type(x) is`` tests, no schema library.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -110,6 +110,9 @@ class ContractLimits:
     max_nested_bytes: int = 100_000
     max_quantity: int = 100
     max_export_ids: int = 50
+    # Custom attribute keys already found valid: keys repeat across millions of objects,
+    # so each is checked once. Cleared whenever a limit changes.
+    valid_keys: set[str] = field(default_factory=set, repr=False, compare=False)
 
 
 class RequestRejected(Exception):
@@ -236,20 +239,25 @@ def check_attributes(obj: dict[str, object], limits: ContractLimits) -> tuple[st
     ``nested_invalid`` is reported separately because Braze drops every nested update of
     the request when one nested value is invalid.
     """
-    max_key = limits.max_key_length
     max_str = limits.max_string_length
     email = obj.get("email")
     if type(email) is str and not _EMAIL.match(email):
         return EMAIL_BAD_FORMAT, False
+    valid_keys = limits.valid_keys
     for key, value in obj.items():
-        if key in CONTROL_KEYS:
-            continue
-        if len(key) > max_key or key.startswith("$") or not key:
-            return INVALID_ATTRIBUTE_KEY, False
+        if key not in valid_keys:
+            if key in CONTROL_KEYS:
+                continue
+            if not key or len(key) > limits.max_key_length or key[0] == "$":
+                return INVALID_ATTRIBUTE_KEY, False
+            if len(valid_keys) < 100_000:
+                valid_keys.add(key)
         kind = type(value)
         if kind is str:
             if len(value) > max_str:  # type: ignore[arg-type]
                 return ATTRIBUTE_VALUE_TOO_LONG, False
+        elif kind is int or kind is float or kind is bool or value is None:
+            continue
         elif kind is dict:
             if is_operation(value):  # type: ignore[arg-type]
                 for items in value.values():  # type: ignore[attr-defined]

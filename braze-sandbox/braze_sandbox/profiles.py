@@ -1,9 +1,12 @@
 """The profile store: Braze's attribute semantics, kept in memory and written to SQLite.
 
-Profiles live in memory (the hot path reads and edits them there) and every request's
-changes are written to SQLite in one transaction with ``executemany``, so the database
-always holds the applied state, survives a restart (``--db PATH``) and can be inspected
-with any SQLite client. Events and purchases are only appended to SQLite.
+Profiles live in memory (the hot path reads and edits them there). Every request's
+changes are written to SQLite in one transaction: the changed profiles as one row of
+``profile_journal`` (one insert per request instead of one per profile: rewriting 75
+indexed rows cost more than everything else a request does), events and purchases with
+``executemany``. When the sandbox is idle, and on shutdown, the journal is folded into the
+``profiles`` table, so the database survives a restart (``--db PATH``) and can be read by
+any SQLite client (``profiles`` plus any newer ``profile_journal`` rows).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ CREATE TABLE IF NOT EXISTS profiles (
     custom_attributes BLOB NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profile_journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    changes BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,6 +73,13 @@ _INSERT_PURCHASE = (
     "INSERT INTO purchases (braze_id, external_id, product_id, currency, price, quantity,"
     " time, properties, app_id, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
+
+
+# How apply_attributes routes a key: absent = custom attribute.
+_CONTROL, _STANDARD, _INDEXED = 0, 1, 2
+_ROUTE: dict[str, int] = {key: _STANDARD for key in STANDARD_FIELDS}
+_ROUTE.update({"email": _INDEXED, "phone": _INDEXED})
+_ROUTE.update({key: _CONTROL for key in CONTROL_KEYS})
 
 
 @dataclass(slots=True)
@@ -134,6 +148,7 @@ class ProfileStore:
         self._dirty: dict[str, Profile] = {}
         self._events: list[tuple[Any, ...]] = []
         self._purchases: list[tuple[Any, ...]] = []
+        self._unfolded: set[str] = set()
         self._load()
 
     # -- lookup -------------------------------------------------------------------
@@ -149,8 +164,14 @@ class ProfileStore:
             )
             profile.created_at, profile.updated_at = created, updated
             self.profiles[bid] = profile
+        for (changes,) in self._db.execute("SELECT changes FROM profile_journal ORDER BY seq"):
+            for bid, ext, aliases, standard, custom, created, updated in orjson.loads(changes):
+                self.profiles[bid] = Profile(bid, ext, aliases, standard, custom, created, updated)
+                self._unfolded.add(bid)
+        for profile in self.profiles.values():
             self._index(profile)
         self._next_id = len(self.profiles) + 1
+        self.fold_journal()
 
     def _index(self, profile: Profile) -> None:
         keys = self._by_key
@@ -216,11 +237,21 @@ class ProfileStore:
         max_len = self.max_array_length
         standard = profile.standard
         custom = profile.custom
+        route = _ROUTE
         for key, value in obj.items():
-            if key in CONTROL_KEYS:
+            where = route.get(key)
+            if where is None:
+                target = custom
+            elif where == _CONTROL:
                 continue
-            target = standard if key in STANDARD_FIELDS else custom
+            else:
+                target = standard
+                if where == _INDEXED and standard.get(key) != value:
+                    self._index_secondary(key, value, profile)
             kind = type(value)
+            if kind is str or kind is int or kind is bool or kind is float:
+                target[key] = value
+                continue
             if value is None:
                 target.pop(key, None)
             elif kind is dict:
@@ -247,18 +278,25 @@ class ProfileStore:
                 else:
                     target[key] = _normalise_nested(value)
             elif kind is list:
-                if all(type(i) is str for i in value):
-                    target[key] = value[:max_len]
+                strings = True
+                for item in value:
+                    if type(item) is not str:
+                        strings = False
+                        break
+                if strings:
+                    target[key] = value if len(value) <= max_len else value[:max_len]
                 elif not skip_nested:
                     target[key] = _normalise_nested(value)
             else:
                 target[key] = value
-            if key == "email" and type(value) is str:
-                self._by_key.setdefault("m:" + value.lower(), profile.braze_id)
-            elif key == "phone" and type(value) is str:
-                self._by_key.setdefault("p:" + value, profile.braze_id)
         profile.updated_at = time.time()
         self._dirty[profile.braze_id] = profile
+
+    def _index_secondary(self, key: str, value: str, profile: Profile) -> None:
+        """Make a newly written email or phone usable as a lookup identifier."""
+        if type(value) is str:
+            prefix = "m:" + value.lower() if key == "email" else "p:" + value
+            self._by_key.setdefault(prefix, profile.braze_id)
 
     def record_event(self, profile: Profile, obj: dict[str, Any], when: str) -> None:
         """Append an event; Braze never deduplicates, so neither does this."""
@@ -300,24 +338,13 @@ class ProfileStore:
         db = self._db
         db.execute("BEGIN")
         if self._dirty:
-            dumps = orjson.dumps
-            db.executemany(
-                _UPSERT,
-                [
-                    (
-                        p.braze_id,
-                        p.external_id,
-                        p.standard.get("email"),
-                        p.standard.get("phone"),
-                        dumps(p.user_aliases),
-                        dumps(p.standard),
-                        dumps(p.custom),
-                        p.created_at,
-                        p.updated_at,
-                    )
-                    for p in self._dirty.values()
-                ],
-            )
+            changes = [
+                (p.braze_id, p.external_id, p.user_aliases, p.standard, p.custom,
+                 p.created_at, p.updated_at)
+                for p in self._dirty.values()
+            ]  # fmt: skip
+            db.execute("INSERT INTO profile_journal (changes) VALUES (?)", (orjson.dumps(changes),))
+            self._unfolded.update(self._dirty)
             self._dirty.clear()
         if self._events:
             db.executemany(_INSERT_EVENT, self._events)
@@ -326,6 +353,28 @@ class ProfileStore:
             db.executemany(_INSERT_PURCHASE, self._purchases)
             self._purchases.clear()
         db.execute("COMMIT")
+
+    @property
+    def journal_pending(self) -> bool:
+        """Whether changed profiles wait to be folded into the ``profiles`` table."""
+        return bool(self._unfolded)
+
+    def fold_journal(self) -> None:
+        """Write the current state of journalled profiles to ``profiles``; empty the journal."""
+        dumps = orjson.dumps
+        rows = [
+            (p.braze_id, p.external_id, p.standard.get("email"), p.standard.get("phone"),
+             dumps(p.user_aliases), dumps(p.standard), dumps(p.custom), p.created_at,
+             p.updated_at)
+            for p in (self.profiles.get(bid) for bid in self._unfolded)
+            if p is not None
+        ]  # fmt: skip
+        db = self._db
+        db.execute("BEGIN")
+        db.executemany(_UPSERT, rows)
+        db.execute("DELETE FROM profile_journal")
+        db.execute("COMMIT")
+        self._unfolded.clear()
 
     # -- reading back ----------------------------------------------------------------
 
@@ -381,12 +430,15 @@ class ProfileStore:
         self._dirty.clear()
         self._events.clear()
         self._purchases.clear()
+        self._unfolded.clear()
         self._next_id = 1
         self._db.execute("BEGIN")
-        for table in ("profiles", "events", "purchases"):
+        for table in ("profiles", "profile_journal", "events", "purchases"):
             self._db.execute(f"DELETE FROM {table}")
         self._db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the database."""
+        """Fold the journal and close the database."""
+        if self._unfolded:
+            self.fold_journal()
         self._db.close()

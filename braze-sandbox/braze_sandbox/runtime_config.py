@@ -128,5 +128,6 @@ def apply_config(sandbox: Sandbox, changes: dict[str, Any]) -> None:
         else:
             known = sorted([*current_config(sandbox)])
             raise ValueError(f"unknown setting {key!r}; known: {', '.join(known)}")
+    steps.append(limits.valid_keys.clear)
     for step in steps:
         step()

@@ -8,7 +8,9 @@ application to the profile store (one SQLite transaction), lost response (fault)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from braze_sandbox import contract
-from braze_sandbox.contract import ContractLimits, RequestRejected, update_existing_only
+from braze_sandbox.contract import ContractLimits, RequestRejected
 from braze_sandbox.export import export_ids
 from braze_sandbox.faults import FaultInjector, FaultSettings
 from braze_sandbox.profiles import ProfileStore
@@ -27,6 +29,7 @@ from braze_sandbox.stats import SandboxStats
 TRACK_PERMISSION = "users.track"
 EXPORT_PERMISSION = "users.export.ids"
 JSON = "application/json"
+IDLE_FOLD_SECONDS = 0.25
 
 _5XX_BODIES = {
     500: (JSON, b'{"message":"Internal Server Error"}'),
@@ -88,7 +91,26 @@ class Sandbox:
         app.router.add_patch("/_sandbox/config", self.admin_set_config)
         app.router.add_post("/_sandbox/reset", self.admin_reset)
         app.router.add_get("/_sandbox/health", self.admin_health)
+        app.router.add_post("/_sandbox/flush", self.admin_flush)
+        app.cleanup_ctx.append(self._fold_when_idle)
         return app
+
+    async def _fold_when_idle(self, app: web.Application) -> AsyncIterator[None]:
+        """Fold the profile journal into ``profiles`` whenever traffic pauses."""
+
+        async def watch() -> None:
+            seen = -1
+            while True:
+                await asyncio.sleep(IDLE_FOLD_SECONDS)
+                if self.stats.requests == seen and self.store.journal_pending:
+                    self.store.fold_journal()
+                seen = self.stats.requests
+
+        task = asyncio.create_task(watch())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     # -- /users/track --------------------------------------------------------------
 
@@ -265,7 +287,9 @@ class Sandbox:
             stats.nested_updates_dropped += 1
         applied = 0
         for name, obj, user in accepted:
-            profile = store.resolve(user, obj, not update_existing_only(obj, user))
+            existing_only = obj.get("_update_existing_only")
+            create = user[0] != "a" if existing_only is None else not existing_only
+            profile = store.resolve(user, obj, create)
             if profile is None:
                 stats.skipped_unknown_user += 1
                 continue
@@ -370,6 +394,11 @@ class Sandbox:
         """Forget all data, counters and rate-limit history; restart the fault sequence."""
         self.reset()
         return _json(200, {"message": "reset"}, {})
+
+    async def admin_flush(self, request: web.Request) -> web.StreamResponse:
+        """Fold the journal into the ``profiles`` table now (for readers of the file)."""
+        self.store.fold_journal()
+        return _json(200, {"message": "flushed"}, {})
 
     async def admin_health(self, request: web.Request) -> web.StreamResponse:
         """Liveness."""
