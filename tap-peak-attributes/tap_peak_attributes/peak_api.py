@@ -98,7 +98,10 @@ def _require(answer: t.Mapping[str, t.Any], *keys: str) -> None:
 
 
 def redshift_url(answer: t.Mapping[str, t.Any]) -> URL:
-    """A psycopg URL for the Redshift answer (Redshift speaks PostgreSQL's protocol)."""
+    """A psycopg URL for the Redshift answer (Redshift speaks PostgreSQL's protocol).
+
+    No sslmode is forced: libpq's default (`prefer`) negotiates TLS with Redshift.
+    """
     _require(answer, "host", "database", "user", "password")
     return URL.create(
         "postgresql+psycopg",
@@ -107,7 +110,6 @@ def redshift_url(answer: t.Mapping[str, t.Any]) -> URL:
         host=str(answer["host"]),
         port=int(answer.get("port") or REDSHIFT_PORT),
         database=str(answer["database"]),
-        query={"sslmode": "require"},
     )
 
 
