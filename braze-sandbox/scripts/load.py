@@ -51,11 +51,10 @@ async def worker(
 ) -> None:
     """Send requests one at a time on one keep-alive connection until the quota is spent."""
     reader, writer = await asyncio.open_connection(host, port)
-    i = 0
     while quota[0] > 0:
         quota[0] -= 1
-        writer.write(payloads[i % len(payloads)])
-        i += 1
+        # The shared countdown also picks the payload: workers send different users.
+        writer.write(payloads[quota[0] % len(payloads)])
         status_line = await reader.readline()
         status = int(status_line.split()[1])
         length = 0
