@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from tap_peak_attributes.errors import TapPeakError
-from tap_peak_attributes.timestamps import normalise
+from tap_peak_attributes.timestamps import normalise, sqlite_text, to_utc
 
 #: URL query parameters that carry credentials (Snowflake OAuth tokens, key passphrases).
 SECRET_QUERY_KEYS = frozenset(
@@ -184,10 +184,10 @@ class Warehouse:
         self.dialect_name = self.url.get_backend_name()
         if self.dialect_name == "sqlite":
             database = self.url.database or ""
-            if database not in {"", ":memory:"} and not database.startswith("file:"):
-                if not Path(database).is_file():
-                    msg = f"SQLite database file not found: {database}"
-                    raise TapPeakError(msg)
+            in_file = database not in {"", ":memory:"} and not database.startswith("file:")
+            if in_file and not Path(database).is_file():
+                msg = f"SQLite database file not found: {database}"
+                raise TapPeakError(msg)
         try:
             self.engine = sa.create_engine(
                 self.url, connect_args=self._connect_args(connect_timeout)
@@ -261,8 +261,6 @@ class Warehouse:
         precision) that sorts correctly. Text columns elsewhere are cast to a zoned
         timestamp; real timestamp columns are compared natively.
         """
-        from tap_peak_attributes.timestamps import sqlite_text, to_utc
-
         if self.dialect_name == "sqlite":
             expression = sa.func.strftime(SQLITE_TIMESTAMP_FORMAT, column)
             return expression, sqlite_text

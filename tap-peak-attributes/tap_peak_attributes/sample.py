@@ -242,7 +242,7 @@ def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: t.Iterable[tuple]) 
     marker = _placeholder(conn)
     placeholders = ", ".join([marker] * len(columns))
     batch: list[tuple] = []
-    statement = f"INSERT INTO {target} ({column_list}) VALUES ({placeholders})"  # noqa: S608
+    statement = f"INSERT INTO {target} ({column_list}) VALUES ({placeholders})"
     for row in rows:
         batch.append(row)
         if len(batch) >= 50_000:
@@ -268,7 +268,7 @@ def _bulk_update(conn: sa.Connection, wide: sa.Table, rows: t.Iterable[tuple]) -
         f"{preparer.quote(name)} = {marker}" for name in (*ATTRIBUTES, "updated_at")
     )
     statement = (
-        f"UPDATE {preparer.format_table(wide)} SET {assignments} "  # noqa: S608
+        f"UPDATE {preparer.format_table(wide)} SET {assignments} "
         f"WHERE {preparer.quote('customer_id')} = {marker}"
     )
     conn.exec_driver_sql(statement, list(rows))
@@ -296,7 +296,7 @@ def generate(
         schema = _default_schema(engine, schema)
         metadata = sa.MetaData()
         wide, long = _tables(metadata, schema, engine.dialect.name)
-        rng = random.Random(seed)
+        rng = random.Random(seed)  # noqa: S311 - reproducible sample data, not secrets
         stamp = _stored_timestamp(engine, at)
         with engine.begin() as conn:
             if schema:
@@ -371,7 +371,7 @@ def model_run(
                 at = to_utc(latest) + MODEL_RUN_INTERVAL
             stamp = _stored_timestamp(engine, at)
             current = _read_customers(conn, wide)
-            rng = random.Random(seed)
+            rng = random.Random(seed)  # noqa: S311 - reproducible sample data
             chosen = sorted(
                 rng.sample(current, min(changes, len(current))), key=lambda c: c.customer_id
             )

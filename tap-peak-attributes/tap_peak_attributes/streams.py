@@ -167,7 +167,7 @@ class PeakAttributesStream(Stream):
     # --- the window ---------------------------------------------------------------
 
     def window(self) -> Window:
-        """This run's window: after the bookmark (minus look-back), never past sync start."""
+        """Rows to read now: after the bookmark (minus look-back), never past sync start."""
         start = self.config.get("start_date")
         minutes = int(self.config.get("lookback_window_minutes") or 0)
         return Window(
@@ -239,7 +239,7 @@ class PeakAttributesStream(Stream):
 
     # --- singer-sdk state hooks -----------------------------------------------------
 
-    def get_replication_key_signpost(self, context: types.Context | None = None) -> None:  # noqa: ARG002
+    def get_replication_key_signpost(self, context: types.Context | None = None) -> None:
         """No signpost: the query itself caps rows at sync start (see `window`)."""
         return
 
@@ -296,7 +296,7 @@ class WideAttributesStream(PeakAttributesStream):
             for key, column in self.attribute_columns.items()
         }
 
-    def get_records(self, context: types.Context | None) -> t.Iterable[dict]:  # noqa: ARG002
+    def get_records(self, context: types.Context | None) -> t.Iterable[dict]:
         """Yield one record per row, in (updated_at, customer_id) order."""
         keys = list(self.attribute_columns)
         columns = list(self.attribute_columns.values())
@@ -326,7 +326,7 @@ class LongAttributesStream(PeakAttributesStream):
     primary_keys = ("customer_id", REPLICATION_KEY)
 
     def discover_attributes(self, conn: sa.Connection) -> dict[str, dict[str, t.Any]]:
-        """Attribute names from `attributes` or the data, typed from `attribute_types` or inferred."""
+        """Attribute names from `attributes` or the data; types from the map or inferred."""
         self.name_column = self.table.column(
             self.settings.attribute_name_column, "attribute_name_column"
         )
@@ -366,7 +366,7 @@ class LongAttributesStream(PeakAttributesStream):
         """Also count rows without an attribute name."""
         return sa.or_(super().unusable_condition(source, ts), source.c[self.name_column].is_(None))
 
-    def get_records(self, context: types.Context | None) -> t.Iterable[dict]:  # noqa: ARG002
+    def get_records(self, context: types.Context | None) -> t.Iterable[dict]:
         """Group consecutive rows of one (updated_at, customer) into one record."""
         ts_convert = value_converter({"type": ["string"], "format": "date-time"})
         unknown: set[str] = set()

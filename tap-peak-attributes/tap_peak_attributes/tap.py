@@ -231,7 +231,7 @@ class TapPeakAttributes(Tap):
             raise TapPeakError(msg)
         return settings
 
-    def discover_streams(self) -> list[PeakAttributesStream]:  # type: ignore[override]
+    def discover_streams(self) -> list[PeakAttributesStream]:
         """One stream per configured table, typed by reflecting it."""
         shapes: dict[str, type[PeakAttributesStream]] = {
             "wide": WideAttributesStream,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from tap_peak_attributes.tap import TapPeakAttributes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
 from tap_peak_attributes import sample
 
 
 def _assert_one_error_line(run, *expected: str) -> str:
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
-    errors = [line for line in run.stderr.splitlines() if line.startswith("tap-peak-attributes: error:")]
+    errors = [
+        line for line in run.stderr.splitlines() if line.startswith("tap-peak-attributes: error:")
+    ]
     assert len(errors) == 1, run.stderr
     for text in expected:
         assert text in errors[0]

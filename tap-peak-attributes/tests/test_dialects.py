@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from snowflake.sqlalchemy import custom_types as sf
-
 from tap_peak_attributes import sample
 from tap_peak_attributes.connector import json_schema_for, mask_url, resolve_name
 from tap_peak_attributes.errors import TapPeakError

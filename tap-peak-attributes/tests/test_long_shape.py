@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-
 from tap_peak_attributes import sample
 
 LONG_STREAM = {
@@ -93,7 +92,11 @@ def test_integer_values_are_inferred_and_a_map_can_widen_them(sqlite_url, run_ta
 
 def test_long_shape_resumes_between_customer_groups(postgres_url, run_tap):
     sample.generate(postgres_url, 12)
-    config = {"sqlalchemy_url": postgres_url, "streams": [LONG_STREAM], "state_message_frequency": 5}
+    config = {
+        "sqlalchemy_url": postgres_url,
+        "streams": [LONG_STREAM],
+        "state_message_frequency": 5,
+    }
     full = run_tap(config)
     ids = full.ids()
     assert len(ids) == 12

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from werkzeug import Response
-
 from tap_peak_attributes import peak_api, sample
 from tap_peak_attributes.errors import TapPeakError
+from werkzeug import Response
 
 PATH = "/connections/api/v2/connections/credentials"
 TOKEN = "eyJ-tenant-key-not-to-be-echoed"

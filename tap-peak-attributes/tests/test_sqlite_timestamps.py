@@ -48,8 +48,13 @@ def test_sqlite_text_timestamps_with_a_space_are_not_skipped_after_an_iso_bookma
 def test_bookmark_written_in_another_iso_format_is_understood(sqlite_url, run_tap, execute):
     execute(sqlite_url, TABLE)
     execute(sqlite_url, INSERT, params=[{"id": "a", "ts": "2024-01-01 05:00:00"}])
-    assert run_tap({"sqlalchemy_url": sqlite_url}, _state("2024-01-01T06:00:00+01:00", "a")).ids() == []
-    assert run_tap({"sqlalchemy_url": sqlite_url}, _state("2024-01-01T04:59:59Z", None)).ids() == ["a"]
+    assert (
+        run_tap({"sqlalchemy_url": sqlite_url}, _state("2024-01-01T06:00:00+01:00", "a")).ids()
+        == []
+    )
+    assert run_tap({"sqlalchemy_url": sqlite_url}, _state("2024-01-01T04:59:59Z", None)).ids() == [
+        "a"
+    ]
 
 
 def test_rows_with_null_id_or_updated_at_are_counted_in_one_warning(
@@ -113,7 +118,10 @@ def test_start_date_limits_the_first_run(sqlite_url, run_tap, execute):
     execute(
         sqlite_url,
         INSERT,
-        params=[{"id": "old", "ts": "2023-06-01 00:00:00"}, {"id": "new", "ts": "2024-06-01 00:00:00"}],
+        params=[
+            {"id": "old", "ts": "2023-06-01 00:00:00"},
+            {"id": "new", "ts": "2024-06-01 00:00:00"},
+        ],
     )
     run = run_tap({"sqlalchemy_url": sqlite_url, "start_date": "2024-01-01T00:00:00Z"})
     assert run.ids() == ["new"]
