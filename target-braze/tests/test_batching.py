@@ -1,7 +1,6 @@
 """UsersTrackBatch: object and byte limits, merging per user, error index mapping."""
 
 import orjson
-
 from target_braze.batching import RequestLimits, UsersTrackBatch
 from target_braze.mapping import StreamMapping
 
@@ -34,8 +33,9 @@ def test_same_user_is_merged_into_one_object():
     batch.try_add(obj("u2", 1, a=2), 0)
     batch.try_add(obj("u1", 2, b=3), 0)
     body = orjson.loads(batch.body())
-    assert body == {"attributes": [{"external_id": "u1", "a": 1, "b": 3},
-                                   {"external_id": "u2", "a": 2}]}
+    assert body == {
+        "attributes": [{"external_id": "u1", "a": 1, "b": 3}, {"external_id": "u2", "a": 2}]
+    }
     assert batch.record_count == 3
 
 

@@ -1,7 +1,6 @@
 """StreamMapping: records to Braze objects, with the stream's settings."""
 
 import pytest
-
 from target_braze.errors import ConfigError
 from target_braze.mapping import BrazeObject, Rejection, StreamMapping
 
@@ -22,8 +21,9 @@ def build(record, schema=SCHEMA, bookmarks=("updated_at",), **config):
 
 
 def test_identifier_and_replication_key_are_not_sent_as_attributes():
-    obj = build({"customer_id": "c1", "updated_at": "2026-01-01T00:00:00+00:00",
-                 "peak_segment": "loyal"})
+    obj = build(
+        {"customer_id": "c1", "updated_at": "2026-01-01T00:00:00+00:00", "peak_segment": "loyal"}
+    )
     assert isinstance(obj, BrazeObject)
     assert obj.body == {"external_id": "c1", "peak_segment": "loyal"}
     assert obj.data_points == 1
@@ -41,8 +41,12 @@ def test_datetime_properties_are_normalised_to_utc():
 
 
 def test_user_alias_identifier_carries_label_and_update_existing_only():
-    obj = build({"customer_id": "c1"}, identifier_type="user_alias", alias_label="peak",
-                update_existing_only=True)
+    obj = build(
+        {"customer_id": "c1"},
+        identifier_type="user_alias",
+        alias_label="peak",
+        update_existing_only=True,
+    )
     assert obj.body == {
         "user_alias": {"alias_name": "c1", "alias_label": "peak"},
         "_update_existing_only": True,
@@ -71,26 +75,42 @@ def test_per_stream_mapping_overrides_the_defaults():
     mapping = StreamMapping(
         "s", SCHEMA, {"stream_mappings": {"s": {"exclude_properties": ["peak_segment"]}}}, []
     )
-    obj = mapping.build({"customer_id": "c1", "updated_at": "2026-01-01T00:00:00Z",
-                         "peak_segment": "x"}, 0)
+    obj = mapping.build(
+        {"customer_id": "c1", "updated_at": "2026-01-01T00:00:00Z", "peak_segment": "x"}, 0
+    )
     assert obj.body == {"external_id": "c1", "updated_at": "2026-01-01T00:00:00+00:00"}
 
 
 def test_unknown_identifier_property_names_the_setting_and_the_choices():
-    with pytest.raises(ConfigError, match="identifier_property.*customer_id, last_seen"):
+    with pytest.raises(ConfigError, match=r"identifier_property.*customer_id, last_seen"):
         StreamMapping("s", SCHEMA, {"identifier_property": "nope"}, [])
 
 
 def test_events_take_name_time_and_properties():
-    schema = {"properties": {"user": {"type": "string"}, "kind": {"type": "string"},
-                             "at": {"type": "string", "format": "date-time"},
-                             "amount": {"type": "number"}}}
-    obj = build({"user": "u1", "kind": "login", "at": "2026-01-01T00:00:00Z", "amount": 3},
-                schema=schema, bookmarks=(), identifier_property="user", object_type="events",
-                event_name_property="kind", time_property="at")
+    schema = {
+        "properties": {
+            "user": {"type": "string"},
+            "kind": {"type": "string"},
+            "at": {"type": "string", "format": "date-time"},
+            "amount": {"type": "number"},
+        }
+    }
+    obj = build(
+        {"user": "u1", "kind": "login", "at": "2026-01-01T00:00:00Z", "amount": 3},
+        schema=schema,
+        bookmarks=(),
+        identifier_property="user",
+        object_type="events",
+        event_name_property="kind",
+        time_property="at",
+    )
     assert obj.array == "events"
-    assert obj.body == {"external_id": "u1", "time": "2026-01-01T00:00:00+00:00",
-                        "name": "login", "properties": {"amount": 3}}
+    assert obj.body == {
+        "external_id": "u1",
+        "time": "2026-01-01T00:00:00+00:00",
+        "name": "login",
+        "properties": {"amount": 3},
+    }
     assert obj.data_points == 2
 
 
@@ -100,29 +120,55 @@ def test_events_without_a_name_setting_are_a_config_error():
 
 
 def test_purchases_check_currency_and_quantity():
-    schema = {"properties": {"user": {"type": "string"}, "sku": {"type": "string"},
-                             "price": {"type": "number"}, "qty": {"type": "integer"},
-                             "at": {"type": "string"}}}
-    config = dict(identifier_property="user", object_type="purchases", product_id_property="sku",
-                  price_property="price", time_property="at", currency="usd",
-                  quantity_property="qty")
-    ok = build({"user": "u", "sku": "p1", "price": 9.5, "qty": 2, "at": "2026-01-01T00:00:00Z"},
-               schema=schema, bookmarks=(), **config)
-    assert ok.body == {"external_id": "u", "time": "2026-01-01T00:00:00+00:00",
-                       "product_id": "p1", "currency": "USD", "price": 9.5, "quantity": 2}
-    too_many = build({"user": "u", "sku": "p1", "price": 1, "qty": 101,
-                      "at": "2026-01-01T00:00:00Z"}, schema=schema, bookmarks=(), **config)
+    schema = {
+        "properties": {
+            "user": {"type": "string"},
+            "sku": {"type": "string"},
+            "price": {"type": "number"},
+            "qty": {"type": "integer"},
+            "at": {"type": "string"},
+        }
+    }
+    config = dict(
+        identifier_property="user",
+        object_type="purchases",
+        product_id_property="sku",
+        price_property="price",
+        time_property="at",
+        currency="usd",
+        quantity_property="qty",
+    )
+    ok = build(
+        {"user": "u", "sku": "p1", "price": 9.5, "qty": 2, "at": "2026-01-01T00:00:00Z"},
+        schema=schema,
+        bookmarks=(),
+        **config,
+    )
+    assert ok.body == {
+        "external_id": "u",
+        "time": "2026-01-01T00:00:00+00:00",
+        "product_id": "p1",
+        "currency": "USD",
+        "price": 9.5,
+        "quantity": 2,
+    }
+    too_many = build(
+        {"user": "u", "sku": "p1", "price": 1, "qty": 101, "at": "2026-01-01T00:00:00Z"},
+        schema=schema,
+        bookmarks=(),
+        **config,
+    )
     assert isinstance(too_many, Rejection)
     assert "1 to 100" in too_many.reason
 
 
 def test_merge_is_last_value_wins_and_counts_data_points_once():
     mapping = StreamMapping("s", SCHEMA, {}, ["updated_at"])
-    first = mapping.build({"customer_id": "c1", "peak_segment": "a",
-                           "peak_churn_probability": 0.1}, 0)
+    first = mapping.build(
+        {"customer_id": "c1", "peak_segment": "a", "peak_churn_probability": 0.1}, 0
+    )
     second = mapping.build({"customer_id": "c1", "peak_segment": "b"}, 1)
     first.merge(second)
-    assert first.body == {"external_id": "c1", "peak_segment": "b",
-                          "peak_churn_probability": 0.1}
+    assert first.body == {"external_id": "c1", "peak_segment": "b", "peak_churn_probability": 0.1}
     assert first.data_points == 2
     assert first.seqs == [0, 1]

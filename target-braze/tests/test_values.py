@@ -4,7 +4,6 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-
 from target_braze.values import UnsendableValue, normalise_datetime_string, to_braze
 
 

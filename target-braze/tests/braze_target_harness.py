@@ -1,0 +1,112 @@
+"""Helpers for target-braze tests: Singer messages, running the CLI, reading outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from braze_sandbox.testing import SandboxProcess
+
+API_KEY = "sandbox-key-0123456789abcdef"
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    states: list[dict[str, Any]] = field(default_factory=list)
+
+
+def schema_message(
+    stream: str = "customer_attributes",
+    properties: dict[str, Any] | None = None,
+    key: str = "customer_id",
+    bookmark: str | None = "updated_at",
+) -> dict[str, Any]:
+    props = properties or {
+        "customer_id": {"type": "string"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "peak_churn_probability": {"type": ["number", "null"]},
+        "peak_segment": {"type": ["string", "null"]},
+    }
+    message: dict[str, Any] = {
+        "type": "SCHEMA",
+        "stream": stream,
+        "schema": {"type": "object", "properties": props},
+        "key_properties": [key],
+    }
+    if bookmark:
+        message["bookmark_properties"] = [bookmark]
+    return message
+
+
+def record(customer: str, stream: str = "customer_attributes", **values: Any) -> dict[str, Any]:
+    body = {"customer_id": customer, "updated_at": "2026-11-28T06:00:00+00:00", **values}
+    return {"type": "RECORD", "stream": stream, "record": body}
+
+
+def state(value: Any, stream: str = "customer_attributes") -> dict[str, Any]:
+    return {"type": "STATE", "value": {"bookmarks": {stream: {"replication_key_value": value}}}}
+
+
+def customers(n: int, start: int = 0, **values: Any) -> list[dict[str, Any]]:
+    return [
+        record(f"c{i}", peak_churn_probability=round(i / 1000, 3), peak_segment="loyal", **values)
+        for i in range(start, start + n)
+    ]
+
+
+def target_config(braze: SandboxProcess, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "api_key": braze.api_key,
+        "rest_endpoint": braze.url,
+        "retry_backoff_seconds": 0.01,
+        "rejected_records_path": str(tmp_path / "rejects.jsonl"),
+        "run_report_path": str(tmp_path / "report.json"),
+    }
+    config.update(overrides)
+    return config
+
+
+def target_command(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "target_braze", "--config", str(config_path)]
+
+
+def run_target(
+    config: dict[str, Any],
+    messages: list[dict[str, Any]],
+    tmp_path: Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """Run the target's CLI as a user would: config file, Singer messages on stdin."""
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    stdin = "".join(json.dumps(m) + "\n" for m in messages)
+    completed = subprocess.run(
+        target_command(config_path),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    states = [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+    return Run(completed.returncode, completed.stdout, completed.stderr, states)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("target-braze: error:")]

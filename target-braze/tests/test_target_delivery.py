@@ -1,0 +1,429 @@
+"""target-braze against the Braze sandbox over real HTTP: what lands, and when STATE moves."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from braze_target_harness import (
+    Run,
+    customers,
+    error_lines,
+    read_jsonl,
+    record,
+    run_target,
+    schema_message,
+    state,
+    target_command,
+    target_config,
+)
+
+
+def stream_of(n: int, state_every: int = 0) -> list[dict]:
+    messages: list[dict] = [schema_message()]
+    for i, message in enumerate(customers(n)):
+        messages.append(message)
+        if state_every and (i + 1) % state_every == 0:
+            messages.append(state(i))
+    messages.append(state("end"))
+    return messages
+
+
+def profiles_by_id(braze) -> dict[str, dict]:
+    return {p["external_id"]: p for p in braze.profiles() if p.get("external_id")}
+
+
+def test_full_sync_lands_every_profile_and_emits_the_final_state(braze, tmp_path):
+    run = run_target(target_config(braze, tmp_path), stream_of(300, state_every=100), tmp_path)
+    assert run.returncode == 0, run.stderr
+    profiles = profiles_by_id(braze)
+    assert len(profiles) == 300
+    assert profiles["c7"]["custom_attributes"] == {
+        "peak_churn_probability": 0.007,
+        "peak_segment": "loyal",
+    }
+    assert run.states[-1] == state("end")["value"]
+    # Latest releasable state only: intermediate states may be collapsed, never reordered.
+    emitted = [s["bookmarks"]["customer_attributes"]["replication_key_value"] for s in run.states]
+    sent = [99, 199, 299, "end"]
+    assert [v for v in sent if v in emitted] == emitted
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["outcome"] == "success"
+    assert report["records_accepted"] == 300
+    assert report["requests"] == 4  # 75 objects per request
+    assert report["data_points"] == 600
+
+
+def _readline_within(process: subprocess.Popen, seconds: float) -> str | None:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], seconds)
+    return process.stdout.readline() if ready else None
+
+
+def test_state_is_withheld_until_braze_confirms_and_released_mid_stream(braze, tmp_path):
+    braze.configure(latency_ms=[1500, 1500])
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(target_config(braze, tmp_path, flush_interval_seconds=0)))
+    process = subprocess.Popen(
+        target_command(config_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdin is not None
+    for message in [schema_message(), *customers(3), state("after-3")]:
+        process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()
+    # Braze holds the request for 1.5 s: no STATE may appear meanwhile.
+    assert _readline_within(process, 1.0) is None
+    line = _readline_within(process, 10.0)
+    assert line is not None
+    assert json.loads(line) == state("after-3")["value"]
+    # Released before the end of input, and only once Braze holds the profiles.
+    assert set(profiles_by_id(braze)) == {"c0", "c1", "c2"}
+    process.stdin.close()
+    assert process.wait(30) == 0
+
+
+def test_state_is_never_emitted_when_braze_keeps_failing(braze, tmp_path):
+    braze.configure(fault_5xx=1.0)
+    config = target_config(braze, tmp_path, max_retries=2)
+    run = run_target(config, [schema_message(), *customers(10), state("after-10")], tmp_path)
+    assert run.returncode == 1
+    assert run.states == []
+    (line,) = error_lines(run.stderr)
+    assert "gave up on a /users/track request after 3 attempts" in line
+    assert "Traceback" not in run.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["outcome"] == "failed"
+
+
+def test_state_confirmed_before_a_failure_is_kept_and_nothing_after_it(braze, tmp_path):
+    braze.configure(errors={"c7": "BLACKLISTED_EXTERNAL_USER_ID"})
+    config_path = tmp_path / "config.json"
+    # max_rejected_ratio 0 (the default): any rejection fails the run.
+    config_path.write_text(json.dumps(target_config(braze, tmp_path, flush_interval_seconds=0)))
+    process = subprocess.Popen(
+        target_command(config_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    for message in [schema_message(), *customers(5), state("after-5")]:
+        process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()
+    first = _readline_within(process, 10.0)
+    assert first is not None
+    assert json.loads(first) == state("after-5")["value"]
+    rest = "".join(json.dumps(m) + "\n" for m in [*customers(5, start=5), state("after-10")])
+    out, err = process.communicate(input=rest, timeout=30)
+    assert process.returncode == 1
+    assert out.strip() == ""  # no STATE past the rejected record
+    (line,) = error_lines(err)
+    assert "above max_rejected_ratio 0.0%" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("wrong-key-5555", "401: the api_key is missing or unknown"),
+        ("no-permission-key", "403: the api_key lacks the users.track permission"),
+    ],
+)
+def test_auth_failures_stop_at_once_naming_the_cause_not_the_key(braze, tmp_path, key, expected):
+    config = target_config(braze, tmp_path, api_key=key)
+    run = run_target(config, [schema_message(), *customers(5), state("s")], tmp_path)
+    assert run.returncode == 1
+    assert run.states == []
+    (line,) = error_lines(run.stderr)
+    assert expected in line
+    assert key not in run.stderr
+    assert braze.stats()["requests"] == 1  # no retry
+
+
+@pytest.mark.parametrize(
+    ("retry_after_style", "reset_style"),
+    [("none", "epoch"), ("none", "seconds"), ("x-ratelimit", "epoch"), ("retry-after", "seconds")],
+)
+def test_429_storms_are_retried_with_each_header_variant(
+    braze, tmp_path, retry_after_style, reset_style
+):
+    braze.configure(
+        fault_429=0.4, seed=7, retry_after_style=retry_after_style, reset_style=reset_style
+    )
+    run = run_target(target_config(braze, tmp_path), stream_of(300), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(profiles_by_id(braze)) == 300
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["rate_limited"] == braze.stats()["injected"]["429"] > 0
+    assert report["retries"] >= report["rate_limited"]
+
+
+def test_5xx_dropped_connections_and_lost_responses_lose_nothing(braze, tmp_path):
+    braze.configure(fault_5xx=0.2, fault_drop=0.15, fault_drop_after_apply=0.1, seed=3)
+    config = target_config(braze, tmp_path, max_objects_per_request=10)  # 60 requests
+    run = run_target(config, stream_of(600, 150), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(profiles_by_id(braze)) == 600
+    injected = braze.stats()["injected"]
+    assert injected.get("5xx", 0) > 0
+    assert injected.get("drop", 0) > 0
+    assert run.states[-1] == state("end")["value"]
+
+
+def test_timeouts_are_retried(braze, tmp_path):
+    braze.configure(latency_ms=[0, 1500], seed=5)
+    config = target_config(braze, tmp_path, request_timeout_seconds=1)
+    run = run_target(config, stream_of(150), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(profiles_by_id(braze)) == 150
+    assert json.loads((tmp_path / "report.json").read_text())["connection_errors"] > 0
+
+
+def test_indexed_errors_are_written_to_rejects_with_brazes_reason(braze, tmp_path):
+    braze.configure(errors={"c3": "BLACKLISTED_EXTERNAL_USER_ID"})
+    config = target_config(braze, tmp_path, max_rejected_ratio=0.1)
+    run = run_target(config, stream_of(20), tmp_path)
+    assert run.returncode == 0, run.stderr
+    (rejected,) = read_jsonl(tmp_path / "rejects.jsonl")
+    assert rejected["identifier"] == "c3"
+    assert rejected["error_type"] == "BLACKLISTED_EXTERNAL_USER_ID"
+    assert "blocklisted" in rejected["reason"]
+    assert rejected["record"]["customer_id"] == "c3"
+    assert set(profiles_by_id(braze)) == {f"c{i}" for i in range(20)} - {"c3"}
+    assert braze.stats()["errors_by_type"]["BLACKLISTED_EXTERNAL_USER_ID"] == 1  # not retried
+    assert run.states[-1] == state("end")["value"]
+    assert json.loads((tmp_path / "report.json").read_text())["outcome"] == "partial_success"
+
+
+def test_rejected_ratio_above_the_limit_fails_the_run_and_holds_state(braze, tmp_path):
+    braze.configure(errors={"c1": "EMAIL_BAD_FORMAT", "c2": "EMAIL_BAD_FORMAT"})
+    config = target_config(braze, tmp_path, max_rejected_ratio=0.05)
+    run = run_target(config, stream_of(20), tmp_path)
+    assert run.returncode == 1
+    (line,) = error_lines(run.stderr)
+    assert "2 of 20 records (10.0%) were rejected, above max_rejected_ratio 5.0%" in line
+    assert run.states == []
+    assert len(read_jsonl(tmp_path / "rejects.jsonl")) == 2
+
+
+def test_unindexed_errors_resend_attributes_and_lose_nothing(braze, tmp_path):
+    braze.configure(fault_unindexed_error=0.5, seed=11)
+    config = target_config(braze, tmp_path, max_rejected_ratio=1.0)
+    run = run_target(config, stream_of(600), tmp_path)
+    assert run.returncode == 0, run.stderr
+    injected = braze.stats()["injected"]["unindexed_error"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert injected > 0
+    assert report["requests"] > 8  # answers without an index were resent
+    delivered = set(profiles_by_id(braze))
+    rejected = {r["identifier"] for r in read_jsonl(tmp_path / "rejects.jsonl")}
+    # Every customer is either in Braze or in the rejects output, never both, never neither.
+    assert delivered | rejected == {f"c{i}" for i in range(600)}
+    assert not delivered & rejected
+    for rejection in read_jsonl(tmp_path / "rejects.jsonl"):
+        assert "without an index after 2 resends" in rejection["reason"]
+
+
+def test_unindexed_errors_on_events_go_to_rejects_and_are_not_resent(braze, tmp_path):
+    braze.configure(fault_unindexed_error=1.0)
+    props = {
+        "customer_id": {"type": "string"},
+        "event": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"},
+    }
+    messages = [schema_message("events", props, bookmark=None)] + [
+        {
+            "type": "RECORD",
+            "stream": "events",
+            "record": {"customer_id": f"u{i}", "event": "login", "at": "2026-11-28T06:00:00Z"},
+        }
+        for i in range(4)
+    ]
+    config = target_config(
+        braze,
+        tmp_path,
+        object_type="events",
+        event_name_property="event",
+        time_property="at",
+        max_rejected_ratio=1.0,
+    )
+    run = run_target(config, messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    rejects = read_jsonl(tmp_path / "rejects.jsonl")
+    assert {r["identifier"] for r in rejects} == {"u0", "u1", "u2", "u3"}
+    assert all(r["error_type"] == "UNINDEXED_ERROR" for r in rejects)
+    assert "not resent" in rejects[0]["reason"]
+    assert braze.stats()["requests"] == 1
+
+
+def test_max_input_length_exceeded_splits_and_resends(braze, tmp_path):
+    braze.configure(max_objects=40)
+    config = target_config(braze, tmp_path, max_objects_per_request=75)
+    run = run_target(config, stream_of(150), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(profiles_by_id(braze)) == 150
+    assert braze.stats()["by_status"]["400"] == 2
+    assert json.loads((tmp_path / "report.json").read_text())["splits"] == 2
+
+
+def test_413_splits_and_resends(braze, tmp_path):
+    braze.configure(max_body_bytes=2500)
+    run = run_target(target_config(braze, tmp_path), stream_of(75), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(profiles_by_id(braze)) == 75
+    assert braze.stats()["by_status"]["413"] >= 1
+    assert braze.stats()["max_body_bytes_seen"] <= 2500 or braze.stats()["by_status"]["413"]
+
+
+def test_requests_respect_object_and_byte_limits(braze, tmp_path):
+    config = target_config(braze, tmp_path, max_objects_per_request=50, max_request_bytes=3000)
+    run = run_target(config, stream_of(200), tmp_path)
+    assert run.returncode == 0, run.stderr
+    stats = braze.stats()
+    assert stats["max_objects_in_request"] <= 50
+    assert stats["max_body_bytes_seen"] <= 3000
+    assert stats["by_status"] == {"201": stats["requests"]}
+
+
+def test_one_users_updates_are_merged_and_never_in_flight_twice(braze, tmp_path):
+    braze.configure(latency_ms=[5, 40], seed=2)
+    messages = [schema_message()]
+    for round_ in range(6):
+        for i in range(100):
+            messages.append(record(f"c{i}", peak_segment=f"round-{round_}"))
+    messages.append(state("end"))
+    run = run_target(target_config(braze, tmp_path, max_concurrent_requests=8), messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    profiles = profiles_by_id(braze)
+    assert {p["custom_attributes"]["peak_segment"] for p in profiles.values()} == {"round-5"}
+    assert braze.stats()["concurrent_user_conflicts"] == 0
+
+
+def test_client_rate_limit_keeps_under_the_window(braze, tmp_path):
+    braze.configure(rate_limit=15, rate_window=1.0)
+    config = target_config(
+        braze,
+        tmp_path,
+        max_requests_per_window=15,
+        rate_limit_window_seconds=1,
+        max_objects_per_request=5,
+    )
+    run = run_target(config, stream_of(200), tmp_path)  # 40 requests: at least 2 windows
+    assert run.returncode == 0, run.stderr
+    stats = braze.stats()
+    assert stats["rate_limited"] == 0
+    assert stats["max_arrivals_in_window"] <= 15
+    assert len(profiles_by_id(braze)) == 200
+
+
+def test_invalid_records_go_to_rejects_never_to_braze(braze, tmp_path):
+    messages = [
+        schema_message(),
+        record("ok-1", peak_segment="fine"),
+        record("long", peak_segment="x" * 300),
+        {"type": "RECORD", "stream": "customer_attributes", "record": {"peak_segment": "no id"}},
+        record("bad-type", peak_churn_probability="not a number"),
+        state("end"),
+    ]
+    run = run_target(target_config(braze, tmp_path, max_rejected_ratio=1.0), messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    reasons = {r["identifier"]: r["reason"] for r in read_jsonl(tmp_path / "rejects.jsonl")}
+    assert "300 characters long" in reasons["long"]
+    assert "'customer_id' is empty" in reasons[None]
+    assert "does not match the stream's schema" in reasons["bad-type"]
+    assert set(profiles_by_id(braze)) == {"ok-1"}
+    assert run.states == [state("end")["value"]]
+
+
+def test_dry_run_writes_request_bodies_sends_nothing_and_emits_no_state(braze, tmp_path):
+    dry = tmp_path / "dry.jsonl"
+    config = target_config(braze, tmp_path, dry_run=True, dry_run_path=str(dry))
+    run = run_target(config, stream_of(100, 50), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.states == []
+    bodies = read_jsonl(dry)
+    assert [len(b["attributes"]) for b in bodies] == [75, 25]
+    assert bodies[0]["attributes"][0] == {
+        "external_id": "c0",
+        "peak_churn_probability": 0,
+        "peak_segment": "loyal",
+    }
+    assert braze.stats()["requests"] == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["dry_run"] is True
+    assert report["data_points"] == 200
+
+
+def test_dry_run_needs_no_api_key(tmp_path):
+    config = {"dry_run": True, "dry_run_path": str(tmp_path / "dry.jsonl")}
+    run = run_target(config, stream_of(3), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(read_jsonl(tmp_path / "dry.jsonl")) == 1
+
+
+def test_api_key_appears_nowhere_even_at_debug_level(braze, tmp_path):
+    braze.configure(fault_429=0.3, fault_5xx=0.1, errors={"c4": "EMAIL_BAD_FORMAT"}, seed=1)
+    config = target_config(braze, tmp_path, max_rejected_ratio=0.5, max_retries=10)
+    run: Run = run_target(config, stream_of(200, 50), tmp_path, env={"LOGLEVEL": "DEBUG"})
+    assert run.returncode == 0, run.stderr
+    assert "DEBUG" in run.stderr  # the debug level really was on
+    assert braze.api_key not in run.stdout + run.stderr
+    for path in tmp_path.iterdir():
+        if path.name != "config.json":
+            assert braze.api_key not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"rest_endpoint": "http://rest.iad-01.braze.com"}, "plain http"),
+        ({"rest_endpoint": "XX-99"}, "neither a Braze instance code"),
+        ({"api_key": None}, "api_key is not set"),
+        ({"identifier_type": "user_alias"}, "needs alias_label"),
+        ({"identifier_property": "id"}, "has no property 'id'"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_line(braze, tmp_path, overrides, expected):
+    config = {k: v for k, v in {**target_config(braze, tmp_path), **overrides}.items() if v}
+    run = run_target(config, stream_of(3), tmp_path)
+    assert run.returncode == 1
+    (line,) = error_lines(run.stderr)
+    assert expected in line
+    assert "Traceback" not in run.stderr
+
+
+def test_instance_codes_resolve_to_brazes_rest_urls():
+    from target_braze.client import resolve_rest_endpoint
+
+    assert resolve_rest_endpoint("US-03") == "https://rest.iad-03.braze.com"
+    assert resolve_rest_endpoint("eu-01") == "https://rest.fra-01.braze.eu"
+    assert resolve_rest_endpoint("http://127.0.0.1:9/") == "http://127.0.0.1:9"
+
+
+def test_sigterm_drains_and_checkpoints_what_braze_confirmed(braze, tmp_path):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(target_config(braze, tmp_path)))
+    process = subprocess.Popen(
+        target_command(config_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdin is not None
+    for message in [schema_message(), *customers(10), state("after-10")]:
+        process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()
+    time.sleep(3)  # the target is waiting for more input
+    process.terminate()
+    out, _ = process.communicate(timeout=30)
+    assert json.loads(out.splitlines()[-1]) == state("after-10")["value"]
+    assert len(profiles_by_id(braze)) == 10
+    _ = Path  # keep import for type hints in helpers
