@@ -7,6 +7,13 @@ from singer_sdk import typing as th
 from target_braze.mapping import IDENTIFIER_TYPES, OBJECT_TYPES
 
 
+# Meltano has no number kind that survives environment variables (its `decimal` kind
+# crashes on them), so number settings also accept numeric strings ("0.05").
+NUMBER = th.CustomType(
+    {"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^[0-9]*\.?[0-9]+$"}]}
+)
+
+
 def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
     """The mapping settings: at the top level (defaults) and per stream (overrides)."""
 
@@ -229,14 +236,14 @@ CONFIG_SCHEMA = th.PropertiesList(
     ),
     th.Property(
         "retry_backoff_seconds",
-        th.NumberType,
+        NUMBER,
         default=1.0,
         title="Retry backoff (seconds)",
         description="First retry delay; doubles per retry (with jitter) up to 60 s.",
     ),
     th.Property(
         "flush_interval_seconds",
-        th.NumberType,
+        NUMBER,
         default=1.0,
         title="Flush interval (seconds)",
         description=(
@@ -255,7 +262,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     ),
     th.Property(
         "max_rejected_ratio",
-        th.NumberType,
+        NUMBER,
         default=0.0,
         title="Max rejected ratio",
         description=(
@@ -286,7 +293,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     ),
     th.Property(
         "progress_interval_seconds",
-        th.NumberType,
+        NUMBER,
         default=10.0,
         title="Progress interval (seconds)",
         description="How often a progress line is logged on long runs.",
