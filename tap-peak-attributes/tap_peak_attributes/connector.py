@@ -89,8 +89,11 @@ def json_schema_for(sql_type: sa.types.TypeEngine) -> dict[str, t.Any]:
         return {"type": ["boolean", "null"]}
     if isinstance(sql_type, sa.Integer):
         return {"type": ["integer", "null"]}
+    # SQLAlchemy 2.1 no longer makes Float a Numeric subclass: test Float first.
+    if isinstance(sql_type, sa.Float):
+        return {"type": ["number", "null"]}
     if isinstance(sql_type, sa.Numeric):
-        if not isinstance(sql_type, sa.Float) and sql_type.scale == 0:
+        if sql_type.scale == 0:
             return {"type": ["integer", "null"]}
         return {"type": ["number", "null"]}
     if isinstance(sql_type, sa.DateTime) or "TIMESTAMP" in name or "DATETIME" in name:

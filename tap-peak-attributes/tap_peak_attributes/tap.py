@@ -8,6 +8,7 @@ from pathlib import Path
 
 from singer_sdk import Tap
 from singer_sdk import typing as th
+from singer_sdk.contrib.msgspec import MsgSpecWriter
 
 from tap_peak_attributes import peak_api
 from tap_peak_attributes.connector import Warehouse
@@ -117,6 +118,8 @@ class TapPeakAttributes(Tap):
     """Customers whose Peak predictions changed since the last sync, from the warehouse."""
 
     name = "tap-peak-attributes"
+    # msgspec serialises records several times faster than the default simplejson writer.
+    message_writer_class = MsgSpecWriter
 
     config_jsonschema = th.PropertiesList(
         th.Property(

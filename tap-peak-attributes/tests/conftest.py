@@ -57,10 +57,13 @@ def run_tap() -> Callable[..., Run]:
 
     def run(config: dict, state: dict | None = None) -> Run:
         tap = TapPeakAttributes(config=config, state=state or {}, parse_env_config=False)
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
+        # The tap's msgspec writer writes bytes to sys.stdout.buffer.
+        raw = io.BytesIO()
+        stdout = io.TextIOWrapper(raw, encoding="utf-8")
+        with contextlib.redirect_stdout(stdout):
             tap.sync_all()
-        return Run(parse_messages(buffer.getvalue()))
+        stdout.flush()
+        return Run(parse_messages(raw.getvalue().decode()))
 
     return run
 
