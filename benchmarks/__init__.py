@@ -1,0 +1,1 @@
+"""Throughput, CPU, rate-limit and memory benchmarks of the Peak → Braze pipeline."""

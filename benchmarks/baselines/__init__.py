@@ -1,0 +1,1 @@
+"""Baselines measured beside target-braze in the same run (run as scripts)."""
