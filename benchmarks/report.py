@@ -385,9 +385,23 @@ def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: P
             f"pyinstrument of target-braze on {results['profile']['records']:,} records: "
             f"[`{results['profile']['path']}`]"
             f"({os.path.relpath(chart_path.parent / results['profile']['path'], path.parent)})"
-            " (main thread only; the sender threads' time shows as waits there).",
+            " (main thread only; the sender threads' time shows as waits there). "
+            f"Profiled run: {results['profile'].get('duration_seconds', 0):.1f} s wall, "
+            f"{results['profile'].get('cpu_seconds', 0):.1f} s CPU.",
             "",
+            "| By self time | % | By inclusive time (application frames) | % |",
+            "|---|---:|---|---:|",
         ]
+        own = results["profile"].get("self", [])
+        incl = results["profile"].get("inclusive", [])
+        for i in range(max(len(own), len(incl))):
+            a = own[i] if i < len(own) else {"function": "", "percent": None}
+            b = incl[i] if i < len(incl) else {"function": "", "percent": None}
+            lines.append(
+                f"| `{a['function']}` | {_fmt(a['percent'], '.1f')} | "
+                f"`{b['function']}` | {_fmt(b['percent'], '.1f')} |"
+            )
+        lines.append("")
     if results["notes"]:
         lines += ["## Notes", ""]
         lines += [f"- {note}" for note in results["notes"]]

@@ -47,6 +47,7 @@ from braze_sandbox.testing import SandboxProcess
 
 from benchmarks import report
 from benchmarks.measure import ProcessRun, machine, median, run_measured
+from benchmarks.profile import hotspots
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -564,16 +565,15 @@ class Bench:
             return
         with self.sandbox(rate_limit=0) as sandbox:
             config, _ = self.braze_config(sandbox.url, "profile")
-            text = output_dir / "profile-target-braze.txt"
+            session = self.work / "target-braze.pyisession"
             log(f"profiling target-braze on {self.compare_records:,} records")
             run_measured(
                 [
                     str(BIN / "pyinstrument"),
                     "--renderer",
-                    "text",
-                    "--show-all",
+                    "session",
                     "--outfile",
-                    str(text),
+                    str(session),
                     "-m",
                     "target_braze",
                     "--config",
@@ -582,7 +582,25 @@ class Bench:
                 stdin_path=self.compare_stream,
                 stderr_path=self.logfile("profile"),
             )
-            self.results["profile"] = {"records": self.compare_records, "path": text.name}
+        text = output_dir / "profile-target-braze.txt"
+        subprocess.run(
+            [
+                str(BIN / "pyinstrument"),
+                "--load",
+                str(session),
+                "--renderer",
+                "text",
+                "--outfile",
+                str(text),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.results["profile"] = {
+            "records": self.compare_records,
+            "path": text.name,
+            **hotspots(session),
+        }
 
     # -- summaries --------------------------------------------------------------------
 
