@@ -118,35 +118,62 @@ def is_temporal(sql_type: sa.types.TypeEngine) -> bool:
     return json_schema_for(sql_type).get("format") in {"date-time", "date"}
 
 
+_TRUE_TEXT = frozenset({"true", "t", "1", "yes", "y"})
+
+
+def _to_datetime_text(value: t.Any) -> str | None:
+    if value is None:
+        return None
+    return normalise(value if isinstance(value, dt.datetime | str) else str(value))
+
+
+def _to_date_text(value: t.Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
+def _to_boolean(value: t.Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_TEXT
+    return bool(value)
+
+
+def _to_integer(value: t.Any) -> int | None:
+    return value if value is None or value.__class__ is int else int(value)
+
+
+def _to_number(value: t.Any) -> t.Any:
+    # Drivers return float, int or Decimal already; only text needs parsing.
+    return decimal.Decimal(value) if value.__class__ is str else value
+
+
+def _to_string(value: t.Any) -> str | None:
+    return value if value is None or value.__class__ is str else str(value)
+
+
 def value_converter(schema: dict[str, t.Any]) -> t.Callable[[t.Any], t.Any]:
     """A function turning a driver value into the JSON value `schema` promises.
 
     Columns are selected untyped (raw driver values) so SQLAlchemy's SQLite DATETIME and
-    Numeric processors can neither choke on text formats nor warn about decimals.
+    Numeric processors can neither choke on text formats nor warn about decimals. One
+    small function per type, chosen once: this runs for every value of every row.
     """
     kinds = set(schema.get("type", [])) - {"null"}
     fmt = schema.get("format")
-
-    def convert(value: t.Any) -> t.Any:
-        if value is None:
-            return None
-        if fmt == "date-time":
-            return normalise(value if isinstance(value, dt.datetime | str) else str(value))
-        if fmt == "date":
-            return value.isoformat() if isinstance(value, dt.date) else str(value)
-        if "boolean" in kinds:
-            if isinstance(value, str):
-                return value.strip().lower() in {"true", "t", "1", "yes", "y"}
-            return bool(value)
-        if "integer" in kinds:
-            return int(value)
-        if "number" in kinds:
-            if isinstance(value, str):
-                return decimal.Decimal(value)
-            return value
-        return value if isinstance(value, str) else str(value)
-
-    return convert
+    if fmt == "date-time":
+        return _to_datetime_text
+    if fmt == "date":
+        return _to_date_text
+    if "boolean" in kinds:
+        return _to_boolean
+    if "integer" in kinds:
+        return _to_integer
+    if "number" in kinds:
+        return _to_number
+    return _to_string
 
 
 @dataclass(frozen=True)
