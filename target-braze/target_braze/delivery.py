@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from target_braze.batching import RequestLimits
+from target_braze.batching import RequestLimits, UsersTrackBatch
 from target_braze.checkpoint import Checkpoint
 from target_braze.client import BrazeClient, RetryPolicy, resolve_rest_endpoint
 from target_braze.errors import ConfigError, RejectedRatioExceeded
+from target_braze.mapping import BrazeObject
 from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
@@ -59,7 +61,32 @@ class Delivery:
             int(config["max_concurrent_requests"]),
             self.stop,
         )
+        self._batch = UsersTrackBatch(self.limits)
         self._finished = False
+
+    def add(self, obj: BrazeObject) -> None:
+        """Put an object in the request being built; send the request when it is full."""
+        now = time.monotonic()
+        if not self._batch.try_add(obj, now):
+            self.flush()
+            self._batch.try_add(obj, now)
+        if not self.limits.per_array and len(self._batch) >= self.limits.max_objects:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the request being built, if any, to the sender."""
+        batch = self._batch
+        if not len(batch):
+            return
+        self._batch = UsersTrackBatch(self.limits)
+        self.stats.add(records_merged=batch.record_count - len(batch))
+        self.sender.submit(batch)
+
+    def flush_if_older_than(self, seconds: float) -> None:
+        """Send a partly filled request that has waited at least `seconds`."""
+        started = self._batch.first_added_at
+        if started is not None and time.monotonic() - started >= seconds:
+            self.flush()
 
     def _client(self, config: Mapping[str, Any]) -> Sends:
         if self.dry_run:
@@ -104,9 +131,9 @@ class Delivery:
     def _emit_state(self, state: dict[str, Any]) -> None:
         if self.dry_run:
             return
-        line = orjson.dumps(state) + b"\n"
+        line = orjson.dumps(state).decode() + "\n"
         with self._stdout_lock:
-            sys.stdout.buffer.write(line)
+            sys.stdout.write(line)
             sys.stdout.flush()
         self.stats.add(states_emitted=1)
 
@@ -134,16 +161,17 @@ class Delivery:
                 "held back, so a rerun after the fix resends them"
             )
 
-    def fail(self) -> None:
-        """The run is failing: stop the senders, keep the rejects, report the failure."""
+    def fail(self, outcome: str = "failed") -> None:
+        """The run is ending early: stop the senders, keep the rejects, report it."""
         if self._finished:
             return
         self._finished = True
         self.stop.set()
         self.sender.shutdown()
         self._close_outputs()
-        logger.error("Run failed: %s", self.stats.summary())
-        self._report("failed")
+        log = logger.warning if outcome == "interrupted" else logger.error
+        log("Run %s: %s", outcome, self.stats.summary())
+        self._report(outcome)
 
     def _close_outputs(self) -> None:
         self.rejects.close()

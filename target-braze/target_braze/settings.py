@@ -6,7 +6,6 @@ from singer_sdk import typing as th
 
 from target_braze.mapping import IDENTIFIER_TYPES, OBJECT_TYPES
 
-
 # Meltano has no number kind that survives environment variables (its `decimal` kind
 # crashes on them), so number settings also accept numeric strings ("0.05").
 NUMBER = th.CustomType(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 from singer_sdk.sinks import Sink
 
-from target_braze.batching import UsersTrackBatch
 from target_braze.mapping import Rejection, StreamMapping
 
 if TYPE_CHECKING:
@@ -16,10 +14,12 @@ if TYPE_CHECKING:
 
 
 class BrazeSink(Sink):
-    """Builds requests as records arrive and sends each as soon as it is full.
+    """Maps and validates one stream's records and hands them to the shared `Delivery`.
 
-    The SDK's drain (`process_batch`, on `batch_size_rows`, end of input or SIGTERM)
-    sends the partly filled request and waits until Braze answered everything in flight.
+    Requests are built across streams in arrival order (`Delivery.add`), so two streams
+    updating one user reach Braze in the order the tap sent them. The SDK's drain
+    (`process_batch`, on `batch_size_rows`, end of input or SIGTERM) sends the partly
+    filled request and waits until Braze answered everything in flight.
     """
 
     MAX_SIZE_DEFAULT = 10_000
@@ -37,7 +37,6 @@ class BrazeSink(Sink):
         self.mapping = StreamMapping(
             stream_name, schema, dict(self.config), target.bookmark_properties.get(stream_name)
         )
-        self._batch = UsersTrackBatch(self.delivery.limits)
         self._record_validator = self._compile_validator()
 
     # The SDK validates with jsonschema (~80 µs a record) and raises on the first invalid
@@ -80,12 +79,7 @@ class BrazeSink(Sink):
             delivery.rejects.write(built.stream, built.identifier, built.record, built.reason)
             delivery.checkpoint.settle([seq])
             return
-        now = time.monotonic()
-        if not self._batch.try_add(built, now):
-            self.flush()
-            self._batch.try_add(built, now)
-        if len(self._batch) >= delivery.limits.max_objects and not delivery.limits.per_array:
-            self.flush()
+        delivery.add(built)
         delivery.stats.maybe_log_progress()
 
     def _build(self, record: dict, seq: int) -> Any:
@@ -102,22 +96,7 @@ class BrazeSink(Sink):
                 )
         return self.mapping.build(record, seq)
 
-    def flush(self) -> None:
-        """Hand the partly or fully filled request to the sender."""
-        batch = self._batch
-        if not len(batch):
-            return
-        self._batch = UsersTrackBatch(self.delivery.limits)
-        self.delivery.stats.add(records_merged=batch.record_count - len(batch))
-        self.delivery.sender.submit(batch)
-
-    def flush_if_older_than(self, seconds: float) -> None:
-        """Send a partly filled request that has waited at least `seconds`."""
-        started = self._batch.first_added_at
-        if started is not None and time.monotonic() - started >= seconds:
-            self.flush()
-
     def process_batch(self, context: dict) -> None:
         """Drain: send what is buffered and wait for Braze's answers to everything."""
-        self.flush()
+        self.delivery.flush()
         self.delivery.sender.wait_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing as t
+from types import FrameType
 
 from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.target_base import Target
@@ -11,6 +12,15 @@ from target_braze.delivery import Delivery
 from target_braze.errors import TargetBrazeError
 from target_braze.settings import CONFIG_SCHEMA
 from target_braze.sinks import BrazeSink
+
+
+class TerminationRequested(BaseException):
+    """SIGTERM or SIGINT arrived: unwind, then drain (see `TargetBraze._handle_termination`)."""
+
+    def __init__(self, signum: int) -> None:
+        """Remember the signal."""
+        super().__init__(signum)
+        self.signum = signum
 
 
 class TargetBraze(Target):
@@ -53,10 +63,30 @@ class TargetBraze(Target):
             super().invoke(
                 about=about, about_format=about_format, config=config, file_input=file_input
             )
+        except TerminationRequested as exc:
+            target = cls._active
+            if target is None:
+                raise SystemExit(128 + exc.signum) from None
+            target.logger.info(
+                "Received signal %d: sending what is buffered and waiting for Braze; STATE "
+                "follows what Braze confirms",
+                exc.signum,
+            )
+            try:
+                target.drain_all(is_endofpipe=True)
+            finally:
+                target.delivery.fail("interrupted")
+            raise SystemExit(128 + exc.signum) from None
         except BaseException:
             if cls._active is not None:
                 cls._active.delivery.fail()
             raise
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # The SDK drains inside the signal handler, which could wait forever for a lock
+        # the interrupted main thread holds (a sender thread settling records needs the
+        # checkpoint's lock). Unwind the main thread first; `invoke` then drains.
+        raise TerminationRequested(signum)
 
     def _process_schema_message(self, message_dict: dict) -> None:
         # The replication key is excluded from attributes by default: remember it before
@@ -74,9 +104,7 @@ class TargetBraze(Target):
         self._assert_line_requires(message_dict, requires={"value"})
         self.delivery.checkpoint.add_state(message_dict["value"])
         # A STATE should not wait long for a request to fill up.
-        for sink in self._sinks_active.values():
-            if isinstance(sink, BrazeSink):
-                sink.flush_if_older_than(self.delivery.flush_interval)
+        self.delivery.flush_if_older_than(self.delivery.flush_interval)
 
     def _write_state_message(self, state: dict) -> None:
         """The SDK calls this after each drain; the `Checkpoint` already emitted what it may."""

@@ -6,7 +6,6 @@ import json
 import select
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from braze_target_harness import (
@@ -409,7 +408,8 @@ def test_instance_codes_resolve_to_brazes_rest_urls():
 
 def test_sigterm_drains_and_checkpoints_what_braze_confirmed(braze, tmp_path):
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(target_config(braze, tmp_path)))
+    config = target_config(braze, tmp_path, flush_interval_seconds=600)
+    config_path.write_text(json.dumps(config))
     process = subprocess.Popen(
         target_command(config_path),
         stdin=subprocess.PIPE,
@@ -418,12 +418,20 @@ def test_sigterm_drains_and_checkpoints_what_braze_confirmed(braze, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     assert process.stdin is not None
-    for message in [schema_message(), *customers(10), state("after-10")]:
+    # 75 records fill one request, sent at once: its STATE shows the target is running.
+    for message in [schema_message(), *customers(75), state("after-75")]:
         process.stdin.write(json.dumps(message) + "\n")
     process.stdin.flush()
-    time.sleep(3)  # the target is waiting for more input
+    first = _readline_within(process, 20.0)
+    assert first is not None
+    assert json.loads(first) == state("after-75")["value"]
+    # 10 more wait in a partly filled request (flush interval 600 s) when SIGTERM comes.
+    for message in [*customers(10, start=75), state("after-85")]:
+        process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()
+    time.sleep(0.5)
     process.terminate()
     out, _ = process.communicate(timeout=30)
-    assert json.loads(out.splitlines()[-1]) == state("after-10")["value"]
-    assert len(profiles_by_id(braze)) == 10
-    _ = Path  # keep import for type hints in helpers
+    assert process.returncode == 128 + 15  # interrupted is not success
+    assert json.loads(out.splitlines()[-1]) == state("after-85")["value"]
+    assert len(profiles_by_id(braze)) == 85
