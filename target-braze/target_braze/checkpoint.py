@@ -66,6 +66,11 @@ class Checkpoint:
             self._release()
 
     @property
+    def received(self) -> int:
+        """Records received so far."""
+        return self._next_seq
+
+    @property
     def unsettled(self) -> int:
         """Records received but not yet settled."""
         with self._lock:

@@ -47,10 +47,13 @@ class Delivery:
         )
         self.flush_interval = float(config.get("flush_interval_seconds") or 0.0)
         self.report_path: str | None = config.get("run_report_path")
-        self.stats = RunStats(float(config.get("progress_interval_seconds") or 10.0))
-        self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats)
         self._stdout_lock = threading.Lock()
         self.checkpoint = Checkpoint(self._emit_state, self._ratio_allows_release)
+        self.stats = RunStats(
+            float(config.get("progress_interval_seconds") or 10.0),
+            records_in=lambda: self.checkpoint.received,
+        )
+        self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats)
         self.stop = threading.Event()
         self.client = self._client(config)
         self.sender = UsersTrackSender(
@@ -155,7 +158,7 @@ class Delivery:
         self._report(outcome)
         if outcome == "failed":
             raise RejectedRatioExceeded(
-                f"{self.stats.counts['rejected']} of {self.stats.counts['records_in']} records "
+                f"{self.stats.counts['rejected']} of {self.checkpoint.received} records "
                 f"({ratio:.1%}) were rejected, above max_rejected_ratio "
                 f"{self.max_rejected_ratio:.1%}; see the rejects output for reasons. STATE was "
                 "held back, so a rerun after the fix resends them"

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,11 @@ COUNTERS = (
 class RunStats:
     """Thread-safe counters shared by the sink, the sender threads and the client."""
 
-    def __init__(self, progress_interval: float = 10.0) -> None:
-        """Start the clock."""
+    def __init__(
+        self, progress_interval: float = 10.0, records_in: Callable[[], int] | None = None
+    ) -> None:
+        """Start the clock; `records_in` counts received records (the checkpoint does)."""
+        self._records_in = records_in or (lambda: self.counts["records_in"])
         self._lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.rejected_by_reason: dict[str, int] = {}
@@ -56,8 +60,8 @@ class RunStats:
 
     def rejected_ratio(self) -> float:
         """Rejected records over records received so far."""
+        total = self._records_in()
         with self._lock:
-            total = self.counts["records_in"]
             return self.counts["rejected"] / total if total else 0.0
 
     def maybe_log_progress(self) -> None:
@@ -68,8 +72,15 @@ class RunStats:
         self._next_progress = now + self._progress_interval
         logger.info("Progress: %s", self._line(now))
 
+    def snapshot(self) -> dict[str, int]:
+        """A consistent copy of the counters."""
+        with self._lock:
+            counts = dict(self.counts)
+        counts["records_in"] = self._records_in()
+        return counts
+
     def _line(self, now: float) -> str:
-        c = dict(self.counts)
+        c = self.snapshot()
         elapsed = max(now - self.started, 1e-9)
         return (
             f"{c['records_in']} records in, {c['objects_sent']} objects sent in "
@@ -86,8 +97,8 @@ class RunStats:
     def as_dict(self, *, dry_run: bool, outcome: str) -> dict[str, Any]:
         """What `run_report_path` holds."""
         elapsed = time.monotonic() - self.started
+        counts = self.snapshot()
         with self._lock:
-            counts = dict(self.counts)
             reasons = dict(self.rejected_by_reason)
         return {
             "outcome": outcome,

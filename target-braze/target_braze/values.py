@@ -43,16 +43,12 @@ def normalise_datetime_string(value: str, name: str) -> str:
     return iso_utc(parsed)
 
 
-def _number(value: Decimal | float, name: str) -> int | float:
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise UnsendableValue(f"'{name}' is {value}, which Braze cannot store")
-        if value == value.to_integral_value():
-            return int(value)
-        return float(value)
-    if math.isnan(value) or math.isinf(value):
+def _number(value: Decimal, name: str) -> int | float:
+    if not value.is_finite():
         raise UnsendableValue(f"'{name}' is {value}, which Braze cannot store")
-    return value
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)
 
 
 def to_braze(value: Any, name: str, *, check_string_length: bool = True) -> Any:
@@ -73,7 +69,11 @@ def to_braze(value: Any, name: str, *, check_string_length: bool = True) -> Any:
         return value
     if value is None or kind is bool or kind is int:
         return value
-    if kind is Decimal or kind is float:
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise UnsendableValue(f"'{name}' is {value}, which Braze cannot store")
+    if kind is Decimal:
         return _number(value, name)
     if isinstance(value, dt.datetime):
         return iso_utc(value)
