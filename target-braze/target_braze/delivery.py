@@ -124,6 +124,7 @@ class Delivery:
             ),
             bulk_header=bool(config.get("bulk_header", True)),
             stop=self.stop,
+            max_connections=int(config["max_concurrent_requests"]),
         )
 
     def _ratio_allows_release(self) -> bool:
