@@ -198,6 +198,22 @@ class Pipeline:
         merged = _deep_merge(stored.get("partial") or {}, stored.get("completed") or {})
         return merged.get("singer_state", {})
 
+    def meltano_state_get(self) -> dict[str, Any]:
+        """`meltano state get <state id>`: the state as Meltano itself reports it."""
+        result = subprocess.run(
+            [MELTANO, "state", "get", self.state_id],
+            cwd=PROJECT_ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"meltano state get failed: {result.stderr[-2000:]}")
+        loaded: dict[str, Any] = json.loads(result.stdout)
+        return loaded.get("singer_state", {})
+
     def bookmark(self, stream: str = WIDE_TABLE) -> tuple[str, str] | None:
         """The stored `(replication_key_value, replication_key_last_id)`, if any."""
         entry = self.stored_state().get("bookmarks", {}).get(stream)
@@ -419,13 +435,6 @@ def summarise(problems: list[str], limit: int = 20) -> str:
 def expected_profiles(warehouse: Path) -> dict[str, dict[str, Any]]:
     """The attributes Braze should hold for each customer of the warehouse."""
     return {customer: row.attributes for customer, row in read_warehouse(warehouse).items()}
-
-
-def tracked_objects(sandbox: Any) -> int:
-    """Objects in `/users/track` requests the sandbox answered with 2xx."""
-    return sum(
-        entry["objects"] for entry in sandbox.requests_log() if 200 <= int(entry["status"]) < 300
-    )
 
 
 def exported_attributes(sandbox: Any, customers: list[str]) -> dict[str, dict[str, Any]]:

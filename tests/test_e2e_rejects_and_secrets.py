@@ -93,6 +93,7 @@ def test_rejection_above_ratio_fails_the_run_and_holds_state_before_it(
     assert pipeline.report()["outcome"] == "failed"
     # Meltano's stored bookmark may cover the rows before the refused one, never it.
     bookmark = pipeline.bookmark()
+    assert pipeline.stored_state() == pipeline.meltano_state_get()
     if bookmark is not None:
         assert (normalise_timestamp(bookmark[0]), bookmark[1]) < refused_key, bookmark
 
@@ -102,9 +103,9 @@ DISTINCTIVE_KEY = "e2e-k3y-Zq8vT2mWx9Lr4Np7Hc6"
 
 
 def _files_under(*roots: Path) -> list[Path]:
-    files = []
+    files = [root for root in roots if root.is_file()]
     for root in roots:
-        if root.is_dir():
+        if root.is_dir() and not root.is_symlink():
             files.extend(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
     return files
 
@@ -139,14 +140,16 @@ def test_api_key_appears_in_no_output_log_or_file(
     assert "DEBUG" in result.output.upper()  # debug logging was really on
     assert DISTINCTIVE_KEY not in result.stdout, "API key in meltano's stdout"
     assert DISTINCTIVE_KEY not in result.stderr, "API key in meltano's stderr"
+    # The session's own .meltano (run files, logs, system database; not the linked plugin
+    # virtualenvs), the project's .meltano/logs and .meltano/run, output/ and tmp_path.
     sys_dir = Path(meltano_env["MELTANO_SYS_DIR_ROOT"])
+    own = [p for p in sys_dir.iterdir() if p.name not in {"extractors", "loaders"}]
     searched = _files_under(
         tmp_path,
         PROJECT_ROOT / "output",
-        sys_dir / "logs",
-        sys_dir / "run",
         PROJECT_SYS_DIR / "logs",
         PROJECT_SYS_DIR / "run",
+        *own,
     )
     assert any(p.is_relative_to(sys_dir / "run") for p in searched)
     leaked = [str(p) for p in searched if DISTINCTIVE_KEY.encode() in p.read_bytes()]
