@@ -52,8 +52,12 @@ class Checkpoint:
         """Mark records settled (accepted or rejected) and release what that allows."""
         with self._lock:
             extra = self._settled_out_of_order
-            extra.update(seqs)
             prefix = self._settled_prefix
+            for seq in seqs:  # mostly ascending: most extend the prefix directly
+                if seq == prefix:
+                    prefix += 1
+                else:
+                    extra.add(seq)
             while prefix in extra:
                 extra.remove(prefix)
                 prefix += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -188,6 +189,16 @@ class StreamMapping:
             name for name, prop in properties.items() if _is_datetime(prop)
         )
         self._checked_keys: set[str] = set()
+        # validate_records: each property's JSON type and the required properties are
+        # checked in the same pass that builds the object (a separate JSON Schema
+        # validator cost more than all of the target's other per-record work).
+        validate = config.get("validate_records", True)
+        self.types: dict[str, tuple[type, ...]] = (
+            {name: types for name, prop in properties.items() if (types := python_types(prop))}
+            if validate
+            else {}
+        )
+        self.required = frozenset(schema.get("required", [])) if validate else frozenset()
 
     def _check_object_settings(self, where: str) -> list[str]:
         """Check the event/purchase settings; return the properties they consume."""
@@ -234,6 +245,11 @@ class StreamMapping:
                 raise UnsendableValue(
                     f"'{self.identifier_property}' is empty; every Braze object needs an "
                     f"identifier ({self.identifier_type})"
+                )
+            if self.required and not self.required.issubset(record):
+                missing = sorted(self.required - set(record))
+                raise UnsendableValue(
+                    f"does not match the stream's schema: required {missing} missing"
                 )
             body = self._identify(identifier)
             if self.object_type == "attributes":
@@ -283,12 +299,16 @@ class StreamMapping:
         included = self.included
         checked = self._checked_keys
         datetimes = self.datetime_properties
+        types = self.types
         for name, value in record.items():
             if name in excluded or (included is not None and name not in included):
                 continue
             if name not in checked and not self._admit_key(name):
                 continue
             kind = type(value)
+            allowed = types.get(name)
+            if allowed is not None and kind not in allowed:
+                raise _type_mismatch(name, value, allowed)
             if value is None:
                 if skip_nulls:
                     continue
@@ -322,6 +342,10 @@ class StreamMapping:
         return True
 
     def _event_or_purchase(self, record: dict[str, Any], body: dict[str, Any]) -> int:
+        for prop_name, prop_value in record.items():
+            allowed = self.types.get(prop_name)
+            if allowed is not None and type(prop_value) not in allowed:
+                raise _type_mismatch(prop_name, prop_value, allowed)
         assert self.time_property is not None  # noqa: S101 - guaranteed by _check_object_settings
         time_value = record.get(self.time_property)
         if time_value is None:
@@ -388,3 +412,49 @@ def _is_datetime(prop: dict[str, Any]) -> bool:
 def count_data_points(body: dict[str, Any]) -> int:
     """Billable data points in an attributes object: every key but the control keys."""
     return sum(1 for key in body if key not in _CONTROL_KEYS)
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float, Decimal),
+    "boolean": (bool,),
+    "null": (type(None),),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def python_types(prop: dict[str, Any]) -> tuple[type, ...]:
+    """The Python types a JSON Schema property admits; empty when it admits anything."""
+    options = prop.get("anyOf") or prop.get("oneOf")
+    if options:
+        found: list[type] = []
+        for option in options:
+            option_types = python_types(option) if isinstance(option, dict) else ()
+            if not option_types:
+                return ()
+            found.extend(option_types)
+        return tuple(dict.fromkeys(found))
+    declared = prop.get("type")
+    if declared is None:
+        return ()
+    names = [declared] if isinstance(declared, str) else list(declared)
+    if any(name not in _JSON_TYPES for name in names):
+        return ()
+    return tuple(dict.fromkeys(kind for name in names for kind in _JSON_TYPES[name]))
+
+
+def _type_mismatch(name: str, value: Any, allowed: tuple[type, ...]) -> UnsendableValue:
+    expected = sorted({json for json, kinds in _JSON_TYPES.items() if set(kinds) <= set(allowed)})
+    return UnsendableValue(
+        f"does not match the stream's schema: '{name}' is {_json_type(value)} "
+        f"{str(value)[:40]!r}, the schema says {' or '.join(expected)}"
+    )
+
+
+def _json_type(value: Any) -> str:
+    for json, kinds in _JSON_TYPES.items():
+        if type(value) in kinds:
+            return json
+    return type(value).__name__

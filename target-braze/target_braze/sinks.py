@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import fastjsonschema
 from singer_sdk.sinks import Sink
 
 from target_braze.mapping import Rejection, StreamMapping
@@ -37,31 +36,17 @@ class BrazeSink(Sink):
         self.mapping = StreamMapping(
             stream_name, schema, dict(self.config), target.bookmark_properties.get(stream_name)
         )
-        self._record_validator = self._compile_validator()
         # Records of this stream bypass the SDK's record path (see TargetBraze).
         self.direct = target.direct_path_allowed()
         if self.direct:
             target.direct_sinks[stream_name] = self
 
-    # The SDK validates with jsonschema (~80 µs a record) and raises on the first invalid
-    # record; we validate with fastjsonschema and send an invalid record to the rejects
-    # output with the validator's message instead.
+    # Validation (validate_records) happens in StreamMapping.build, in the same pass that
+    # builds the Braze object; an invalid record is rejected with a reason instead of
+    # ending the run.
     def get_validator(self) -> None:
-        """Validation happens in `process_record` (see `_compile_validator`)."""
+        """No separate validator: see `StreamMapping.build`."""
         return
-
-    def _compile_validator(self) -> Any:
-        if not self.config.get("validate_records", True):
-            return None
-        try:
-            return fastjsonschema.compile(self.schema, use_formats=False)
-        except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError):
-            self.logger.warning(
-                "Stream '%s': its schema cannot be compiled for validation; records are "
-                "checked only against Braze's rules",
-                self.stream_name,
-            )
-            return None
 
     # Date-times stay strings: StreamMapping normalises the ones Braze will receive, which
     # is cheaper than the SDK's parse of every date-time into a datetime and back.
@@ -77,27 +62,13 @@ class BrazeSink(Sink):
         """Map, validate and batch one record; send the batch when full."""
         delivery = self.delivery
         seq = delivery.checkpoint.register_record()
-        built = self._build(record, seq)
+        built = self.mapping.build(record, seq)
         if isinstance(built, Rejection):
             delivery.rejects.write(built.stream, built.identifier, built.record, built.reason)
             delivery.checkpoint.settle([seq])
             return
         delivery.add(built)
         delivery.stats.maybe_log_progress()
-
-    def _build(self, record: dict, seq: int) -> Any:
-        if self._record_validator is not None:
-            try:
-                self._record_validator(record)
-            except fastjsonschema.JsonSchemaValueException as exc:
-                raw_id = record.get(self.mapping.identifier_property)
-                return Rejection(
-                    self.stream_name,
-                    None if raw_id is None else str(raw_id),
-                    record,
-                    f"does not match the stream's schema: {exc.message}",
-                )
-        return self.mapping.build(record, seq)
 
     def process_batch(self, context: dict) -> None:
         """Drain: send what is buffered and wait for Braze's answers to everything."""
