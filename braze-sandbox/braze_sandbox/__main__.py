@@ -153,7 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         contextlib.suppress(KeyboardInterrupt),
         asyncio.Runner(loop_factory=_loop_factory()) as runner,
     ):
-        runner.run(serve(options, args.host, args.port, args.ready_file))
+        try:
+            runner.run(serve(options, args.host, args.port, args.ready_file))
+        except OSError as problem:
+            # Port taken, address not local: one line, not a traceback.
+            sys.stderr.write(
+                f"braze-sandbox: error: cannot listen on {args.host}:{args.port}: "
+                f"{problem.strerror or problem}; pick another --port\n"
+            )
+            return 1
     return 0
 
 
