@@ -155,7 +155,7 @@ class Delivery:
             outcome = "partial_success" if ratio <= self.max_rejected_ratio else "failed"
         logger.info("Run summary (%s): %s", outcome, self.stats.summary())
         if self.stats.rejected_by_reason:
-            logger.warning("Rejected records by reason: %s", self.stats.rejected_by_reason)
+            logger.warning("Rejected records by reason: %s", self.stats.rejection_summary())
         self._report(outcome)
         if outcome == "failed":
             raise RejectedRatioExceeded(

@@ -62,7 +62,7 @@ class RejectedRecords:
                     self._file = self._path.open("ab")
                 self._file.write(line + b"\n")
                 self._file.flush()
-        self._stats.add_rejection(kind)
+        self._stats.add_rejection(kind, identifier)
 
     def close(self) -> None:
         """Flush and close the output."""

@@ -42,6 +42,7 @@ class RunStats:
         self._lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.rejected_by_reason: dict[str, int] = {}
+        self.rejected_examples: dict[str, list[str]] = {}
         self.started = time.monotonic()
         self._progress_interval = progress_interval
         self._next_progress = self.started + progress_interval
@@ -52,11 +53,22 @@ class RunStats:
             for name, value in increments.items():
                 self.counts[name] += value
 
-    def add_rejection(self, reason_kind: str) -> None:
+    def add_rejection(self, reason_kind: str, identifier: str | None) -> None:
         """Count a rejected record under a short reason (Braze's error type, or ours)."""
         with self._lock:
             self.counts["rejected"] += 1
             self.rejected_by_reason[reason_kind] = self.rejected_by_reason.get(reason_kind, 0) + 1
+            examples = self.rejected_examples.setdefault(reason_kind, [])
+            if len(examples) < 3:
+                examples.append(str(identifier))
+
+    def rejection_summary(self) -> str:
+        """'EMAIL_BAD_FORMAT: 12 (e.g. u1, u7, u9); ...': the shape of the problem in a line."""
+        with self._lock:
+            return "; ".join(
+                f"{kind}: {count} (e.g. {', '.join(self.rejected_examples.get(kind, []))})"
+                for kind, count in sorted(self.rejected_by_reason.items(), key=lambda kv: -kv[1])
+            )
 
     def rejected_ratio(self) -> float:
         """Rejected records over records received so far."""

@@ -110,3 +110,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("target-braze: error:")]
+
+
+def start_target(config: dict[str, Any], tmp_path: Path, stderr: Any = subprocess.DEVNULL):
+    """Start the target's CLI for a conversation: write to its stdin, read its stdout."""
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    return subprocess.Popen(
+        target_command(config_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def send(process: subprocess.Popen, messages: list[dict[str, Any]]) -> None:
+    assert process.stdin is not None
+    for message in messages:
+        process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()

@@ -16,8 +16,9 @@ from braze_target_harness import (
     record,
     run_target,
     schema_message,
+    send,
+    start_target,
     state,
-    target_command,
     target_config,
 )
 
@@ -65,19 +66,9 @@ def _readline_within(process: subprocess.Popen, seconds: float) -> str | None:
 
 def test_state_is_withheld_until_braze_confirms_and_released_mid_stream(braze, tmp_path):
     braze.configure(latency_ms=[1500, 1500])
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(target_config(braze, tmp_path, flush_interval_seconds=0)))
-    process = subprocess.Popen(
-        target_command(config_path),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdin is not None
-    for message in [schema_message(), *customers(3), state("after-3")]:
-        process.stdin.write(json.dumps(message) + "\n")
-    process.stdin.flush()
+    config = target_config(braze, tmp_path, flush_interval_seconds=0)
+    process = start_target(config, tmp_path)
+    send(process, [schema_message(), *customers(3), state("after-3")])
     # Braze holds the request for 1.5 s: no STATE may appear meanwhile.
     assert _readline_within(process, 1.0) is None
     line = _readline_within(process, 10.0)
@@ -103,20 +94,10 @@ def test_state_is_never_emitted_when_braze_keeps_failing(braze, tmp_path):
 
 def test_state_confirmed_before_a_failure_is_kept_and_nothing_after_it(braze, tmp_path):
     braze.configure(errors={"c7": "BLACKLISTED_EXTERNAL_USER_ID"})
-    config_path = tmp_path / "config.json"
     # max_rejected_ratio 0 (the default): any rejection fails the run.
-    config_path.write_text(json.dumps(target_config(braze, tmp_path, flush_interval_seconds=0)))
-    process = subprocess.Popen(
-        target_command(config_path),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None
-    for message in [schema_message(), *customers(5), state("after-5")]:
-        process.stdin.write(json.dumps(message) + "\n")
-    process.stdin.flush()
+    config = target_config(braze, tmp_path, flush_interval_seconds=0)
+    process = start_target(config, tmp_path, stderr=subprocess.PIPE)
+    send(process, [schema_message(), *customers(5), state("after-5")])
     first = _readline_within(process, 10.0)
     assert first is not None
     assert json.loads(first) == state("after-5")["value"]
@@ -202,6 +183,7 @@ def test_indexed_errors_are_written_to_rejects_with_brazes_reason(braze, tmp_pat
     assert rejected["record"]["customer_id"] == "c3"
     assert set(profiles_by_id(braze)) == {f"c{i}" for i in range(20)} - {"c3"}
     assert braze.stats()["errors_by_type"]["BLACKLISTED_EXTERNAL_USER_ID"] == 1  # not retried
+    assert "Rejected records by reason: BLACKLISTED_EXTERNAL_USER_ID: 1 (e.g. c3)" in run.stderr
     assert run.states[-1] == state("end")["value"]
     assert json.loads((tmp_path / "report.json").read_text())["outcome"] == "partial_success"
 
@@ -412,28 +394,14 @@ def test_instance_codes_resolve_to_brazes_rest_urls():
 
 
 def test_sigterm_drains_and_checkpoints_what_braze_confirmed(braze, tmp_path):
-    config_path = tmp_path / "config.json"
-    config = target_config(braze, tmp_path, flush_interval_seconds=600)
-    config_path.write_text(json.dumps(config))
-    process = subprocess.Popen(
-        target_command(config_path),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        stderr=subprocess.DEVNULL,
-    )
-    assert process.stdin is not None
+    process = start_target(target_config(braze, tmp_path, flush_interval_seconds=600), tmp_path)
     # 75 records fill one request, sent at once: its STATE shows the target is running.
-    for message in [schema_message(), *customers(75), state("after-75")]:
-        process.stdin.write(json.dumps(message) + "\n")
-    process.stdin.flush()
+    send(process, [schema_message(), *customers(75), state("after-75")])
     first = _readline_within(process, 20.0)
     assert first is not None
     assert json.loads(first) == state("after-75")["value"]
     # 10 more wait in a partly filled request (flush interval 600 s) when SIGTERM comes.
-    for message in [*customers(10, start=75), state("after-85")]:
-        process.stdin.write(json.dumps(message) + "\n")
-    process.stdin.flush()
+    send(process, [*customers(10, start=75), state("after-85")])
     time.sleep(0.5)
     process.terminate()
     out, _ = process.communicate(timeout=30)
