@@ -50,7 +50,7 @@ class Delivery:
         self._stdout_lock = threading.Lock()
         self.checkpoint = Checkpoint(self._emit_state, self._ratio_allows_release)
         self.stats = RunStats(
-            float(config.get("progress_interval_seconds") or 10.0),
+            float(config.get("progress_interval_seconds") or 5.0),
             records_in=lambda: self.checkpoint.received,
         )
         self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats)

@@ -293,7 +293,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "progress_interval_seconds",
         NUMBER,
-        default=10.0,
+        default=5.0,
         title="Progress interval (seconds)",
         description="How often a progress line is logged on long runs.",
     ),

@@ -408,3 +408,18 @@ def test_sigterm_drains_and_checkpoints_what_braze_confirmed(braze, tmp_path):
     assert process.returncode == 128 + 15  # interrupted is not success
     assert json.loads(out.splitlines()[-1]) == state("after-85")["value"]
     assert len(profiles_by_id(braze)) == 85
+
+
+def test_long_runs_log_progress_lines_and_a_final_summary(braze, tmp_path):
+    braze.configure(latency_ms=[20, 20])
+    config = target_config(
+        braze, tmp_path, progress_interval_seconds="0.2", max_concurrent_requests=1
+    )
+    run = run_target(config, stream_of(1500), tmp_path)  # 20 requests of 20 ms: 0.4 s+
+    assert run.returncode == 0, run.stderr
+    progress = [line for line in run.stderr.splitlines() if "Progress: " in line]
+    assert progress, run.stderr
+    assert "records in" in progress[0]
+    assert "429s" in progress[0]
+    assert "records/s" in progress[0]
+    assert "Run summary (success): 1500 records in, 1500 objects sent in 20 requests" in run.stderr
