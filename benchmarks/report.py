@@ -69,6 +69,17 @@ def _status(ok: bool | None) -> str:
     return "pass" if ok else "miss"
 
 
+def marginal_cpu_per_100k(results: dict[str, Any]) -> float | None:
+    """CPU per 100k records between the slice and the whole stream (start-up cancels)."""
+    small_cpu = _median(results, "target_braze_compare", "cpu_seconds")
+    small_n = _median(results, "target_braze_compare", "records")
+    big_cpu = _median(results, "target_braze_full", "cpu_seconds")
+    big_n = _median(results, "target_braze_full", "records")
+    if None in (small_cpu, small_n, big_cpu, big_n) or big_n <= small_n:
+        return None
+    return float((big_cpu - small_cpu) / (big_n - small_n) * 100_000)
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's five targets, each with the measured figure and pass/miss."""
     out: list[dict[str, Any]] = []
@@ -77,12 +88,18 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     cpu_full = _median(results, "target_braze_full", "cpu_seconds_per_100k")
     cpu_values = [v for v in (cpu_slice, cpu_full) if v is not None]
     cpu = max(cpu_values) if cpu_values else None
+    marginal = marginal_cpu_per_100k(results)
     out.append(
         {
             "goal": "target-braze CPU (user + sys) <= 1.33 s per 100k records",
             "measured": (
                 f"{cpu_slice:.2f} s/100k on the slice"
                 + (f", {cpu_full:.2f} s/100k on the whole stream" if cpu_full else "")
+                + (
+                    f"; marginal (start-up excluded) {marginal:.2f} s/100k"
+                    if marginal is not None
+                    else ""
+                )
                 if cpu_slice is not None
                 else "n/a"
             ),
@@ -152,10 +169,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "goal": "target-braze peak memory at 1M within 10% of that at 100k, under 200 MB",
             "measured": (
-                f"{small:.0f} MB at {small_n:,} records, {big:.0f} MB at {big_n:,} records "
+                f"{small:.0f} MB at {small_n:,.0f} records, {big:.0f} MB at {big_n:,.0f} records "
                 f"({(big / small - 1):+.1%})"
                 if small is not None and big is not None
-                else (f"{small:.0f} MB at {small_n:,} records" if small is not None else "n/a")
+                else (f"{small:.0f} MB at {small_n:,.0f} records" if small is not None else "n/a")
             ),
             "value": big,
             "status": _status(mem_ok),
@@ -214,7 +231,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     right.text(CPU_GOAL_PER_100K, -0.6, " goal 1.33 s", color="red", fontsize=8)
     for y, value in enumerate(cpu):
         right.text(value, y, f" {value:.2f}", va="center", fontsize=8)
-    right.set_xlabel("CPU seconds (user + sys) per 100k records, median")
+    right.set_xlabel("CPU s (user + sys) / 100k records, median")
     right.set_title("Process CPU")
     machine = results["machine"]
     fig.suptitle(
@@ -259,7 +276,8 @@ def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: P
         "    --naive-records 200 --output-dir /tmp/bench",
         "# also: --profile (pyinstrument of target-braze), --postgres on|off|auto "
         "(or BENCH_POSTGRES=1),",
-        "#       --no-levers, --no-meltano, --work-dir DIR (keep warehouses, streams, logs)",
+        "#       --no-levers, --no-meltano, --work-dir DIR (keep warehouses, streams, logs),",
+        "#       --from-json benchmarks/results/latest.json (re-render chart + markdown only)",
         "```",
         "",
         "Writes `benchmarks/results/latest.json` (every repeat's raw numbers), "
@@ -318,6 +336,10 @@ def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: P
             f"{_fmt(med.get('max_rss_mb'), '.0f')} | {_fmt(share, '.0%')} |"
         )
     lines += [
+        "",
+        "All processes share the machine's 2 cores: in (b) the sandbox takes one core "
+        "(its share is in the last column), and in (c) meltano, the tap, the target and the "
+        "sandbox compete for both, whereas in production Braze's side runs elsewhere.",
         "",
         "Records/s = records ÷ the process's wall time (start-up included). CPU s / 100k "
         "for the tap and `meltano run` rows is not shown: `meltano run`'s CPU (in the CPU s "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,7 @@ class Bench:
         self.logs.mkdir(exist_ok=True)
         self.results: dict[str, Any] = {
             "machine": machine(),
-            "command": " ".join([Path(sys.executable).name, "-m", "benchmarks", *sys.argv[1:]]),
+            "command": shlex.join([".venv/bin/python", "-m", "benchmarks", *sys.argv[1:]]),
             "parameters": {
                 k: v for k, v in vars(args).items() if k not in {"output_dir", "markdown"}
             },
@@ -711,6 +712,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--work-dir", default=None, help="keep warehouses/streams/logs here")
     parser.add_argument("--note", action="append", default=[], help="remark for the report")
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="measure nothing: re-render chart and markdown from this results JSON",
+    )
     args = parser.parse_args(argv)
     if args.markdown is None:
         default_output = Path(args.output_dir).resolve() == (BENCH / "results").resolve()
@@ -725,6 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        results["goals"] = report.goals(results)
+        write_outputs(results, output_dir, Path(args.markdown))
+        return 0
     bench = Bench(args)
     for text in args.note:
         bench.note(text)
@@ -749,14 +760,19 @@ def main(argv: list[str] | None = None) -> int:
     (output_dir / "partial.json").unlink(missing_ok=True)
     bench.results["duration_seconds"] = round(time.perf_counter() - started, 1)
     bench.results["goals"] = report.goals(bench.results)
-    json_path = output_dir / "latest.json"
-    json_path.write_text(json.dumps(bench.results, indent=2) + "\n", encoding="utf-8")
-    chart = output_dir / "throughput.png"
-    report.chart(bench.results, chart)
-    markdown = Path(args.markdown)
-    markdown.write_text(report.markdown(bench.results, markdown, chart, json_path), "utf-8")
-    log(f"done in {bench.results['duration_seconds']} s: {json_path}, {chart}, {markdown}")
+    write_outputs(bench.results, output_dir, Path(args.markdown))
+    log(f"done in {bench.results['duration_seconds']} s")
     return 1 if bench.results.get("failed_stages") else 0
+
+
+def write_outputs(results: dict[str, Any], output_dir: Path, markdown: Path) -> None:
+    """latest.json, throughput.png and the markdown report."""
+    json_path = output_dir / "latest.json"
+    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    chart = output_dir / "throughput.png"
+    report.chart(results, chart)
+    markdown.write_text(report.markdown(results, markdown, chart, json_path), "utf-8")
+    log(f"wrote {json_path}, {chart}, {markdown}")
 
 
 if __name__ == "__main__":
