@@ -88,6 +88,7 @@ def test_rejection_above_ratio_fails_the_run_and_holds_state_before_it(
     assert result.returncode != 0, result.describe()
     failure_lines = [line for line in result.output.splitlines() if RATIO_FAILURE in line]
     assert len(failure_lines) == 1, result.describe()
+    assert "target-braze: error: 1 of 1200 records" in failure_lines[0], failure_lines
     assert "Traceback" not in result.output, result.describe()
     assert [r["identifier"] for r in pipeline.rejects()] == [refused]
     assert pipeline.report()["outcome"] == "failed"
