@@ -75,8 +75,25 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     def observe(self, remaining: int | None, reset_in: float | None, in_flight: int) -> None:
-        """Slow down when Braze says fewer requests remain than we have in flight."""
+        """Slow down when Braze says less is left than this limiter believes.
+
+        Braze's `X-RateLimit-Remaining` counts everything the customer sends. While it is
+        at least what our own slots allow, our slots already keep us under the limit and
+        a pause would only waste the window. Below that, someone else is using the shared
+        limit: hold new requests until `X-RateLimit-Reset`.
+        """
         if remaining is None or reset_in is None:
             return
-        if remaining <= in_flight:
-            self.pause_for(reset_in)
+        if self.limit:
+            with self._cond:
+                now = self._clock()
+                while self._cooling and self._cooling[0] <= now:
+                    heapq.heappop(self._cooling)
+                ours = self.limit - self._in_use - len(self._cooling)
+            # Alone on the limit, every arrival Braze counts holds one of our slots, so
+            # Braze's remaining is never below our free slots.
+            if remaining >= ours:
+                return
+        elif remaining > in_flight:
+            return
+        self.pause_for(reset_in)

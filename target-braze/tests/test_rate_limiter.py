@@ -59,7 +59,8 @@ def test_zero_limit_never_blocks():
         limiter.release()
 
 
-def test_low_remaining_pauses_new_requests_until_reset():
+def test_remaining_below_our_own_allowance_pauses_until_reset():
+    # Other traffic shares Braze's limit: Braze has 1 left while our slots allow 100.
     clock = FakeClock()
     limiter = RateLimiter(100, 3.0, clock=clock)
     limiter.observe(remaining=1, reset_in=5.0, in_flight=4)
@@ -70,8 +71,24 @@ def test_low_remaining_pauses_new_requests_until_reset():
     assert done.wait(2.0)
 
 
-def test_plenty_remaining_does_not_pause():
+def test_remaining_matching_our_own_slots_does_not_pause():
+    # Alone on the limit: Braze's count falls with ours; our slots already keep us under.
     clock = FakeClock()
-    limiter = RateLimiter(100, 3.0, clock=clock)
-    limiter.observe(remaining=50, reset_in=5.0, in_flight=4)
+    limiter = RateLimiter(3, 3.0, clock=clock)
+    for _ in range(3):
+        limiter.acquire()
+    limiter.release()  # one slot cooling, two in flight: 0 of ours left
+    limiter.observe(remaining=1, reset_in=5.0, in_flight=2)
+    clock.now = 3.0  # the cooled slot frees at once: no pause until t=5 was added
     limiter.acquire()
+
+
+def test_without_a_client_limit_low_remaining_pauses():
+    clock = FakeClock()
+    limiter = RateLimiter(0, 3.0, clock=clock)
+    limiter.observe(remaining=2, reset_in=5.0, in_flight=4)
+    done = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(), done.set()), daemon=True).start()
+    assert not done.wait(0.2)
+    clock.now = 5.0
+    assert done.wait(2.0)
