@@ -34,7 +34,8 @@ WIDE_TABLE = "customer_attributes"
 LONG_TABLE = "customer_attribute_changes"
 #: Model run 1 of the bundled sample; `generate --at` defaults to it so reruns are identical.
 FIRST_RUN_AT = dt.datetime(2026, 11, 21, 6, 0, tzinfo=dt.UTC)
-#: `model-run` without `--at` happens this long after the newest `updated_at`.
+#: `model-run` without `--at` happens this long after the newest `updated_at`, or now if
+#: that would be in the future (the tap holds back rows stamped after a sync starts).
 MODEL_RUN_INTERVAL = dt.timedelta(days=7)
 
 SEGMENTS = (
@@ -368,7 +369,8 @@ def model_run(
                 if latest is None:
                     msg = f"{WIDE_TABLE} is empty: run `peak-sample generate` first"
                     raise TapPeakError(msg)
-                at = to_utc(latest) + MODEL_RUN_INTERVAL
+                now = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+                at = min(to_utc(latest) + MODEL_RUN_INTERVAL, now)
             stamp = _stored_timestamp(engine, at)
             current = _read_customers(conn, wide)
             rng = random.Random(seed)  # noqa: S311 - reproducible sample data
@@ -434,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", required=True)
     run.add_argument("--changes", type=int, required=True, help="customers whose attributes change")
     run.add_argument(
-        "--at", type=_parse_at, help="model run time (default: newest updated_at + 7 days)"
+        "--at",
+        type=_parse_at,
+        help="model run time (default: newest updated_at + 7 days, or now if that is later)",
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--schema", help="target schema (default publish; ignored for SQLite)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,21 @@ def test_bundled_sample_has_1200_clean_customers_and_150_changed_in_run_2():
     assert stamps == ["2026-11-21 06:00:00", "2026-11-28 06:00:00"]
     assert sum(row[-1] == "2026-11-28 06:00:00" for row in wide) == 150
     assert SAMPLE_DATABASE.stat().st_size < 1_000_000
+
+
+def test_model_run_without_at_never_stamps_rows_in_the_future(tmp_path):
+    # Newest row + 7 days would be after today for the bundled sample: the tap would hold
+    # such rows back, so a demo model run must be stamped no later than now.
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(Path(SAMPLE_DATABASE).read_bytes())
+    subprocess.run(
+        [str(PEAK_SAMPLE), "model-run", "--url", f"sqlite:///{copy}", "--changes", "5"],
+        check=True,
+        capture_output=True,
+    )
+    engine = sa.create_engine(f"sqlite:///{copy}")
+    with engine.connect() as conn:
+        newest = conn.exec_driver_sql("SELECT max(updated_at) FROM customer_attributes").scalar()
+    engine.dispose()
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert "2026-11-28 06:00:00" < newest <= now
