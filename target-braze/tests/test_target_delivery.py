@@ -56,6 +56,14 @@ def test_full_sync_lands_every_profile_and_emits_the_final_state(braze, tmp_path
     assert report["records_accepted"] == 300
     assert report["requests"] == 4  # 75 objects per request
     assert report["data_points"] == 600
+    assert braze.stats()["bulk_requests"] == 4  # X-Braze-Bulk: true on every request
+
+
+def test_bulk_header_can_be_switched_off(braze, tmp_path):
+    run = run_target(target_config(braze, tmp_path, bulk_header=False), stream_of(10), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert braze.stats()["requests"] == 1
+    assert braze.stats()["bulk_requests"] == 0
 
 
 def _readline_within(process: subprocess.Popen, seconds: float) -> str | None:
@@ -423,3 +431,38 @@ def test_long_runs_log_progress_lines_and_a_final_summary(braze, tmp_path):
     assert "429s" in progress[0]
     assert "records/s" in progress[0]
     assert "Run summary (success): 1500 records in, 1500 objects sent in 20 requests" in run.stderr
+
+
+def test_legacy_per_array_limits_fill_each_array_and_default_counts_them_together(braze, tmp_path):
+    props = {
+        "customer_id": {"type": "string"},
+        "event": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"},
+    }
+    messages = [schema_message(), schema_message("events", props, bookmark=None)]
+    for i in range(75):
+        messages.append(record(f"c{i}", peak_segment="loyal"))
+        messages.append(
+            {
+                "type": "RECORD",
+                "stream": "events",
+                "record": {"customer_id": f"e{i}", "event": "login", "at": "2026-11-28T06:00:00Z"},
+            }
+        )
+    mapping = {
+        "events": {"object_type": "events", "event_name_property": "event", "time_property": "at"}
+    }
+    braze.configure(legacy_per_array_limits=True)
+    legacy = target_config(braze, tmp_path, legacy_per_array_limits=True, stream_mappings=mapping)
+    run = run_target(legacy, messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert braze.stats()["requests"] == 1  # 75 attributes + 75 events in one request
+    assert braze.stats()["max_objects_in_request"] == 150
+
+    braze.reset()
+    braze.configure(legacy_per_array_limits=False)
+    run = run_target(target_config(braze, tmp_path, stream_mappings=mapping), messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert braze.stats()["requests"] == 2  # 150 objects, at most 75 per request combined
+    assert braze.stats()["max_objects_in_request"] == 75
+    assert len(braze.events()) == 75
