@@ -13,6 +13,13 @@ class FakeClock:
         return self.now
 
 
+def acquire_in_background(limiter: RateLimiter) -> threading.Event:
+    """Start an acquire on another thread; the event is set once it got its slot."""
+    acquired = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(), acquired.set()), daemon=True).start()
+    return acquired
+
+
 def test_limit_slots_then_blocks_until_a_slot_cools():
     clock = FakeClock()
     limiter = RateLimiter(2, 3.0, clock=clock)
@@ -20,36 +27,22 @@ def test_limit_slots_then_blocks_until_a_slot_cools():
     limiter.acquire()
     limiter.release()
     limiter.release()  # both cool until t=3
-    acquired = threading.Event()
-
-    def third() -> None:
-        limiter.acquire()
-        acquired.set()
-
-    thread = threading.Thread(target=third, daemon=True)
-    thread.start()
-    assert not acquired.wait(0.2)
+    third = acquire_in_background(limiter)
+    assert not third.wait(0.2)
     clock.now = 3.0
-    assert acquired.wait(2.0)
-    thread.join(2.0)
+    assert third.wait(2.0)
 
 
 def test_in_flight_requests_hold_their_slots():
     clock = FakeClock()
     limiter = RateLimiter(1, 1.0, clock=clock)
     limiter.acquire()
-    blocked = threading.Event()
-
-    def second() -> None:
-        limiter.acquire()
-        blocked.set()
-
-    threading.Thread(target=second, daemon=True).start()
+    second = acquire_in_background(limiter)
     clock.now = 100.0  # time passes, but the first request has not answered yet
-    assert not blocked.wait(0.2)
+    assert not second.wait(0.2)
     limiter.release()
     clock.now = 101.0
-    assert blocked.wait(2.0)
+    assert second.wait(2.0)
 
 
 def test_zero_limit_never_blocks():
@@ -64,11 +57,10 @@ def test_remaining_below_our_own_allowance_pauses_until_reset():
     clock = FakeClock()
     limiter = RateLimiter(100, 3.0, clock=clock)
     limiter.observe(remaining=1, reset_in=5.0, in_flight=4)
-    done = threading.Event()
-    threading.Thread(target=lambda: (limiter.acquire(), done.set()), daemon=True).start()
-    assert not done.wait(0.2)
+    waiting = acquire_in_background(limiter)
+    assert not waiting.wait(0.2)
     clock.now = 5.0
-    assert done.wait(2.0)
+    assert waiting.wait(2.0)
 
 
 def test_remaining_matching_our_own_slots_does_not_pause():
@@ -79,16 +71,15 @@ def test_remaining_matching_our_own_slots_does_not_pause():
         limiter.acquire()
     limiter.release()  # one slot cooling, two in flight: 0 of ours left
     limiter.observe(remaining=1, reset_in=5.0, in_flight=2)
-    clock.now = 3.0  # the cooled slot frees at once: no pause until t=5 was added
-    limiter.acquire()
+    clock.now = 3.0  # the cooled slot is free again; a pause would hold it until t=5
+    assert acquire_in_background(limiter).wait(2.0)
 
 
 def test_without_a_client_limit_low_remaining_pauses():
     clock = FakeClock()
     limiter = RateLimiter(0, 3.0, clock=clock)
     limiter.observe(remaining=2, reset_in=5.0, in_flight=4)
-    done = threading.Event()
-    threading.Thread(target=lambda: (limiter.acquire(), done.set()), daemon=True).start()
-    assert not done.wait(0.2)
+    waiting = acquire_in_background(limiter)
+    assert not waiting.wait(0.2)
     clock.now = 5.0
-    assert done.wait(2.0)
+    assert waiting.wait(2.0)
