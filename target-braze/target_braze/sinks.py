@@ -1,4 +1,4 @@
-"""`BrazeSink`: one stream's records into `UsersTrackBatch`es, handed to the shared sender."""
+"""`BrazeSink`: one stream's records mapped, validated and handed to the shared `Delivery`."""
 
 from __future__ import annotations
 
