@@ -110,22 +110,19 @@ class SandboxClient:
 
     def events(self, external_id: str | None = None) -> list[dict[str, Any]]:
         """Recorded events, oldest first."""
-        query = (
-            ""
-            if external_id is None
-            else "?" + urllib.parse.urlencode({"external_id": external_id})
-        )
-        result: list[dict[str, Any]] = self._call("GET", "/_sandbox/events" + query)
-        return result
+        return self._recorded("events", external_id)
 
     def purchases(self, external_id: str | None = None) -> list[dict[str, Any]]:
         """Recorded purchases, oldest first."""
+        return self._recorded("purchases", external_id)
+
+    def _recorded(self, kind: str, external_id: str | None) -> list[dict[str, Any]]:
         query = (
             ""
             if external_id is None
             else "?" + urllib.parse.urlencode({"external_id": external_id})
         )
-        result: list[dict[str, Any]] = self._call("GET", "/_sandbox/purchases" + query)
+        result: list[dict[str, Any]] = self._call("GET", f"/_sandbox/{kind}" + query)
         return result
 
     def stats(self) -> dict[str, Any]:
