@@ -64,27 +64,10 @@ class Checkpoint:
             self._settled_prefix = prefix
             self._release()
 
-    def retry_release(self) -> None:
-        """Try again to release, e.g. after the rejected ratio dropped back under its limit."""
-        with self._lock:
-            self._release()
-
     @property
     def received(self) -> int:
         """Records received so far."""
         return self._next_seq
-
-    @property
-    def unsettled(self) -> int:
-        """Records received but not yet settled."""
-        with self._lock:
-            return self._next_seq - self._settled_prefix - len(self._settled_out_of_order)
-
-    @property
-    def pending_states(self) -> int:
-        """STATE messages still held back."""
-        with self._lock:
-            return len(self._pending)
 
     def _release(self) -> None:
         latest = None

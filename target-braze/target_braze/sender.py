@@ -93,11 +93,6 @@ class UsersTrackSender:
         self._failure: TargetBrazeError | None = None
         self._stop = stop
 
-    @property
-    def failed(self) -> bool:
-        """True once a request failed the run: other senders stop retrying."""
-        return self._failure is not None
-
     def raise_if_failed(self) -> None:
         """Re-raise, in the calling thread, the error that failed the run."""
         if self._failure is not None:

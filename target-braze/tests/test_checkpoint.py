@@ -46,21 +46,16 @@ def test_identical_state_is_not_repeated():
     assert emitted == [{"bookmark": 1}]
 
 
-def test_state_held_while_release_is_vetoed_then_released():
+def test_state_held_while_release_is_vetoed_then_released_by_a_later_settlement():
+    # The veto is the rejected-ratio guard: a later settlement re-checks it.
     allowed = {"now": False}
     emitted: list[dict] = []
     checkpoint = Checkpoint(emitted.append, lambda: allowed["now"])
-    seq = checkpoint.register_record()
+    first = checkpoint.register_record()
     checkpoint.add_state({"bookmark": 2})
-    checkpoint.settle([seq])
+    second = checkpoint.register_record()
+    checkpoint.settle([first])
     assert emitted == []
     allowed["now"] = True
-    checkpoint.retry_release()
+    checkpoint.settle([second])
     assert emitted == [{"bookmark": 2}]
-
-
-def test_unsettled_count_tracks_in_flight_records():
-    checkpoint, _ = make()
-    seqs = [checkpoint.register_record() for _ in range(5)]
-    checkpoint.settle([seqs[4], seqs[0]])
-    assert checkpoint.unsettled == 3
