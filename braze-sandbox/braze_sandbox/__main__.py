@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--latency-ms", default="0", metavar="MS|MIN-MAX", help="added response latency")
     add("--error", action="append", default=[], metavar="ID=TYPE",
         help="objects of this identifier get an indexed error of TYPE; repeatable")  # fmt: skip
+    add("--fail-after-requests", type=int, default=0, metavar="N",
+        help="answer every /users/track request after the first N with 500; 0 = off")  # fmt: skip
     add("--seed", type=int, default=None, help="seed of the fault decisions")
     add("--ready-file", default=None, metavar="PATH",
         help="write the URL there once listening")  # fmt: skip
@@ -73,6 +75,8 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
                  "fault_unindexed_error", "fault_queued"):  # fmt: skip
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be a probability within 0..1")
+    if args.fail_after_requests < 0:
+        raise ValueError("--fail-after-requests must be 0 (off) or a positive count")
     return SandboxOptions(
         db_path=args.db,
         api_keys=args.api_keys or ["sandbox-key"],
@@ -100,6 +104,7 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
             latency_ms=parse_latency(args.latency_ms),
             errors=parse_error_mapping(args.error),
             seed=args.seed,
+            fail_after_requests=args.fail_after_requests,
         ),
     )
 

@@ -1,7 +1,9 @@
 """Injected faults: the failures a Braze client must survive, on demand and reproducibly.
 
-Every decision draws from one seeded ``random.Random``, so a run with ``--seed`` makes
-the same decisions for the same sequence of requests.
+Every random decision draws from one seeded ``random.Random``, so a run with ``--seed``
+makes the same decisions for the same sequence of requests. The fail point is not random:
+after ``fail_after_requests`` requests Braze is "down" until the setting changes, which is
+what a crash-safety test needs ("fails after N requests, heals, the run is repeated").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class FaultSettings:
     latency_ms: tuple[float, float] = (0.0, 0.0)
     errors: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
+    fail_after_requests: int | None = None  # 0 or None: off
 
 
 def parse_latency(value: object) -> tuple[float, float]:
@@ -58,11 +61,41 @@ class FaultInjector:
     def __init__(self, settings: FaultSettings) -> None:
         self.settings = settings
         self.rng = random.Random(settings.seed)  # noqa: S311 - simulation, not security
+        self._counted_since_set = 0
 
     def reseed(self, seed: int | None) -> None:
         """Restart the random sequence."""
         self.settings.seed = seed
         self.rng = random.Random(seed)  # noqa: S311
+
+    def set_fail_after(self, requests: int | None) -> None:
+        """Arm the fail point (``0``/``None``: disarm); counting starts again from now."""
+        self.settings.fail_after_requests = requests
+        self._counted_since_set = 0
+
+    def restart_failpoint_count(self) -> None:
+        """Count requests toward the fail point from zero again (the setting stays)."""
+        self._counted_since_set = 0
+
+    def failpoint(self) -> bool:
+        """Count this request; True once more than ``fail_after_requests`` were counted.
+
+        Every ``/users/track`` request counts, whatever it is answered, so "the first N
+        requests are handled normally" holds exactly. Nothing is drawn from the seeded
+        random sequence.
+        """
+        limit = self.settings.fail_after_requests
+        if not limit:
+            return False
+        self._counted_since_set += 1
+        return self._counted_since_set > limit
+
+    def failpoint_remaining(self) -> int | None:
+        """Requests still handled normally before the fail point fails them; None when off."""
+        limit = self.settings.fail_after_requests
+        if not limit:
+            return None
+        return max(0, limit - self._counted_since_set)
 
     def _roll(self, probability: float) -> bool:
         return probability > 0.0 and self.rng.random() < probability

@@ -46,6 +46,7 @@ def current_config(sandbox: Sandbox) -> dict[str, Any]:
     doc["latency_ms"] = list(faults.latency_ms)
     doc["errors"] = dict(faults.errors)
     doc["seed"] = faults.seed
+    doc["fail_after_requests"] = faults.fail_after_requests
     doc["rate_limit"] = rate.limit
     doc["rate_window"] = rate.window
     doc["hourly_limit"] = rate.hourly_limit
@@ -102,6 +103,10 @@ def apply_config(sandbox: Sandbox, changes: dict[str, Any]) -> None:
             if value is not None and type(value) is not int:
                 raise ValueError(f"seed must be an integer or null, not {value!r}")
             steps.append(partial(sandbox.faults.reseed, value))
+        elif key == "fail_after_requests":
+            # Setting it (even to the same N) restarts the count: "N more from now".
+            count = None if value is None else _non_negative_int(value)
+            steps.append(partial(sandbox.faults.set_fail_after, count))
         elif key == "rate_limit":
             steps.append(setter(rate, "limit", _non_negative_int(value)))
         elif key == "hourly_limit":

@@ -1,8 +1,9 @@
 """The aiohttp application: Braze's ``/users/track`` and ``/users/export/ids``, plus ``/_sandbox/``.
 
-A ``/users/track`` request goes through, in order: dropped connection (fault), auth,
-rate limiter, injected 429/5xx, size and JSON checks, per-object validation, latency,
-application to the profile store (one SQLite transaction), lost response (fault).
+A ``/users/track`` request goes through, in order: the fail point (500 once armed and
+past its count), dropped connection (fault), auth, rate limiter, injected 429/5xx, size
+and JSON checks, per-object validation, latency, application to the profile store (one
+SQLite transaction), lost response (fault).
 """
 
 from __future__ import annotations
@@ -139,9 +140,10 @@ class Sandbox:
         finally:
             self._in_flight -= 1
             stats.by_status[status] += 1
-            stats.log.append(
-                (wall, "track", status, objects, size, (time.monotonic() - arrival) * 1000.0)
-            )
+            # Wall-clock arrival and answer, so a test can tell whether two clients' runs
+            # overlapped; the duration from the monotonic clock, immune to clock steps.
+            duration_ms = (time.monotonic() - arrival) * 1000.0
+            stats.log.append((wall, time.time(), status, objects, size, duration_ms))
 
     async def _track(
         self, request: web.Request, arrival: float
@@ -151,6 +153,10 @@ class Sandbox:
         faults = self.faults
         if request.headers.get("X-Braze-Bulk", "").lower() == "true":
             stats.bulk_requests += 1
+        if faults.failpoint():
+            # First, so that once armed and past its count every request fails alike.
+            stats.injected["failpoint"] += 1
+            return 500, None, {}, 0, 0, False
         if faults.drop_before():
             stats.injected["drop"] += 1
             raise _Dropped
@@ -359,19 +365,22 @@ class Sandbox:
         doc = self.stats.as_json()
         doc["export_requests"] = self.export_requests
         doc["profiles"] = len(self.store.profiles)
+        doc["failpoint_remaining"] = self.faults.failpoint_remaining()
         return _json(200, doc, {})
 
     async def admin_requests(self, request: web.Request) -> web.StreamResponse:
         """Per-request log of ``/users/track``, oldest first."""
         rows = [
             {
-                "time": wall,
+                "time": received,
+                "received_at": received,
+                "answered_at": answered,
                 "status": status,
                 "objects": objects,
                 "bytes": size,
                 "duration_ms": round(ms, 3),
             }
-            for wall, _path, status, objects, size, ms in self.stats.log
+            for received, answered, status, objects, size, ms in self.stats.log
         ]
         return _json(200, rows, {})
 
@@ -391,7 +400,7 @@ class Sandbox:
         return _json(200, current_config(self), {})
 
     async def admin_reset(self, request: web.Request) -> web.StreamResponse:
-        """Forget all data, counters and rate-limit history; restart the fault sequence."""
+        """Forget all data, counters and rate-limit history; restart the fault sequences."""
         self.reset()
         return _json(200, {"message": "reset"}, {})
 
@@ -411,6 +420,7 @@ class Sandbox:
         self.limiter.reset()
         self.export_requests = 0
         self.faults.reseed(self.faults.settings.seed)
+        self.faults.restart_failpoint_count()
 
     def close(self) -> None:
         """Release the database."""

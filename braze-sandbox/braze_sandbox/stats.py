@@ -38,7 +38,8 @@ class SandboxStats:
         self.skipped_unknown_user = 0
         self.nested_updates_dropped = 0
         self._arrivals: deque[float] = deque()
-        self.log: deque[tuple[float, str, int, int, int, float]] = deque(maxlen=self.log_size)
+        # (received_at, answered_at, status, objects, bytes, duration_ms) per request.
+        self.log: deque[tuple[float, float, int, int, int, float]] = deque(maxlen=self.log_size)
 
     def set_window(self, window: float) -> None:
         """Measure against a new window length from now on."""
