@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import re
 import typing as t
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ SECRET_QUERY_KEYS = frozenset(
     {"token", "password", "private_key", "private_key_file_pwd", "passcode", "access_token"}
 )
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
+#: JSON Schema of Snowflake's semi-structured types, by reflected type name. A VARIANT
+#: holds any JSON value (Peak's nested attributes are objects, but nothing enforces it).
+SEMI_STRUCTURED: dict[str, list[str]] = {
+    "VARIANT": ["object", "array", "string", "number", "boolean", "null"],
+    "OBJECT": ["object", "null"],
+    "MAP": ["object", "null"],
+    "ARRAY": ["array", "null"],
+}
 
 
 def mask_url(url: URL | str) -> str:
@@ -82,9 +91,12 @@ def json_schema_for(sql_type: sa.types.TypeEngine) -> dict[str, t.Any]:
     """JSON Schema (nullable) for a reflected column type, for any of the three dialects.
 
     Snowflake's TIMESTAMP_NTZ/LTZ/TZ types are not SQLAlchemy DateTime subclasses, hence
-    the fallback on the type's name.
+    the fallback on the type's name; its VARIANT, OBJECT and ARRAY columns are JSON
+    (objects, arrays), not text.
     """
     name = type(sql_type).__name__.upper()
+    if name in SEMI_STRUCTURED:
+        return {"type": list(SEMI_STRUCTURED[name])}
     if isinstance(sql_type, sa.Boolean):
         return {"type": ["boolean", "null"]}
     if isinstance(sql_type, sa.Integer):
@@ -150,6 +162,11 @@ def _to_number(value: t.Any) -> t.Any:
     return decimal.Decimal(value) if value.__class__ is str else value
 
 
+def _to_json(value: t.Any) -> t.Any:
+    # The Snowflake connector returns VARIANT/OBJECT/ARRAY values as JSON text.
+    return json.loads(value) if value.__class__ is str else value
+
+
 def _to_string(value: t.Any) -> str | None:
     return value if value is None or value.__class__ is str else str(value)
 
@@ -167,6 +184,8 @@ def value_converter(schema: dict[str, t.Any]) -> t.Callable[[t.Any], t.Any]:
         return _to_datetime_text
     if fmt == "date":
         return _to_date_text
+    if kinds & {"object", "array"}:
+        return _to_json
     if "boolean" in kinds:
         return _to_boolean
     if "integer" in kinds:
@@ -237,8 +256,10 @@ class Warehouse:
         if self.dialect_name == "postgresql":
             return {"connect_timeout": timeout}
         if self.dialect_name == "snowflake":
-            # LTZ values and casts of text then arrive in UTC.
-            return {"session_parameters": {"TIMEZONE": "UTC"}, "login_timeout": timeout}
+            # Sessions in UTC: casts of zone-less text (a text updated-at column) then read
+            # as UTC. Given as the connector's `timezone` argument: connect_args override a
+            # `timezone=` in the URL, and the connector sets it over session_parameters.
+            return {"timezone": "UTC", "login_timeout": timeout}
         return {}
 
     def connect(self) -> sa.Connection:

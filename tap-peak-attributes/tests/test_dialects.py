@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
+import json
+from zoneinfo import ZoneInfo
+
 import pytest
 import sqlalchemy as sa
 from snowflake.sqlalchemy import custom_types as sf
 from tap_peak_attributes import sample
-from tap_peak_attributes.connector import json_schema_for, mask_url, resolve_name
+from tap_peak_attributes.connector import (
+    Warehouse,
+    is_timezone_aware,
+    json_schema_for,
+    mask_url,
+    resolve_name,
+    value_converter,
+)
 from tap_peak_attributes.errors import TapPeakError
 
 
@@ -74,3 +86,73 @@ def test_masking_hides_passwords_and_tokens():
     assert "pw1" not in masked
     assert "tok1" not in masked
     assert "warehouse=wh" in masked
+
+
+# --- Snowflake as it really behaves, where the fakesnow emulator differs ---------------
+# (README, "Snowflake: known limits"). Each pins what real Snowflake and its client do.
+
+
+def test_snowflake_object_and_array_columns_are_typed_object_and_array():
+    # Snowflake reflects OBJECT and ARRAY as such; the emulator reflects both as VARIANT.
+    assert json_schema_for(sf.OBJECT())["type"] == ["object", "null"]
+    assert json_schema_for(sf.ARRAY())["type"] == ["array", "null"]
+    assert "object" in json_schema_for(sf.VARIANT())["type"]
+
+
+def test_snowflake_timestamp_ltz_is_an_instant_like_timestamp_tz():
+    # Snowflake reflects TIMESTAMP_LTZ as such (the emulator: as TIMESTAMP_TZ), and the
+    # bookmark is bound to it as an aware UTC instant, like TIMESTAMP_TZ.
+    assert is_timezone_aware(sf.TIMESTAMP_LTZ())
+    assert is_timezone_aware(sf.TIMESTAMP_TZ())
+    assert not is_timezone_aware(sf.TIMESTAMP_NTZ())
+
+
+def test_ltz_and_tz_values_as_snowflake_returns_them_are_emitted_in_utc():
+    convert = value_converter({"type": ["string", "null"], "format": "date-time"})
+    # LTZ: in the session's time zone (the emulator always answers in UTC).
+    ltz = dt.datetime(2026, 11, 1, 6, 0, tzinfo=ZoneInfo("Pacific/Auckland"))
+    # TZ: with the offset it was stored with (the emulator returns it in UTC).
+    tz = dt.datetime(2026, 10, 31, 8, 30, tzinfo=dt.timezone(dt.timedelta(hours=-8)))
+    # NTZ: naive, Peak's UTC wall clock.
+    ntz = dt.datetime(2026, 10, 31, 17, 0)
+    assert convert(ltz) == "2026-10-31T17:00:00.000000+00:00"
+    assert convert(tz) == "2026-10-31T16:30:00.000000+00:00"
+    assert convert(ntz) == "2026-10-31T17:00:00.000000+00:00"
+
+
+def test_variant_text_as_snowflake_returns_it_is_parsed():
+    # Snowflake's connector returns VARIANT/OBJECT/ARRAY as indented JSON text (the
+    # emulator's is compact).
+    convert = value_converter(json_schema_for(sf.VARIANT()))
+    assert convert('{\n  "score": 0.5,\n  "top": [\n    "backpack"\n  ]\n}') == {
+        "score": 0.5,
+        "top": ["backpack"],
+    }
+    assert convert('"plain text"') == "plain text"
+    assert convert(None) is None
+
+
+def test_snowflake_login_asks_for_a_utc_session_even_when_the_url_names_another_zone(
+    httpserver, monkeypatch
+):
+    # The emulator ignores the session time zone, so look at what the real connector
+    # sends: Snowflake's login request, answered here by a stand-in that refuses it.
+    monkeypatch.setenv("SNOWFLAKE_SQLALCHEMY_LEGACY_URL_PARAMS", "1")
+    httpserver.expect_request("/session/v1/login-request", method="POST").respond_with_json(
+        {"success": False, "code": "390100", "message": "refused by the test", "data": None}
+    )
+    url = (
+        f"snowflake://u:pw@acct/DB?host=127.0.0.1&port={httpserver.port}&protocol=http"
+        "&timezone=Pacific/Auckland"
+    )
+    warehouse = Warehouse(url, connect_timeout=5)
+
+    with pytest.raises(TapPeakError, match="cannot connect"):
+        warehouse.connect()
+
+    request = httpserver.log[0][0]
+    body = request.get_data()
+    if request.headers.get("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+    sent = json.loads(body)["data"]["SESSION_PARAMETERS"]
+    assert sent["TIMEZONE"] == "UTC"
