@@ -11,17 +11,22 @@ and the tap then reads with SQL like any Peak user does. One GET, made with `req
 from __future__ import annotations
 
 import ipaddress
+import re
 import typing as t
 from urllib.parse import urlsplit
 
 import requests
-from sqlalchemy.engine import URL
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
 
 from tap_peak_attributes.errors import TapPeakError
 
 CREDENTIALS_PATH = "/connections/api/v2/connections/credentials"
 REDSHIFT_PORT = 5439
 SNOWFLAKE_SUFFIX = ".snowflakecomputing.com"
+#: Query parameters of a Snowflake `connectionString` that say where to connect.
+ENDPOINT_KEYS = ("account", "host", "port", "protocol")
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def base_url(stage: str = "prod", override: str | None = None) -> str:
@@ -113,22 +118,55 @@ def redshift_url(answer: t.Mapping[str, t.Any]) -> URL:
     )
 
 
-def snowflake_url(answer: t.Mapping[str, t.Any]) -> URL:
-    """A snowflake-sqlalchemy URL: account from host, OAuth token or password.
+def snowflake_endpoint(answer: t.Mapping[str, t.Any]) -> tuple[str, int | None, dict[str, str]]:
+    """Where to connect: account (or host), port, and endpoint query parameters.
 
-    `URL.create` percent-quotes user and password; the database/schema path and query
-    values are quoted on rendering.
+    Taken from `connectionString` when it is a `snowflake://` URL naming an account: it is
+    the one place that can carry a non-default endpoint (`host`, `port`, `protocol`, e.g.
+    a private link or a local emulator). Otherwise the account comes from `host`
+    (`xy12345.eu-west-1.snowflakecomputing.com` -> `xy12345.eu-west-1`). A connection
+    string whose credentials were not URL-quoted may not parse cleanly; then its host
+    part is not a plain account name and `host` is used instead.
     """
-    _require(answer, "host", "database", "user")
+    text = answer.get("connectionString")
+    if text:
+        try:
+            parsed: URL | None = make_url(str(text))
+        except (sa.exc.ArgumentError, ValueError):
+            parsed = None
+        if (
+            parsed is not None
+            and parsed.get_backend_name() == "snowflake"
+            and parsed.host
+            and _ACCOUNT.fullmatch(parsed.host)
+        ):
+            query = {
+                key: value
+                for key in ENDPOINT_KEYS
+                if isinstance(value := parsed.query.get(key), str) and value
+            }
+            return parsed.host, parsed.port, query
+    _require(answer, "host")
+    host = str(answer["host"]).removeprefix("https://").split("/")[0]
+    return host.removesuffix(SNOWFLAKE_SUFFIX), None, {}
+
+
+def snowflake_url(answer: t.Mapping[str, t.Any]) -> URL:
+    """A snowflake-sqlalchemy URL: endpoint, then OAuth token or password, names.
+
+    The endpoint comes from `snowflake_endpoint`; user, password or `accessToken`,
+    database, schema, warehouse and role always from their own fields, which need no
+    URL quoting. `URL.create` percent-quotes user and password; the database/schema path
+    and query values are quoted on rendering.
+    """
+    _require(answer, "database", "user")
     if not answer.get("password") and not answer.get("accessToken"):
         msg = "Peak's Snowflake credentials have neither password nor accessToken"
         raise TapPeakError(msg)
-    host = str(answer["host"]).removeprefix("https://").split("/")[0]
-    account = host.removesuffix(SNOWFLAKE_SUFFIX)
+    host, port, query = snowflake_endpoint(answer)
     database = str(answer["database"])
     if answer.get("schema"):
         database = f"{database}/{answer['schema']}"
-    query: dict[str, str] = {}
     for key in ("warehouse", "role"):
         if answer.get(key):
             query[key] = str(answer[key])
@@ -140,7 +178,8 @@ def snowflake_url(answer: t.Mapping[str, t.Any]) -> URL:
         "snowflake",
         username=str(answer["user"]),
         password=password,
-        host=account,
+        host=host,
+        port=port,
         database=database,
         query=query,
     )
