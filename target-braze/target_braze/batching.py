@@ -1,11 +1,15 @@
-"""`UsersTrackBatch`: the objects of one /users/track request, kept under Braze's limits."""
+"""`UsersTrackBatch`: the objects of one /users/track request, kept under Braze's limits.
+
+The batch is the one owner of "the request is full": `try_add` refuses an object that
+would break a limit, and `full` says no further object can fit by count.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from target_braze.mapping import OBJECT_TYPES, BrazeObject
+from target_braze.objects import OBJECT_TYPES, BrazeObject
 
 # '{"attributes":[' ... ']}' plus the separators between arrays: a few bytes per array.
 _ENVELOPE_BYTES = 64
@@ -15,9 +19,9 @@ _ENVELOPE_BYTES = 64
 class RequestLimits:
     """Braze's per-request limits, from the settings (Braze has changed them over the years)."""
 
-    max_objects: int = 75
+    max_objects: int
+    max_bytes: int
     per_array: bool = False
-    max_bytes: int = 3_900_000
 
 
 class UsersTrackBatch:
@@ -50,6 +54,11 @@ class UsersTrackBatch:
         """How many records the batch carries (merged records count each)."""
         return sum(len(obj.seqs) for obj in self.objects)
 
+    @property
+    def full(self) -> bool:
+        """No further object fits by count (with combined limits; per-array is decided per add)."""
+        return not self.limits.per_array and len(self.objects) >= self.limits.max_objects
+
     def try_add(self, obj: BrazeObject, now: float) -> bool:
         """Add or merge `obj`; False (batch unchanged) when it would break a limit."""
         if obj.array == "attributes":
@@ -67,14 +76,17 @@ class UsersTrackBatch:
                 return False
         elif len(self.objects) >= self.limits.max_objects:
             return False
+        self._append(obj, size)
+        if self.first_added_at is None:
+            self.first_added_at = now
+        return True
+
+    def _append(self, obj: BrazeObject, size: int) -> None:
         self.objects.append(obj)
         self._counts[obj.array] += 1
         self._bytes += size
         if obj.array == "attributes":
             self._by_user[obj.user_key] = obj
-        if self.first_added_at is None:
-            self.first_added_at = now
-        return True
 
     def body(self) -> bytes:
         """The request body, assembled from each object's cached JSON."""
@@ -92,15 +104,14 @@ class UsersTrackBatch:
             return matching[index]
         return None
 
+    def subset(self, objects: list[BrazeObject]) -> UsersTrackBatch:
+        """A batch of some of these objects (already within limits), for a resend."""
+        batch = UsersTrackBatch(self.limits)
+        for obj in objects:
+            batch._append(obj, len(obj.encoded()) + 1)
+        return batch
+
     def halves(self) -> list[UsersTrackBatch]:
         """Split in two (for 413 and 'Max Input Length Exceeded')."""
         middle = len(self.objects) // 2
-        out = []
-        for part in (self.objects[:middle], self.objects[middle:]):
-            batch = UsersTrackBatch(self.limits)
-            for obj in part:
-                batch.objects.append(obj)
-                batch._counts[obj.array] += 1
-                batch._bytes += len(obj.encoded()) + 1
-            out.append(batch)
-        return out
+        return [self.subset(self.objects[:middle]), self.subset(self.objects[middle:])]

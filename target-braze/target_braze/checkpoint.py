@@ -1,55 +1,66 @@
 """`Checkpoint`: releases a tap's STATE only once every record before it is settled.
 
-A record is *settled* when Braze accepted it, or when it was written to the rejects
-output with a reason. Records get increasing sequence numbers as they arrive; a STATE
-message received after record N-1 may be released once records 0..N-1 are all settled.
-Requests complete out of order (they run concurrently), so settled numbers are kept in a
-set until the contiguous prefix can absorb them: memory stays bounded by what is in flight.
+A record is *settled* when Braze accepted it, when it was written to the rejects output
+with a reason, or when the delivery ledger showed Braze already holds it. Records get
+increasing sequence numbers as they arrive; a STATE received after record N-1 may be
+released once records 0..N-1 are all settled. Requests complete out of order (they run
+concurrently), so settled numbers are kept in a set until the contiguous prefix can
+absorb them: memory stays bounded by what is in flight.
+
+Released states go to a queue; `StateOutput` writes them from its own thread, so no
+lock is ever held while STATE is written.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
+logger = logging.getLogger("target_braze")
+
 
 class Checkpoint:
-    """Thread-safe bookkeeping between records, Braze's answers and STATE messages."""
+    """Bookkeeping between records, settlements (any thread) and STATE messages."""
 
-    def __init__(
-        self,
-        emit: Callable[[dict[str, Any]], None],
-        may_release: Callable[[], bool] = lambda: True,
-    ) -> None:
-        """`emit` writes a STATE; `may_release` can hold STATE back (rejected-ratio guard)."""
-        self._emit = emit
-        self._may_release = may_release
+    def __init__(self) -> None:
+        """Nothing received, nothing settled."""
         self._lock = threading.Lock()
         self._next_seq = 0
         self._settled_prefix = 0  # every seq below this is settled
         self._settled_out_of_order: set[int] = set()
         self._pending: deque[tuple[int, dict[str, Any]]] = deque()
-        self._last_emitted: dict[str, Any] | None = None
+        #: Releasable states, in release order (`StateOutput` consumes it).
+        self.released: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
 
     def register_record(self) -> int:
-        """Give the next record its sequence number."""
-        with self._lock:
-            seq = self._next_seq
-            self._next_seq += 1
-            return seq
+        """Give the next record its sequence number (called by the reading thread only)."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        return seq
+
+    @property
+    def received(self) -> int:
+        """Records received so far."""
+        return self._next_seq
 
     def add_state(self, state: dict[str, Any]) -> None:
         """Queue a STATE behind every record received so far; release it if possible."""
         with self._lock:
-            if self._pending and self._pending[-1][0] == self._next_seq:
+            received = self._next_seq
+            if self._pending and self._pending[-1][0] == received:
                 self._pending.pop()  # nothing arrived in between: the newer state wins
-            self._pending.append((self._next_seq, state))
+            self._pending.append((received, state))
             self._release()
 
     def settle(self, seqs: Iterable[int]) -> None:
-        """Mark records settled (accepted or rejected) and release what that allows."""
+        """Mark records settled (accepted, rejected or unchanged); release what that allows."""
         with self._lock:
             extra = self._settled_out_of_order
             prefix = self._settled_prefix
@@ -64,18 +75,68 @@ class Checkpoint:
             self._settled_prefix = prefix
             self._release()
 
-    @property
-    def received(self) -> int:
-        """Records received so far."""
-        return self._next_seq
-
     def _release(self) -> None:
         latest = None
         pending = self._pending
         while pending and pending[0][0] <= self._settled_prefix:
-            if not self._may_release():
-                return
             latest = pending.popleft()[1]
-        if latest is not None and latest != self._last_emitted:
-            self._last_emitted = latest
-            self._emit(latest)
+        if latest is not None:
+            self.released.put(latest)
+
+
+class StateOutput:
+    """Writes released STATE messages to stdout from one thread, in release order.
+
+    `may_release` is the rejected-ratio guard: while it says no, the newest released
+    state is held back (a later one supersedes it); `close` writes a held state if the
+    guard allows it by then. A dry run writes nothing.
+    """
+
+    def __init__(
+        self,
+        released: queue.SimpleQueue[dict[str, Any] | None],
+        may_release: Callable[[], bool],
+        *,
+        write: bool = True,
+        on_written: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Start the writer thread."""
+        self._released = released
+        self._may_release = may_release
+        self._write = write
+        self._on_written = on_written
+        self._held: dict[str, Any] | None = None
+        self._last_written: dict[str, Any] | None = None
+        self.failure: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="state-output", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (state := self._released.get()) is not None:
+            if self._may_release():
+                self._held = None
+                self._emit(state)
+            else:
+                self._held = state
+
+    def _emit(self, state: dict[str, Any]) -> None:
+        if state == self._last_written:
+            return
+        self._last_written = state
+        if not self._write or self.failure is not None:
+            return
+        try:
+            sys.stdout.write(orjson.dumps(state).decode() + "\n")
+            sys.stdout.flush()
+        except OSError as exc:  # a closed pipe: the run must fail, not lose STATE silently
+            self.failure = exc
+            return
+        self._on_written()
+
+    def close(self, *, release_held: bool = True) -> None:
+        """Write what is queued (and a held state the guard now allows), then stop."""
+        self._released.put(None)
+        self._thread.join()
+        if release_held and self._held is not None and self._may_release():
+            self._emit(self._held)
+        self._held = None

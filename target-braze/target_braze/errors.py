@@ -22,3 +22,7 @@ class BrazeFatalError(TargetBrazeError):
 
 class RejectedRatioExceeded(TargetBrazeError):
     """More records were rejected than `max_rejected_ratio` allows."""
+
+
+class InputError(TargetBrazeError):
+    """The tap's output is not what the Singer spec (or this target) can take."""

@@ -28,22 +28,18 @@ class RateLimiter:
         limit: int,
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """A `limit` of 0 turns client-side limiting off (Braze's answers still count)."""
         self.limit = limit
         self.window = window_seconds
         self._clock = clock
-        self._sleep = sleep
         self._cond = threading.Condition()
         self._in_use = 0
         self._cooling: list[float] = []  # heap of times at which a slot frees up
         self._paused_until = 0.0
-        self.waited_seconds = 0.0
 
     def acquire(self) -> None:
         """Block until a request may be sent, and take a slot for it."""
-        started = self._clock()
         with self._cond:
             while True:
                 now = self._clock()
@@ -59,7 +55,6 @@ class RateLimiter:
                 # Short waits: a pause or a cooling slot may end sooner than first computed.
                 self._cond.wait(timeout=min(max(wait, 0.001), 0.1))
             self._in_use += 1
-        self.waited_seconds += self._clock() - started
 
     def release(self) -> None:
         """The response arrived (or the request failed): the slot cools for one window."""

@@ -1,39 +1,130 @@
-"""`SingerReader`: Singer messages from stdin, decoded by msgspec with floats as floats.
+"""`MessageReader`: Singer lines from the input, decoded once, handed to the `MessagePath`.
 
-singer-sdk's readers turn every JSON float into `Decimal` (for exactness in SQL targets);
-Braze receives JSON numbers anyway, so the decimal round trip only costs time. Lines are
-read as bytes, which spares a UTF-8 decode before parsing.
+singer-sdk lets a target choose its reader (`Target.message_reader_class`, a public
+extension point) and calls the reader's `process_lines` with the input. This reader
+decodes each line with msgspec straight into a typed message (floats stay floats: Braze
+receives JSON numbers, so singer-sdk's `Decimal` round trip would only cost time) and
+dispatches it to the message path itself; the SDK's per-message callbacks, and the
+per-record work behind them, are not used. Every malformed line ends the run with one
+error naming its line number.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+from collections import Counter
+from collections.abc import Callable
 from typing import IO, Any
 
 import msgspec
 from singer_sdk.singerlib.encoding.base import GenericSingerReader
-from singer_sdk.singerlib.exceptions import InvalidInputLine
+from typing_extensions import override
 
-logger = logging.getLogger("target_braze")
-_decoder = msgspec.json.Decoder()
+from target_braze.errors import InputError
+from target_braze.message_path import MessagePath
+from target_braze.messages import (
+    MESSAGE_TYPES,
+    ActivateVersionMessage,
+    BatchMessage,
+    RecordMessage,
+    SchemaMessage,
+    StateMessage,
+    message_decoder,
+)
+
+_generic_decoder = msgspec.json.Decoder()
 
 
-class SingerReader(GenericSingerReader[Any]):
-    """Reads bytes (stdin) or text (`--input FILE`) lines."""
+class MessageReader(GenericSingerReader[Any]):
+    """Reads bytes (stdin) or text (`--input FILE`, the SDK's test runner) lines."""
+
+    def __init__(self) -> None:
+        """No message path yet: the target binds one once its settings are known."""
+        super().__init__()
+        self.path: MessagePath | None = None
+        self.line_number = 0
 
     @property
+    @override
     def default_input(self) -> IO[Any]:
         """Standard input, as bytes where it can be."""
         return getattr(sys.stdin, "buffer", sys.stdin)
 
+    @override
     def deserialize_json(self, line: Any) -> dict:
-        """Parse one line; a malformed line ends the run with the line's beginning."""
+        """Parse one line as a plain dict (the SDK's interface; the path uses typed messages)."""
         try:
-            message = _decoder.decode(line)
+            message = _generic_decoder.decode(line)
         except msgspec.DecodeError as exc:
-            text = line.decode(errors="replace") if isinstance(line, bytes) else line
-            raise InvalidInputLine(f"Unable to parse line as JSON: {text[:200]!r}") from exc
+            raise InputError(_decode_problem(line, exc, self.line_number)) from None
         if not isinstance(message, dict):
-            raise InvalidInputLine(f"A Singer message must be a JSON object: {str(line)[:200]}")
+            raise InputError(f"line {self.line_number}: a Singer message must be a JSON object")
         return message
+
+    @override
+    def process_lines(
+        self,
+        file_input: IO[Any] | None,
+        callbacks: dict[str, Callable[[dict], None]],
+    ) -> Counter[str]:
+        """Decode and dispatch every line; `callbacks` (the SDK's handlers) are not used."""
+        path = self.path
+        if path is None:
+            msg = "MessageReader.path must be bound before reading"
+            raise RuntimeError(msg)
+        counts: Counter[str] = Counter()
+        records = 0
+        decode = message_decoder.decode
+        record = path.record
+        others: dict[type, tuple[str, Callable[[Any, int], None]]] = {
+            StateMessage: ("STATE", path.state),
+            SchemaMessage: ("SCHEMA", path.schema),
+            BatchMessage: ("BATCH", path.batch),
+            ActivateVersionMessage: ("ACTIVATE_VERSION", path.activate_version),
+        }
+        line_number = self.line_number
+        for line in file_input or self.default_input:
+            line_number += 1
+            self.line_number = line_number
+            try:
+                message = decode(line)
+            except msgspec.DecodeError as exc:
+                if not line.strip():
+                    continue  # a blank line carries no message
+                raise InputError(_decode_problem(line, exc, line_number)) from None
+            if type(message) is RecordMessage:
+                records += 1
+                record(message, line_number)
+                continue
+            name, handle = others[type(message)]
+            handle(message, line_number)
+            counts[name] += 1
+        counts["RECORD"] += records
+        return counts
+
+
+def _decode_problem(line: Any, exc: msgspec.DecodeError, line_number: int) -> str:
+    """One line saying what is wrong with an input line, and what to do."""
+    raw = line if isinstance(line, bytes) else str(line).encode("utf-8", "surrogateescape")
+    problem = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        if "`$.type`" in problem or "field `type`" in problem:
+            return (
+                f"line {line_number}: not a Singer message type ({problem}); expected one of "
+                f"{', '.join(MESSAGE_TYPES)}"
+            )
+        return f"line {line_number}: a malformed Singer message ({problem})"
+    if b"NaN" in raw or b"Infinity" in raw:
+        return (
+            f"line {line_number}: holds NaN or Infinity, which JSON (and Braze) cannot carry; "
+            "make the tap write null (or filter the value with a stream map)"
+        )
+    if "UTF-8" in problem:
+        return (
+            f"line {line_number}: is not valid UTF-8 ({problem}); Singer messages are UTF-8 "
+            "JSON: fix the tap's text encoding"
+        )
+    return (
+        f"line {line_number}: is not valid JSON ({problem}): {raw[:80]!r}; the tap must write "
+        "one JSON Singer message per line"
+    )

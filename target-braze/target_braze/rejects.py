@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import threading
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
+from target_braze.jsonl_output import JsonlOutput
+from target_braze.objects import Origin
 from target_braze.report import RunStats
 
 logger = logging.getLogger("target_braze")
+
+
+def describe_origin(origin: Origin) -> str:
+    """`line 12`, or `line 3 (batch file /tmp/x.jsonl, line 40)`."""
+    if isinstance(origin, int):
+        return f"line {origin}"
+    line, path, file_line = origin
+    return f"line {line} (batch file {path}, line {file_line})"
+
+
+def _origin_fields(origin: Origin) -> dict[str, Any]:
+    if isinstance(origin, int):
+        return {"input_line": origin}
+    line, path, file_line = origin
+    return {"input_line": line, "batch_file": path, "batch_line": file_line}
 
 
 def _default(value: Any) -> Any:
@@ -20,18 +36,19 @@ def _default(value: Any) -> Any:
 
 
 class RejectedRecords:
-    """Writes rejected records (stream, identifier, record, reason) to JSONL.
+    """Writes rejected records to JSONL, each with the run id, the time and its input line.
 
-    Without `rejected_records_path` each rejection is logged as a WARNING line with the
-    same JSON, so a rejected record is never silently dropped.
+    The file is appended to across runs; `run_id` (also in the run report and the log
+    summary) tells one run's rejects from another's. Without `rejected_records_path` each
+    rejection is logged as a WARNING line with the same JSON, so a rejected record is
+    never silently dropped.
     """
 
-    def __init__(self, path: str | None, stats: RunStats) -> None:
+    def __init__(self, path: str | None, stats: RunStats, run_id: str) -> None:
         """Open the output lazily: a clean run leaves no empty file behind."""
-        self._path = Path(path) if path else None
-        self._file: IO[bytes] | None = None
+        self._output = JsonlOutput(path) if path else None
         self._stats = stats
-        self._lock = threading.Lock()
+        self._run_id = run_id
 
     def write(
         self,
@@ -39,13 +56,17 @@ class RejectedRecords:
         identifier: str | None,
         record: dict[str, Any],
         reason: str,
-        kind: str = "INVALID_RECORD",
+        kind: str,
+        origin: Origin,
     ) -> None:
         """Record one rejection with its reason; `kind` groups reasons in the summary."""
         line = orjson.dumps(
             {
+                "run_id": self._run_id,
+                "rejected_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                 "stream": stream,
                 "identifier": identifier,
+                **_origin_fields(origin),
                 "reason": reason,
                 "error_type": kind,
                 "record": record,
@@ -53,20 +74,13 @@ class RejectedRecords:
             default=_default,
             option=orjson.OPT_NON_STR_KEYS,
         )
-        with self._lock:
-            if self._path is None:
-                logger.warning("Rejected record: %s", line.decode())
-            else:
-                if self._file is None:
-                    self._path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = self._path.open("ab")
-                self._file.write(line + b"\n")
-                self._file.flush()
-        self._stats.add_rejection(kind, identifier)
+        self._stats.add_rejection(kind, identifier or describe_origin(origin))
+        if self._output is None:
+            logger.warning("Rejected record: %s", line.decode())
+            return
+        self._output.write_line(line)
 
     def close(self) -> None:
-        """Flush and close the output."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        """Close the output."""
+        if self._output is not None:
+            self._output.close()

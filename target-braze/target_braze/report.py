@@ -18,6 +18,8 @@ COUNTERS = (
     "objects_accepted",
     "records_accepted",
     "records_merged",
+    "unchanged",
+    "duplicates",
     "requests",
     "retries",
     "rate_limited",
@@ -32,10 +34,15 @@ COUNTERS = (
 
 
 class RunStats:
-    """Thread-safe counters shared by the sink, the sender threads and the client."""
+    """Thread-safe counters shared by the message path, the sender threads and the client."""
 
     def __init__(
-        self, progress_interval: float = 10.0, records_in: Callable[[], int] | None = None
+        self,
+        progress_interval: float,
+        records_in: Callable[[], int] | None = None,
+        *,
+        run_id: str = "",
+        dry_run: bool = False,
     ) -> None:
         """Start the clock; `records_in` counts received records (the checkpoint does)."""
         self._records_in = records_in or (lambda: self.counts["records_in"])
@@ -43,6 +50,8 @@ class RunStats:
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.rejected_by_reason: dict[str, int] = {}
         self.rejected_examples: dict[str, list[str]] = {}
+        self.run_id = run_id
+        self.dry_run = dry_run
         self.started = time.monotonic()
         self._progress_interval = progress_interval
         self._next_progress = self.started + progress_interval
@@ -53,14 +62,14 @@ class RunStats:
             for name, value in increments.items():
                 self.counts[name] += value
 
-    def add_rejection(self, reason_kind: str, identifier: str | None) -> None:
-        """Count a rejected record under a short reason (Braze's error type, or ours)."""
+    def add_rejection(self, reason_kind: str, example: str) -> None:
+        """Count a rejected record under a short reason; `example` names it (id or line)."""
         with self._lock:
             self.counts["rejected"] += 1
             self.rejected_by_reason[reason_kind] = self.rejected_by_reason.get(reason_kind, 0) + 1
             examples = self.rejected_examples.setdefault(reason_kind, [])
             if len(examples) < 3:
-                examples.append(str(identifier))
+                examples.append(example)
 
     def rejection_summary(self) -> str:
         """'EMAIL_BAD_FORMAT: 12 (e.g. u1, u7, u9); ...': the shape of the problem in a line."""
@@ -71,10 +80,11 @@ class RunStats:
             )
 
     def rejected_ratio(self) -> float:
-        """Rejected records over records received so far."""
+        """Rejected records over records received so far (a snapshot)."""
         total = self._records_in()
         with self._lock:
-            return self.counts["rejected"] / total if total else 0.0
+            rejected = self.counts["rejected"]
+        return rejected / total if total else 0.0
 
     def maybe_log_progress(self) -> None:
         """Log one progress line when `progress_interval` has passed (cheap to call often)."""
@@ -94,10 +104,12 @@ class RunStats:
     def _line(self, now: float) -> str:
         c = self.snapshot()
         elapsed = max(now - self.started, 1e-9)
+        sent = "would be sent" if self.dry_run else "sent"
         return (
-            f"{c['records_in']} records in, {c['objects_sent']} objects sent in "
+            f"{c['records_in']} records in, {c['objects_sent']} objects {sent} in "
             f"{c['requests']} requests ({c['retries']} retries, {c['rate_limited']} 429s, "
             f"{c['server_errors']} 5xx, {c['connection_errors']} connection errors), "
+            f"{c['unchanged']} unchanged, {c['duplicates']} duplicates, "
             f"{c['rejected']} rejected, {c['data_points']} data points, "
             f"{c['records_in'] / elapsed:,.0f} records/s"
         )
@@ -106,25 +118,24 @@ class RunStats:
         """The final one-line summary."""
         return self._line(time.monotonic())
 
-    def as_dict(self, *, dry_run: bool, outcome: str) -> dict[str, Any]:
+    def as_dict(self, *, outcome: str) -> dict[str, Any]:
         """What `run_report_path` holds."""
         elapsed = time.monotonic() - self.started
         counts = self.snapshot()
         with self._lock:
             reasons = dict(self.rejected_by_reason)
         return {
+            "run_id": self.run_id,
             "outcome": outcome,
-            "dry_run": dry_run,
+            "dry_run": self.dry_run,
             "elapsed_seconds": round(elapsed, 3),
             "records_per_second": round(counts["records_in"] / elapsed, 1) if elapsed else None,
             **counts,
             "rejected_by_reason": reasons,
         }
 
-    def write_report(self, path: str, *, dry_run: bool, outcome: str) -> None:
+    def write_report(self, path: str, *, outcome: str) -> None:
         """Write the JSON run report."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
-            json.dumps(self.as_dict(dry_run=dry_run, outcome=outcome), indent=2) + "\n"
-        )
+        target.write_text(json.dumps(self.as_dict(outcome=outcome), indent=2) + "\n")

@@ -3,10 +3,9 @@
 The flow of one batch: `submit` (main thread) waits until no in-flight request touches
 the same users (so one user's updates reach Braze in order), takes one of
 `max_concurrent_requests` slots (back-pressure: memory stays flat), and hands the batch
-to a sender thread. There `BrazeClient.send` gets Braze's final answer; 400/413 split the
-batch; `errors[]` entries are mapped back to their records and written to the rejects
-output; every record of the batch is then *settled* in the `Checkpoint`, which releases
-the STATE messages that are now fully confirmed.
+to a sender thread. There `client.send` gets Braze's final answer; 400/413 split the
+batch; `errors[]` entries are mapped back to their objects; each object is then accepted
+or rejected through the `Settlement`, which settles its records in the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,16 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from pathlib import Path
-from typing import IO, Protocol
 
 from target_braze.batching import UsersTrackBatch
-from target_braze.checkpoint import Checkpoint
-from target_braze.client import Outcome
+from target_braze.client import Outcome, Sends
 from target_braze.errors import TargetBrazeError
-from target_braze.mapping import BrazeObject
-from target_braze.rejects import RejectedRecords
+from target_braze.objects import BrazeObject
 from target_braze.report import RunStats
+from target_braze.settlement import Settlement
 
 logger = logging.getLogger("target_braze")
 
@@ -36,54 +32,20 @@ PERMANENT_ERROR_HINTS = {
 UNINDEXED_RESENDS = 2
 
 
-class Sends(Protocol):
-    """What the sender needs from a client: `BrazeClient`, or `DryRunClient`."""
-
-    def send(self, body: bytes, objects: int) -> Outcome:
-        """Deliver one body and return Braze's final answer."""
-        ...
-
-
-class DryRunClient:
-    """Writes each request body as one JSON line instead of sending it."""
-
-    def __init__(self, path: str, stats: RunStats) -> None:
-        """Open (truncate) the dry-run output."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = target.open("wb")
-        self._lock = threading.Lock()
-        self._stats = stats
-
-    def send(self, body: bytes, objects: int) -> Outcome:
-        """Record the body; report it as accepted so counting proceeds as in a real run."""
-        with self._lock:
-            self._file.write(body + b"\n")
-        self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
-        return Outcome(201)
-
-    def close(self) -> None:
-        """Flush the output."""
-        with self._lock:
-            self._file.close()
-
-
 class UsersTrackSender:
     """Concurrent delivery of `UsersTrackBatch`es, in per-user order."""
 
     def __init__(
         self,
         client: Sends,
-        checkpoint: Checkpoint,
-        rejects: RejectedRecords,
+        settlement: Settlement,
         stats: RunStats,
         max_concurrent: int,
         stop: threading.Event,
     ) -> None:
         """Start the sender threads; `stop` is set when a request fails the run."""
         self._client = client
-        self._checkpoint = checkpoint
-        self._rejects = rejects
+        self._settlement = settlement
         self._stats = stats
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="braze-send")
         self._slots = threading.Semaphore(max_concurrent)
@@ -101,11 +63,10 @@ class UsersTrackSender:
     def submit(self, batch: UsersTrackBatch) -> None:
         """Queue a batch for delivery (blocks while all slots are busy)."""
         self.raise_if_failed()
+        keys = list(batch.user_keys)
         with self._lock:
             blockers = {
-                future
-                for key in batch.user_keys
-                if (future := self._users_in_flight.get(key)) is not None
+                future for key in keys if (future := self._users_in_flight.get(key)) is not None
             }
         if blockers:
             wait(blockers)
@@ -113,7 +74,6 @@ class UsersTrackSender:
             self.raise_if_failed()
         self.raise_if_failed()
         future = self._executor.submit(self._deliver, batch)
-        keys = list(batch.user_keys)
         with self._lock:
             self._futures.add(future)
             for key in keys:
@@ -177,14 +137,15 @@ class UsersTrackSender:
             else:
                 hint = PERMANENT_ERROR_HINTS.get(kind, "Braze did not process this object")
                 rejected[id(obj)] = (kind, f"Braze error {kind}: {hint}")
-        accepted = [obj for obj in batch.objects if id(obj) not in rejected]
-        if unindexed and accepted:
-            accepted = self._unindexed(accepted, unindexed, batch, unindexed_resends)
         for obj in batch.objects:
             if id(obj) in rejected:
                 kind, reason = rejected[id(obj)]
-                self._reject(obj, reason, kind)
-        self._accept(accepted)
+                self._settlement.reject(obj, reason, kind)
+        accepted = [obj for obj in batch.objects if id(obj) not in rejected]
+        if unindexed and accepted:
+            self._unindexed(accepted, unindexed, batch, unindexed_resends)
+        else:
+            self._settlement.accept(accepted)
 
     def _unindexed(
         self,
@@ -192,20 +153,19 @@ class UsersTrackSender:
         kinds: list[str],
         batch: UsersTrackBatch,
         resends: int,
-    ) -> list[BrazeObject]:
+    ) -> None:
         """An error without an index: no object of the request can be assumed delivered.
 
         Attributes are idempotent (setting a value twice leaves the same profile), so
         they are sent again, up to `UNINDEXED_RESENDS` times. Events and purchases are
         never deduplicated by Braze: a resend could count them twice, so they go to
         the rejects output marked as of unknown delivery, for a person to decide.
-        Returns the objects that count as accepted now.
         """
         kinds_text = ", ".join(sorted(set(kinds)))
         resendable = [obj for obj in objects if obj.array == "attributes"]
         for obj in objects:
             if obj.array != "attributes":
-                self._reject(
+                self._settlement.reject(
                     obj,
                     f"Braze reported {kinds_text} without saying which object; delivery "
                     f"unknown, and {obj.array} are not resent because Braze does not "
@@ -213,7 +173,7 @@ class UsersTrackSender:
                     "UNINDEXED_ERROR",
                 )
         if not resendable:
-            return []
+            return
         if resends > 0:
             logger.warning(
                 "Braze reported %s without an index; resending the %d attributes objects of "
@@ -222,19 +182,15 @@ class UsersTrackSender:
                 len(resendable),
                 resends - 1,
             )
-            retry = UsersTrackBatch(batch.limits)
-            for obj in resendable:
-                retry.objects.append(obj)
-            self._send(retry, resends - 1)
-            return []
+            self._send(batch.subset(resendable), resends - 1)
+            return
         for obj in resendable:
-            self._reject(
+            self._settlement.reject(
                 obj,
                 f"Braze kept reporting {kinds_text} without an index after "
                 f"{UNINDEXED_RESENDS} resends",
                 "UNINDEXED_ERROR",
             )
-        return []
 
     def _split(self, batch: UsersTrackBatch, outcome: Outcome, resends: int) -> None:
         if len(batch) > 1:
@@ -249,28 +205,9 @@ class UsersTrackSender:
                 self._send(half, resends)
             return
         (obj,) = batch.objects
-        self._reject(
+        self._settlement.reject(
             obj,
             f"Braze answered {outcome.status} ({outcome.message or 'no message'}) to this "
             "object alone",
             f"HTTP_{outcome.status}",
         )
-
-    def _reject(self, obj: BrazeObject, reason: str, kind: str) -> None:
-        for record in obj.records:
-            self._rejects.write(obj.stream, obj.identifier, record, reason, kind)
-        self._checkpoint.settle(obj.seqs)
-
-    def _accept(self, objects: list[BrazeObject]) -> None:
-        if not objects:
-            return
-        seqs: list[int] = []
-        points = 0
-        for obj in objects:
-            seqs.extend(obj.seqs)
-            points += obj.data_points
-            obj.records = []  # drop the references early: memory stays flat
-        self._stats.add(
-            objects_accepted=len(objects), records_accepted=len(seqs), data_points=points
-        )
-        self._checkpoint.settle(seqs)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from singer_sdk import typing as th
+from collections.abc import Mapping
+from typing import Any
 
-from target_braze.mapping import IDENTIFIER_TYPES, OBJECT_TYPES
+from singer_sdk import typing as th
+from singer_sdk.helpers.capabilities import (
+    TARGET_BATCH_SIZE_ROWS_CONFIG,
+    TARGET_VALIDATE_RECORDS_CONFIG,
+)
+
+from target_braze.objects import IDENTIFIER_TYPES, OBJECT_TYPES
 
 # Meltano has no number kind that survives environment variables (its `decimal` kind
 # crashes on them), so number settings also accept numeric strings ("0.05").
@@ -297,4 +304,85 @@ CONFIG_SCHEMA = th.PropertiesList(
         title="Progress interval (seconds)",
         description="How often a progress line is logged on long runs.",
     ),
+    th.Property(
+        "send_only_changes",
+        th.BooleanType,
+        default=True,
+        title="Send only changes",
+        description=(
+            "Attributes whose value Braze already confirmed (per user, per attribute, in the "
+            "delivery ledger) are not sent again; a user with nothing changed is not sent "
+            "at all. Each attribute sent is a billed data point."
+        ),
+    ),
+    th.Property(
+        "deduplicate_events",
+        th.BooleanType,
+        default=True,
+        title="Deduplicate events",
+        description=(
+            "Each event and purchase is delivered at most once per workspace (Braze never "
+            "deduplicates them). Identity: the stream's key properties, or else the whole "
+            "object (identifier, name or product, time, properties)."
+        ),
+    ),
+    th.Property(
+        "ledger_url",
+        th.StringType,
+        title="Delivery ledger URL",
+        description=(
+            "Where the delivery ledger lives: sqlite:///path or postgresql://... (several "
+            "workers or machines; needs target-braze[postgres]). Default: "
+            "sqlite:///$XDG_STATE_HOME/target-braze/ledger.sqlite (~/.local/state/...)."
+        ),
+    ),
+    th.Property(
+        "ledger_workspace",
+        th.StringType,
+        title="Ledger workspace name",
+        description=(
+            "A name for the Braze workspace in the ledger. Default: derived from "
+            "rest_endpoint and a one-way hash of api_key, so a new key starts a new ledger. "
+            "Set it to keep the ledger across key rotations, and for dry runs without a key."
+        ),
+    ),
+    th.Property(
+        "full_resync",
+        th.BooleanType,
+        default=False,
+        title="Full resync",
+        description=(
+            "For this run, send every attribute whatever the ledger says, and refresh the "
+            "ledger's entries (events are still deduplicated)."
+        ),
+    ),
+    th.Property(
+        "ledger_retention_days",
+        th.IntegerType,
+        default=90,
+        title="Ledger retention (days)",
+        description=(
+            "Attribute values Braze confirmed longer ago than this are sent again (so "
+            "profiles changed by other tools, or deleted in Braze, heal); event identities "
+            "older than this are forgotten. 0 keeps entries forever."
+        ),
+    ),
 ).to_dict()
+
+#: Each setting's default, read from the schemas (ours above, and singer-sdk's built-in
+#: target settings the target declares): the one place defaults live.
+DEFAULTS: dict[str, object] = {
+    name: prop["default"]
+    for schema in (CONFIG_SCHEMA, TARGET_VALIDATE_RECORDS_CONFIG, TARGET_BATCH_SIZE_ROWS_CONFIG)
+    for name, prop in schema["properties"].items()
+    if "default" in prop
+}
+#: Settings that may be given at the top level (defaults) and per stream (stream_mappings).
+MAPPING_SETTINGS: tuple[str, ...] = tuple(
+    prop.name for prop in _mapping_properties(with_defaults=False)
+)
+
+
+def apply_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with every unset setting at its default (as singer-sdk fills them in)."""
+    return {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}

@@ -1,21 +1,30 @@
-"""TargetBraze: a Singer target for Braze's bulk /users/track, checkpointing on confirmation."""
+"""TargetBraze: the singer-sdk target, wired to target-braze's own message path."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import typing as t
+from pathlib import PurePath
 from types import FrameType
 
+from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import PluginCapabilities, TargetCapabilities
+from singer_sdk.singerlib.encoding.base import GenericSingerReader
 from singer_sdk.target_base import Target
+from typing_extensions import override
 
-from target_braze.delivery import Delivery
-from target_braze.errors import TargetBrazeError
-from target_braze.reader import SingerReader
-from target_braze.settings import CONFIG_SCHEMA
-from target_braze.sinks import BrazeSink
+from target_braze.errors import ConfigError, TargetBrazeError
+from target_braze.message_path import MessagePath
+from target_braze.reader import MessageReader
+from target_braze.run import Run
+from target_braze.settings import CONFIG_SCHEMA, apply_defaults
+
+logger = logging.getLogger("target_braze")
 
 
 class TerminationRequested(BaseException):
-    """SIGTERM or SIGINT arrived: unwind, then drain (see `TargetBraze._handle_termination`)."""
+    """SIGTERM or SIGINT arrived: unwind the reading loop, then drain (see `invoke`)."""
 
     def __init__(self, signum: int) -> None:
         """Remember the signal."""
@@ -24,32 +33,67 @@ class TerminationRequested(BaseException):
 
 
 class TargetBraze(Target):
-    """Upserts Singer records into Braze; emits each STATE once Braze confirmed what precedes it.
+    """Loads Singer records from any tap into Braze as user attributes, events or purchases.
 
-    Stock singer-sdk writes STATE only when it drains (end of input, every 5 minutes, on
-    SIGTERM). Here every STATE goes to a `Checkpoint` instead and is written as soon as
-    every record received before it was accepted by Braze or written to the rejects
-    output, and never earlier.
+    Records are sent through Braze's bulk /users/track API (75 objects per request, the
+    rate limit kept, 429s and 5xx retried). Each STATE message is passed on only once
+    Braze has confirmed every record before it, so the tap's bookmark never moves past a
+    record Braze does not have. A delivery ledger remembers what Braze confirmed, so only
+    changed attributes are sent and no event is sent twice.
     """
 
     name = "target-braze"
     config_jsonschema = CONFIG_SCHEMA
-    default_sink_class = BrazeSink
-    message_reader_class = SingerReader
+    message_reader_class = MessageReader
+    capabilities: t.ClassVar[list[t.Any]] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.STRUCTURED_LOGGING,
+        TargetCapabilities.VALIDATE_RECORDS,
+    ]
     _active: t.ClassVar[TargetBraze | None] = None
 
-    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
-        """Build the delivery machinery; bad settings fail here, before any input is read."""
-        super().__init__(*args, **kwargs)
-        # Sinks drain one after another: concurrency lives in the shared sender, where the
-        # rate limit and the one-request-per-user rule can see every request.
-        self.max_parallelism = 1
-        self.bookmark_properties: dict[str, list[str]] = {}
-        self.direct_sinks: dict[str, BrazeSink] = {}
-        self.delivery = Delivery(self.config)
+    @override
+    def __init__(
+        self,
+        *,
+        config: dict | PurePath | str | list[PurePath | str] | None = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        setup_mapper: bool = True,
+        message_reader: GenericSingerReader | None = None,
+    ) -> None:
+        """Check the settings and build the run; bad settings fail here, before any input."""
+        super().__init__(
+            config=config,
+            parse_env_config=parse_env_config,
+            validate_config=validate_config,
+            setup_mapper=setup_mapper,
+            message_reader=message_reader,
+        )
+        settings = apply_defaults(self.config)
+        self.run = Run(settings)
         TargetBraze._active = self
+        self.path = MessagePath(settings, self.mapper, self.run)
+        reader = self.message_reader
+        if not isinstance(reader, MessageReader):
+            msg = "target-braze reads its input with its own MessageReader"
+            raise TypeError(msg)
+        reader.path = self.path
+        # Our own handlers, installed after singer-sdk's: the SDK's would drain inside the
+        # signal handler, where it could wait forever for a lock the interrupted main
+        # thread holds. Ours unwind the main thread first; `invoke` then drains.
+        signal.signal(signal.SIGTERM, _raise_termination)
+        signal.signal(signal.SIGINT, _raise_termination)
+
+    @override
+    def process_endofpipe(self) -> None:
+        """End of input: send the rest, wait for Braze, summarise; fails if too many rejects."""
+        self.path.finish()
 
     @classmethod
+    @override
     def invoke(  # type: ignore[override]
         cls,
         *,
@@ -58,80 +102,62 @@ class TargetBraze(Target):
         config: t.Any = None,
         file_input: t.IO[str] | None = None,
     ) -> None:
-        """Run; on failure stop the senders and write the failure report before raising."""
+        """Run; on a signal drain what Braze can still confirm, on failure report it."""
+        cls._active = None
         try:
             super().invoke(
                 about=about, about_format=about_format, config=config, file_input=file_input
             )
         except TerminationRequested as exc:
-            target = cls._active
-            if target is None:
-                raise SystemExit(128 + exc.signum) from None
-            target.logger.info(
-                "Received signal %d: sending what is buffered and waiting for Braze; STATE "
-                "follows what Braze confirms",
-                exc.signum,
-            )
-            try:
-                target.drain_all(is_endofpipe=True)
-            finally:
-                target.delivery.fail("interrupted")
-            raise SystemExit(128 + exc.signum) from None
+            _drain_after_signal(cls._active, exc.signum)
+        except ConfigValidationError as exc:
+            raise ConfigError(_config_problem(exc)) from None
         except BaseException:
             if cls._active is not None:
-                cls._active.delivery.fail()
+                cls._active.run.fail()
             raise
 
-    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        # The SDK drains inside the signal handler, which could wait forever for a lock
-        # the interrupted main thread holds (a sender thread settling records needs the
-        # checkpoint's lock). Unwind the main thread first; `invoke` then drains.
-        raise TerminationRequested(signum)
 
-    def _process_schema_message(self, message_dict: dict) -> None:
-        # The replication key is excluded from attributes by default: remember it before
-        # the SDK creates the stream's sink.
-        bookmarks = message_dict.get("bookmark_properties")
-        if bookmarks:
-            self.bookmark_properties[message_dict["stream"]] = list(bookmarks)
-        super()._process_schema_message(message_dict)
+def _raise_termination(signum: int, _frame: FrameType | None) -> None:
+    raise TerminationRequested(signum)
 
-    def _process_record_message(self, message_dict: dict) -> None:
-        # Without stream maps, flattening or record metadata the SDK's per-record work
-        # (copy, identity transform, metadata strip, per-record metrics) changes nothing
-        # and costs more than building the Braze object: hand the record straight over.
-        sink = self.direct_sinks.get(message_dict.get("stream", ""))
-        if sink is None or "record" not in message_dict:
-            super()._process_record_message(message_dict)
-        else:
-            sink.tally_record_read()
-            sink.process_record(message_dict["record"], {})
-            if sink.is_full:
-                self.drain_one(sink)
-        self.delivery.sender.raise_if_failed()
 
-    def direct_path_allowed(self) -> bool:
-        """Whether records may bypass the SDK's record path (see `_process_record_message`)."""
-        config = self.config
-        return not (
-            config.get("stream_maps")
-            or config.get("flattening_enabled")
-            or config.get("add_record_metadata")
+def _drain_after_signal(target: TargetBraze | None, signum: int) -> None:
+    """First signal: send what is buffered and wait for Braze. A second: stop at once."""
+    code = 128 + signum
+    if target is None:
+        raise SystemExit(code)
+    logger.info(
+        "Received signal %d: sending what is buffered and waiting for Braze; STATE follows "
+        "what Braze confirms (a second signal stops at once)",
+        signum,
+    )
+    try:
+        target.run.delivery.drain()
+    except TerminationRequested as second:
+        code = 128 + second.signum
+        logger.warning(
+            "Received signal %d while draining: stopping now; STATE stays at what Braze confirmed",
+            second.signum,
         )
+    except TargetBrazeError as exc:
+        logger.error("While draining after signal %d: %s", signum, exc)
+    finally:
+        # Nothing may interrupt the clean-up that keeps STATE truthful.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        target.run.fail("interrupted")
+    raise SystemExit(code)
 
-    def _process_state_message(self, message_dict: dict) -> None:
-        self._assert_line_requires(message_dict, requires={"value"})
-        self.delivery.checkpoint.add_state(message_dict["value"])
-        # A STATE should not wait long for a request to fill up.
-        self.delivery.flush_if_older_than(self.delivery.flush_interval)
 
-    def _write_state_message(self, state: dict) -> None:
-        """The SDK calls this after each drain; the `Checkpoint` already emitted what it may."""
-
-    def process_endofpipe(self) -> None:
-        """Drain everything, then summarise; fails if too many records were rejected."""
-        super().process_endofpipe()
-        self.delivery.finish()
+def _config_problem(exc: ConfigValidationError) -> str:
+    """singer-sdk's settings validation errors as one line naming each setting."""
+    problems = []
+    for error in exc.errors:
+        message, _, where = str(error).partition(" in config[")
+        setting = ".".join(part.strip("'\"") for part in where.rstrip("]").split("]["))
+        problems.append(f"setting {setting}: {message}" if setting else message)
+    return "; ".join(problems) + " (fix it in the target's config or TARGET_BRAZE_* variables)"
 
 
 __all__ = ["TargetBraze", "TargetBrazeError"]

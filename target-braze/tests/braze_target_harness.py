@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from braze_sandbox.testing import SandboxProcess
+from target_braze.builder import ObjectBuilder
+from target_braze.settings import apply_defaults
+from target_braze.stream_settings import StreamSettings
 
 API_KEY = "sandbox-key-0123456789abcdef"
 
@@ -130,3 +133,20 @@ def send(process: subprocess.Popen, messages: list[dict[str, Any]]) -> None:
     for message in messages:
         process.stdin.write(json.dumps(message) + "\n")
     process.stdin.flush()
+
+
+def builder_for(
+    schema: dict[str, Any] | None = None,
+    bookmarks: tuple[str, ...] = (),
+    stream: str = "s",
+    key_properties: tuple[str, ...] = (),
+    **config: Any,
+) -> ObjectBuilder:
+    """An `ObjectBuilder` for one stream, with `config` over the settings' defaults."""
+    schema = schema if schema is not None else {"properties": {}}
+    settings = apply_defaults(config)
+    entry = (config.get("stream_mappings") or {}).get(stream)
+    stream_settings = StreamSettings.from_config(
+        stream, schema, settings, entry, bookmarks, key_properties
+    )
+    return ObjectBuilder(stream_settings, schema, validate=settings["validate_records"])

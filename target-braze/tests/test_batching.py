@@ -1,25 +1,29 @@
 """UsersTrackBatch: object and byte limits, merging per user, error index mapping."""
 
 import orjson
+from braze_target_harness import builder_for
 from target_braze.batching import RequestLimits, UsersTrackBatch
-from target_braze.mapping import StreamMapping
 
-MAPPING = StreamMapping("s", {"properties": {}}, {}, [])
+BUILDER = builder_for()
+
+
+def limits(max_objects: int = 75, max_bytes: int = 3_900_000, per_array: bool = False):
+    return RequestLimits(max_objects=max_objects, max_bytes=max_bytes, per_array=per_array)
 
 
 def obj(user: str, seq: int, **attrs):
-    return MAPPING.build({"customer_id": user, **attrs}, seq)
+    return BUILDER.build({"customer_id": user, **attrs}, seq, seq + 1)
 
 
 def test_never_more_than_max_objects():
-    batch = UsersTrackBatch(RequestLimits(max_objects=3))
+    batch = UsersTrackBatch(limits(max_objects=3))
     assert all(batch.try_add(obj(f"u{i}", i), 0) for i in range(3))
     assert not batch.try_add(obj("u9", 9), 0)
     assert len(batch) == 3
 
 
 def test_never_more_than_max_bytes():
-    batch = UsersTrackBatch(RequestLimits(max_objects=75, max_bytes=400))
+    batch = UsersTrackBatch(limits(max_objects=75, max_bytes=400))
     added = 0
     while batch.try_add(obj(f"user-{added}", added, peak_note="x" * 50), 0):
         added += 1
@@ -28,7 +32,7 @@ def test_never_more_than_max_bytes():
 
 
 def test_same_user_is_merged_into_one_object():
-    batch = UsersTrackBatch(RequestLimits())
+    batch = UsersTrackBatch(limits())
     batch.try_add(obj("u1", 0, a=1), 0)
     batch.try_add(obj("u2", 1, a=2), 0)
     batch.try_add(obj("u1", 2, b=3), 0)
@@ -40,7 +44,7 @@ def test_same_user_is_merged_into_one_object():
 
 
 def test_errors_index_maps_to_the_object_of_that_array():
-    batch = UsersTrackBatch(RequestLimits())
+    batch = UsersTrackBatch(limits())
     for i in range(3):
         batch.try_add(obj(f"u{i}", i), 0)
     found = batch.index_of("attributes", 2)
@@ -51,7 +55,7 @@ def test_errors_index_maps_to_the_object_of_that_array():
 
 
 def test_halves_keep_every_object_once():
-    batch = UsersTrackBatch(RequestLimits())
+    batch = UsersTrackBatch(limits())
     for i in range(5):
         batch.try_add(obj(f"u{i}", i), 0)
     halves = batch.halves()

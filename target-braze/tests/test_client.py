@@ -20,7 +20,7 @@ def client_for(server: HTTPServer, **kwargs) -> BrazeClient:
         server.url_for("").rstrip("/"),
         KEY,
         RateLimiter(0, 3.0),
-        RunStats(),
+        RunStats(60.0),
         retry=RetryPolicy(max_retries=kwargs.pop("max_retries", 3), base_seconds=0.01),
         **kwargs,
     )
@@ -74,7 +74,7 @@ def test_429_then_success_honours_retry_after(httpserver: HTTPServer):
     httpserver.expect_ordered_request("/users/track").respond_with_json(
         {"message": "success"}, status=201
     )
-    stats = RunStats()
+    stats = RunStats(60.0)
     client = BrazeClient(
         httpserver.url_for("").rstrip("/"),
         KEY,
@@ -114,7 +114,7 @@ def test_retry_headers_any_case_and_reset_as_epoch_or_seconds():
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
-    policy = RetryPolicy(base_seconds=1.0, max_seconds=60.0)
+    policy = RetryPolicy(max_retries=8, base_seconds=1.0, max_seconds=60.0)
     assert policy.backoff(0, rng=lambda: 0.0) == 0.5
     assert policy.backoff(0, rng=lambda: 1.0) == 1.0
     assert policy.backoff(3, rng=lambda: 1.0) == 8.0

@@ -10,6 +10,9 @@ Every test of the SDK's suite is here except:
   Braze; target-braze stops at the SCHEMA with a message naming identifier_property.
 - `TargetMultipleStateMessages`: the SDK expects every STATE relayed; target-braze relays
   the latest *confirmed* one, so intermediate states may be collapsed (checked below).
+- `TargetRecordBeforeSchemaTest`: the SDK expects its own `RecordsWithoutSchemaException`;
+  target-braze reads its input itself and stops with an `InputError` naming the line and
+  the stream (checked below).
 """
 
 from __future__ import annotations
@@ -33,14 +36,13 @@ from singer_sdk.testing.target_tests import (
     TargetEncodedStringData,
     TargetInvalidSchemaTest,
     TargetOptionalAttributes,
-    TargetRecordBeforeSchemaTest,
     TargetRecordMissingOptionalFields,
     TargetRecordMissingRequiredProperty,
     TargetSchemaUpdates,
     TargetSpecialCharsInAttributes,
 )
 from singer_sdk.testing.templates import TargetFileTestTemplate
-from target_braze.errors import ConfigError
+from target_braze.errors import ConfigError, InputError
 from target_braze.target import TargetBraze
 
 REJECTS = Path("output/standard-suite-rejects.jsonl")
@@ -154,13 +156,23 @@ class NoPrimaryKeysStillIdentifiedById(SandboxMatchesInput):
     name = "no_primary_keys"
 
 
+class RecordBeforeSchemaFailsNamingTheLine(TargetFileTestTemplate):
+    """Replaces `TargetRecordBeforeSchemaTest`: one clear error instead of the SDK's."""
+
+    name = "record_before_schema"
+
+    def test(self) -> None:
+        with pytest.raises(InputError, match=r"line 1: a RECORD of stream .* before its SCHEMA"):
+            super().test()
+
+
 class StreamWithoutIdentifierFailsClearly(TargetFileTestTemplate):
     """Replaces `TargetSchemaNoProperties`: its records carry no identifier at all."""
 
     name = "schema_no_properties"
 
     def test(self) -> None:
-        with pytest.raises(ConfigError, match="has no property 'id' to identify users"):
+        with pytest.raises(ConfigError, match="has no property 'id' for identifier_property"):
             super().test()
 
 
@@ -178,7 +190,7 @@ SUITE = SingerTestSuite(
         StatesAreRelayedInOrderUpToTheLast,
         NoPrimaryKeysStillIdentifiedById,
         OptionalAttributesAreNotInvented,
-        TargetRecordBeforeSchemaTest,
+        RecordBeforeSchemaFailsNamingTheLine,
         MissingOptionalFieldsAreNotInvented,
         TargetRecordMissingRequiredProperty,
         StreamWithoutIdentifierFailsClearly,

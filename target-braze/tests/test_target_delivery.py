@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import select
 import subprocess
 import time
@@ -430,7 +431,10 @@ def test_long_runs_log_progress_lines_and_a_final_summary(braze, tmp_path):
     assert "records in" in progress[0]
     assert "429s" in progress[0]
     assert "records/s" in progress[0]
-    assert "Run summary (success): 1500 records in, 1500 objects sent in 20 requests" in run.stderr
+    assert re.search(
+        r"Run \w+ summary \(success\): 1500 records in, 1500 objects sent in 20 requests",
+        run.stderr,
+    ), run.stderr
 
 
 def test_legacy_per_array_limits_fill_each_array_and_default_counts_them_together(braze, tmp_path):

@@ -1,8 +1,9 @@
-"""StreamMapping: records to Braze objects, with the stream's settings."""
+"""ObjectBuilder and StreamSettings: records to Braze objects, with the stream's settings."""
 
 import pytest
+from braze_target_harness import builder_for
 from target_braze.errors import ConfigError
-from target_braze.mapping import BrazeObject, Rejection, StreamMapping
+from target_braze.objects import BrazeObject, Rejection
 
 SCHEMA = {
     "properties": {
@@ -16,8 +17,7 @@ SCHEMA = {
 
 
 def build(record, schema=SCHEMA, bookmarks=("updated_at",), **config):
-    mapping = StreamMapping("s", schema, config, list(bookmarks))
-    return mapping.build(record, 0)
+    return builder_for(schema, tuple(bookmarks), **config).build(record, 0, 1)
 
 
 def test_identifier_and_replication_key_are_not_sent_as_attributes():
@@ -72,18 +72,16 @@ def test_attribute_name_starting_with_dollar_is_rejected():
 
 
 def test_per_stream_mapping_overrides_the_defaults():
-    mapping = StreamMapping(
-        "s", SCHEMA, {"stream_mappings": {"s": {"exclude_properties": ["peak_segment"]}}}, []
-    )
-    obj = mapping.build(
-        {"customer_id": "c1", "updated_at": "2026-01-01T00:00:00Z", "peak_segment": "x"}, 0
+    builder = builder_for(SCHEMA, stream_mappings={"s": {"exclude_properties": ["peak_segment"]}})
+    obj = builder.build(
+        {"customer_id": "c1", "updated_at": "2026-01-01T00:00:00Z", "peak_segment": "x"}, 0, 1
     )
     assert obj.body == {"external_id": "c1", "updated_at": "2026-01-01T00:00:00+00:00"}
 
 
 def test_unknown_identifier_property_names_the_setting_and_the_choices():
     with pytest.raises(ConfigError, match=r"identifier_property.*customer_id, last_seen"):
-        StreamMapping("s", SCHEMA, {"identifier_property": "nope"}, [])
+        builder_for(SCHEMA, identifier_property="nope")
 
 
 def test_events_take_name_time_and_properties():
@@ -116,7 +114,7 @@ def test_events_take_name_time_and_properties():
 
 def test_events_without_a_name_setting_are_a_config_error():
     with pytest.raises(ConfigError, match="event_name or event_name_property"):
-        StreamMapping("s", SCHEMA, {"object_type": "events", "time_property": "updated_at"}, [])
+        builder_for(SCHEMA, object_type="events", time_property="updated_at")
 
 
 def test_purchases_check_currency_and_quantity():
@@ -163,12 +161,38 @@ def test_purchases_check_currency_and_quantity():
 
 
 def test_merge_is_last_value_wins_and_counts_data_points_once():
-    mapping = StreamMapping("s", SCHEMA, {}, ["updated_at"])
-    first = mapping.build(
-        {"customer_id": "c1", "peak_segment": "a", "peak_churn_probability": 0.1}, 0
+    builder = builder_for(SCHEMA, ("updated_at",))
+    first = builder.build(
+        {"customer_id": "c1", "peak_segment": "a", "peak_churn_probability": 0.1}, 0, 1
     )
-    second = mapping.build({"customer_id": "c1", "peak_segment": "b"}, 1)
+    second = builder.build({"customer_id": "c1", "peak_segment": "b"}, 1, 2)
     first.merge(second)
     assert first.body == {"external_id": "c1", "peak_segment": "b", "peak_churn_probability": 0.1}
     assert first.data_points == 2
     assert first.seqs == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["time_property", "event_name_property"],
+)
+def test_event_property_settings_are_checked_against_the_schema(setting):
+    config = {"object_type": "events", "event_name_property": "kind", "time_property": "at"}
+    config[setting] = "nope"
+    schema = {"properties": {"customer_id": {}, "kind": {}, "at": {}}}
+    with pytest.raises(ConfigError, match=rf"no property 'nope' for {setting}.*at, customer_id"):
+        builder_for(schema, **config)
+
+
+def test_purchase_property_settings_are_checked_against_the_schema():
+    schema = {"properties": {"customer_id": {}, "sku": {}, "price": {}, "at": {}}}
+    config = dict(
+        object_type="purchases",
+        product_id_property="sku",
+        price_property="price",
+        time_property="at",
+        currency="EUR",
+        quantity_property="qty",
+    )
+    with pytest.raises(ConfigError, match="no property 'qty' for quantity_property"):
+        builder_for(schema, **config)

@@ -1,0 +1,186 @@
+"""`MessagePath`: what happens to each Singer message, in one place, on one path.
+
+SCHEMA resolves the stream's settings, stream maps and object builder once. RECORD goes
+through the stream's maps (identity unless `stream_maps` or flattening say otherwise),
+then straight to the builder and the delivery. STATE goes to the checkpoint. BATCH
+files are read record by record through the very same record path. There is no other
+path: every record, from stdin or a file, mapped or not, is handled here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from singer_sdk import metrics
+from singer_sdk.mapper import PluginMapper
+
+from target_braze.builder import ObjectBuilder
+from target_braze.errors import InputError
+from target_braze.messages import (
+    ActivateVersionMessage,
+    BatchMessage,
+    RecordMessage,
+    SchemaMessage,
+    StateMessage,
+)
+from target_braze.objects import Origin, Rejection
+from target_braze.run import Run
+from target_braze.stream_settings import StreamMappings, StreamSettings
+
+logger = logging.getLogger("target_braze")
+
+# Records counted locally and handed to singer-sdk's record_count metric in bulk.
+_METRIC_FLUSH_EVERY = 1_000
+
+
+@dataclass(slots=True)
+class _Route:
+    """One output of a source stream: its map transform, builder and metric counter."""
+
+    alias: str
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None]
+    builder: ObjectBuilder
+    counter: metrics.Counter
+    uncounted: int = 0
+
+
+class MessagePath:
+    """Handles every message the reader decodes, in input order (main thread)."""
+
+    def __init__(self, config: Mapping[str, Any], mapper: PluginMapper, run: Run) -> None:
+        """`config` holds every setting with its default; `mapper` is singer-sdk's."""
+        self._config = config
+        self._mapper = mapper
+        self._run = run
+        self._mappings = StreamMappings(config)
+        self._validate = bool(config["validate_records"])
+        self._routes: dict[str, list[_Route]] = {}
+        self._counters: dict[str, metrics.Counter] = {}
+        self._batch_size = int(config.get("batch_size_rows") or 0)
+        self._since_drain = 0
+        self._activate_version_noted: set[str] = set()
+        self.batch_reader: Callable[[BatchMessage, int], None] | None = None
+
+    def schema(self, message: SchemaMessage, line: int) -> None:
+        """Resolve the stream's maps, settings and builder (again, if the schema changed)."""
+        stream = message.stream
+        if not isinstance(message.schema.get("properties"), dict):
+            raise InputError(
+                f"line {line}: the SCHEMA of stream '{stream}' has no 'properties' object"
+            )
+        key_properties = message.key_properties or []
+        self._mapper.register_raw_stream_schema(stream, message.schema, key_properties)
+        entry_of: dict[str, Mapping[str, Any] | None] = {}
+        routes = []
+        for stream_map in self._mapper.stream_maps[stream]:
+            alias = stream_map.stream_alias
+            if alias not in entry_of:
+                entry_of[alias] = self._mappings.entry_for(alias)
+            schema = stream_map.transformed_schema
+            settings = StreamSettings.from_config(
+                alias,
+                schema,
+                self._config,
+                entry_of[alias],
+                bookmark_properties=message.bookmark_properties or (),
+                key_properties=stream_map.transformed_key_properties or (),
+            )
+            builder = ObjectBuilder(settings, schema, validate=self._validate)
+            counter = self._counters.get(alias)
+            if counter is None:
+                counter = self._counters[alias] = metrics.record_counter(alias)
+            routes.append(_Route(alias, stream_map.transform, builder, counter))
+        self._routes[stream] = routes
+
+    def record(self, message: RecordMessage, line: int) -> None:
+        """Map, build and deliver one record from the input."""
+        routes = self._routes.get(message.stream)
+        if routes is None:
+            raise InputError(
+                f"line {line}: a RECORD of stream '{message.stream}' arrived before its "
+                "SCHEMA; the tap must send each stream's SCHEMA message first"
+            )
+        self.deliver(routes, message.record, line)
+
+    def routes(self, stream: str, line: int) -> list[_Route]:
+        """The routes of a stream whose SCHEMA has arrived (for BATCH files)."""
+        routes = self._routes.get(stream)
+        if routes is None:
+            raise InputError(
+                f"line {line}: a BATCH of stream '{stream}' arrived before its SCHEMA; the "
+                "tap must send each stream's SCHEMA message first"
+            )
+        return routes
+
+    def deliver(self, routes: list[_Route], record: dict[str, Any], origin: Origin) -> None:
+        """The record path: map, build, then reject or hand to the delivery."""
+        run = self._run
+        checkpoint = run.checkpoint
+        for route in routes:
+            transformed = route.transform(record)
+            if transformed is None:  # filtered out by a stream map
+                continue
+            seq = checkpoint.register_record()
+            built = route.builder.build(transformed, seq, origin)
+            if isinstance(built, Rejection):
+                run.settlement.reject_record(built, seq)
+            else:
+                run.delivery.add(built)
+            route.uncounted += 1
+            if route.uncounted >= _METRIC_FLUSH_EVERY:
+                route.counter.increment(route.uncounted)
+                route.uncounted = 0
+            if not seq & 127:
+                run.stats.maybe_log_progress()
+        run.raise_if_failed()
+        if self._batch_size:
+            self._since_drain += 1
+            if self._since_drain >= self._batch_size:
+                # batch_size_rows: wait until Braze confirmed everything so far.
+                self._since_drain = 0
+                run.delivery.drain()
+
+    def state(self, message: StateMessage, line: int) -> None:
+        """Queue the STATE behind the records so far; a partly filled request is sent soon."""
+        if not isinstance(message.value, dict):
+            raise InputError(f"line {line}: a STATE message's value must be a JSON object")
+        self._run.checkpoint.add_state(message.value)
+        self._run.delivery.flush_if_older_than(self._run.flush_interval)
+
+    def activate_version(self, message: ActivateVersionMessage, line: int) -> None:
+        """Accepted and ignored: Braze profiles have no table versions to switch."""
+        if message.stream not in self._activate_version_noted:
+            self._activate_version_noted.add(message.stream)
+            logger.info(
+                "Stream %s: ACTIVATE_VERSION (line %d) ignored; Braze has no table versions, "
+                "and records are upserts",
+                message.stream,
+                line,
+            )
+
+    def batch(self, message: BatchMessage, line: int) -> None:
+        """Read a BATCH message's files through the record path."""
+        if self.batch_reader is None:
+            raise InputError(f"line {line}: BATCH messages are not supported")
+        self.batch_reader(message, line)
+
+    def finish(self) -> None:
+        """End of input: count, warn about unused stream_mappings, finish the run."""
+        for routes in self._routes.values():
+            for route in routes:
+                if route.uncounted:
+                    route.counter.increment(route.uncounted)
+                    route.uncounted = 0
+        for counter in self._counters.values():
+            counter.exit()
+        unused = self._mappings.unmatched()
+        if unused:
+            logger.warning(
+                "stream_mappings entries matched no stream of this run: %s (typo, or a stream "
+                "the tap did not send?)",
+                ", ".join(unused),
+            )
+        self._run.finish()

@@ -1,0 +1,171 @@
+"""`Run`: one run's delivery machinery, assembled from the settings, and how it ends.
+
+The target owns one `Run`; every stream shares it, so the rate limit, the in-flight user
+rule, the ledger and the checkpoint hold across streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from target_braze.batching import RequestLimits
+from target_braze.checkpoint import Checkpoint, StateOutput
+from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
+from target_braze.delivery import Delivery
+from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
+from target_braze.rate_limiter import RateLimiter
+from target_braze.rejects import RejectedRecords
+from target_braze.report import RunStats
+from target_braze.sender import UsersTrackSender
+from target_braze.settlement import Settlement
+
+logger = logging.getLogger("target_braze")
+
+
+class Run:
+    """Stats, rejects, checkpoint, STATE output, settlement, client, sender and delivery."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        """Check the delivery settings and build the pieces (no network yet).
+
+        `config` holds every setting, defaults included (see `settings.apply_defaults`).
+        """
+        self.dry_run = bool(config["dry_run"])
+        self.run_id = uuid.uuid4().hex[:12]
+        self.max_rejected_ratio = float(config["max_rejected_ratio"])
+        if not 0.0 <= self.max_rejected_ratio <= 1.0:
+            raise ConfigError("max_rejected_ratio must be between 0 and 1, e.g. 0.05 for 5%")
+        for name in ("max_objects_per_request", "max_concurrent_requests", "max_request_bytes"):
+            if int(config[name]) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        self.limits = RequestLimits(
+            max_objects=int(config["max_objects_per_request"]),
+            max_bytes=int(config["max_request_bytes"]),
+            per_array=bool(config["legacy_per_array_limits"]),
+        )
+        self.flush_interval = float(config["flush_interval_seconds"])
+        self.report_path: str | None = config.get("run_report_path")
+        self.checkpoint = Checkpoint()
+        self.stats = RunStats(
+            float(config["progress_interval_seconds"]),
+            records_in=lambda: self.checkpoint.received,
+            run_id=self.run_id,
+            dry_run=self.dry_run,
+        )
+        self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats, self.run_id)
+        self.stop = threading.Event()
+        self.client = self._client(config)
+        self.settlement = Settlement(self.checkpoint, self.rejects, self.stats)
+        self.sender = UsersTrackSender(
+            self.client,
+            self.settlement,
+            self.stats,
+            int(config["max_concurrent_requests"]),
+            self.stop,
+        )
+        self.delivery = Delivery(self.limits, self.sender, self.settlement, self.stats)
+        self.state_output = StateOutput(
+            self.checkpoint.released,
+            self._ratio_allows_release,
+            write=not self.dry_run,
+            on_written=lambda: self.stats.add(states_emitted=1),
+        )
+        self._finished = False
+
+    def _client(self, config: Mapping[str, Any]) -> Sends:
+        if self.dry_run:
+            logger.info(
+                "Dry run: request bodies go to %s; nothing is sent and no STATE is emitted",
+                config["dry_run_path"],
+            )
+            return DryRunClient(config["dry_run_path"], self.stats)
+        if not config.get("api_key"):
+            raise ConfigError(
+                "api_key is not set: give a Braze REST API key with the users.track "
+                "permission (TARGET_BRAZE_API_KEY), or set dry_run: true"
+            )
+        if not config.get("rest_endpoint"):
+            raise ConfigError(
+                "rest_endpoint is not set: give your Braze instance (e.g. US-03, EU-01) or "
+                "its REST URL (TARGET_BRAZE_REST_ENDPOINT)"
+            )
+        limiter = RateLimiter(
+            int(config["max_requests_per_window"]), float(config["rate_limit_window_seconds"])
+        )
+        return BrazeClient(
+            resolve_rest_endpoint(config["rest_endpoint"]),
+            config["api_key"],
+            limiter,
+            self.stats,
+            timeout=float(config["request_timeout_seconds"]),
+            retry=RetryPolicy(
+                max_retries=int(config["max_retries"]),
+                base_seconds=float(config["retry_backoff_seconds"]),
+            ),
+            bulk_header=bool(config["bulk_header"]),
+            stop=self.stop,
+        )
+
+    def _ratio_allows_release(self) -> bool:
+        # While too many records are rejected, STATE stays put: fixing the cause (a wrong
+        # identifier_property, say) and rerunning then resends the affected records.
+        return self.stats.rejected_ratio() <= self.max_rejected_ratio
+
+    def raise_if_failed(self) -> None:
+        """Re-raise, in the calling thread, the error that failed the run."""
+        self.sender.raise_if_failed()
+        failure = self.state_output.failure
+        if failure is not None:
+            raise TargetBrazeError(f"cannot write STATE to standard output: {failure}")
+
+    def finish(self) -> None:
+        """End of input: send the rest, wait for Braze, check the ratio, summarise, report."""
+        if self._finished:
+            return
+        self.delivery.drain()
+        self._finished = True
+        self.sender.shutdown()
+        self.state_output.close()
+        self._close_outputs()
+        self.raise_if_failed()
+        ratio = self.stats.rejected_ratio()
+        outcome = "success"
+        if self.stats.counts["rejected"]:
+            outcome = "partial_success" if ratio <= self.max_rejected_ratio else "failed"
+        logger.info("Run %s summary (%s): %s", self.run_id, outcome, self.stats.summary())
+        if self.stats.rejected_by_reason:
+            logger.warning("Rejected records by reason: %s", self.stats.rejection_summary())
+        self._report(outcome)
+        if outcome == "failed":
+            raise RejectedRatioExceeded(
+                f"{self.stats.counts['rejected']} of {self.checkpoint.received} records "
+                f"({ratio:.1%}) were rejected, above max_rejected_ratio "
+                f"{self.max_rejected_ratio:.1%}; see the rejects output for reasons. STATE was "
+                "held back, so a rerun after the fix resends them"
+            )
+
+    def fail(self, outcome: str = "failed") -> None:
+        """The run is ending early: stop the senders, keep what was confirmed, report it."""
+        if self._finished:
+            return
+        self._finished = True
+        self.stop.set()
+        self.sender.shutdown()
+        # States already released stay valid (their records are settled); the guard decides.
+        self.state_output.close()
+        self._close_outputs()
+        log = logger.warning if outcome == "interrupted" else logger.error
+        log("Run %s %s: %s", self.run_id, outcome, self.stats.summary())
+        self._report(outcome)
+
+    def _close_outputs(self) -> None:
+        self.rejects.close()
+        self.client.close()
+
+    def _report(self, outcome: str) -> None:
+        if self.report_path:
+            self.stats.write_report(self.report_path, outcome=outcome)
