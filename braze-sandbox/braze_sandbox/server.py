@@ -292,6 +292,7 @@ class Sandbox:
         if nested_invalid:
             stats.nested_updates_dropped += 1
         applied = 0
+        points = 0
         for name, obj, user in accepted:
             existing_only = obj.get("_update_existing_only")
             create = user[0] != "a" if existing_only is None else not existing_only
@@ -299,6 +300,7 @@ class Sandbox:
             if profile is None:
                 stats.skipped_unknown_user += 1
                 continue
+            points += _data_points(name, obj)
             if name == "attributes":
                 store.apply_attributes(profile, obj, nested_invalid)
             elif name == "events":
@@ -308,6 +310,7 @@ class Sandbox:
             applied += 1
         store.commit()
         stats.objects_applied += applied
+        stats.data_points += points
 
     def _auth(self, request: web.Request, permission: str) -> tuple[int, Any] | None:
         header = request.headers.get("Authorization", "")
@@ -439,3 +442,16 @@ def _drop_connection(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+# Keys that identify the user or steer Braze: not billed (Braze's data point rules).
+_NOT_BILLED = frozenset(
+    {"external_id", "user_alias", "braze_id", "_update_existing_only", "_merge_objects"}
+)
+
+
+def _data_points(array: str, obj: dict[str, Any]) -> int:
+    """Billed data points of one applied object (attribute sets; events and properties)."""
+    if array == "attributes":
+        return sum(1 for key in obj if key not in _NOT_BILLED)
+    return 1 + len(obj.get("properties") or {})

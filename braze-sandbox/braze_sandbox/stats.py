@@ -23,6 +23,7 @@ class SandboxStats:
         self.requests = 0
         self.by_status: Counter[int] = Counter()
         self.objects_applied = 0
+        self.data_points = 0
         self.attributes_processed = 0
         self.events_processed = 0
         self.purchases_processed = 0
@@ -62,6 +63,7 @@ class SandboxStats:
             "requests": self.requests,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "objects_applied": self.objects_applied,
+            "data_points": self.data_points,
             "attributes_processed": self.attributes_processed,
             "events_processed": self.events_processed,
             "purchases_processed": self.purchases_processed,

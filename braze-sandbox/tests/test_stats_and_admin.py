@@ -65,3 +65,22 @@ def test_profiles_survive_a_restart_in_the_db_file(tmp_path, track):
         first.track({"attributes": [{"external_id": "u", "plan": "pro"}]})
     with SandboxProcess(db_path=db) as second:
         assert second.profile("u")["custom_attributes"] == {"plan": "pro"}
+
+
+def test_data_points_count_attribute_sets_and_event_properties_not_identifiers(sandbox):
+    sandbox.track(
+        {
+            "attributes": [
+                {"external_id": "u1", "a": 1, "b": None, "_update_existing_only": False}
+            ],
+            "events": [
+                {
+                    "external_id": "u1",
+                    "name": "e",
+                    "time": "2026-01-01T00:00:00Z",
+                    "properties": {"x": 1, "y": 2},
+                }
+            ],
+        }
+    )
+    assert sandbox.stats()["data_points"] == 2 + 3
