@@ -383,6 +383,12 @@ class SqliteLedgerStore(LedgerStore):
                 # NORMAL in WAL: a power loss may drop the last commits, never corrupt the
                 # file; a lost ledger write only means that object is sent again.
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Random keys touch about one page per row: checkpointing every 10,000 pages
+                # instead of 1,000 copies a page rewritten by several writes once (measured
+                # 10-20% less CPU per row written at 300k-1M users); the limit gives the
+                # disk back after a large checkpoint.
+                conn.execute("PRAGMA wal_autocheckpoint=10000")
+                conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
             self._ensure_schema()
         except LedgerError:
             self.close()
