@@ -122,6 +122,7 @@ class Pipeline:
         self.state_dir = self.workdir / "meltano-state"
         self.report_path = self.workdir / "run-report.json"
         self.rejects_path = self.workdir / "rejected-records.jsonl"
+        self.ledger_path = self.workdir / "ledger.sqlite"
 
     @property
     def state_id(self) -> str:
@@ -137,6 +138,7 @@ class Pipeline:
         env["TARGET_BRAZE_RUN_REPORT_PATH"] = str(self.report_path)
         env["TARGET_BRAZE_REJECTED_RECORDS_PATH"] = str(self.rejects_path)
         env["TARGET_BRAZE_RETRY_BACKOFF_SECONDS"] = "0.05"
+        env["TARGET_BRAZE_LEDGER_URL"] = f"sqlite:///{self.ledger_path}"
         if self.warehouse is not None:
             env["TAP_PEAK_ATTRIBUTES_SQLALCHEMY_URL"] = f"sqlite:///{self.warehouse}"
         env.update(self.settings)

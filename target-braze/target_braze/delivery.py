@@ -1,7 +1,7 @@
 """`Delivery`: the way from a built Braze object to a request in flight.
 
 Objects arrive in the tap's order (main thread). With the delivery ledger on, they are
-staged a few hundred at a time so the ledger can look them up in one query; the ledger
+staged one request's worth at a time so the ledger can look them up in one query; the ledger
 drops what Braze already holds (those records settle as `unchanged` or `duplicates`).
 What remains is packed, in order, into `UsersTrackBatch`es, and each full batch goes to
 the sender. Requests are built across streams in arrival order, so two streams updating
@@ -21,9 +21,6 @@ from target_braze.settlement import Settlement
 
 if TYPE_CHECKING:
     from target_braze.ledger import Ledger
-
-#: Objects looked up in the ledger at once: one query, and still a short wait for a STATE.
-LEDGER_STAGE_SIZE = 500
 
 
 class Delivery:
@@ -55,7 +52,8 @@ class Delivery:
         if not self._staged:
             self._staged_at = time.monotonic()
         self._staged.append(obj)
-        if len(self._staged) >= LEDGER_STAGE_SIZE:
+        # One request's worth: looked up in one query, and sent at once if all changed.
+        if len(self._staged) >= self._limits.max_objects:
             self._select()
 
     def _select(self) -> None:

@@ -58,6 +58,12 @@ class BrazeObject:
             self.ledger = later.ledger if self.ledger is None else self.ledger.merge(later.ledger)
         self._encoded = None
 
+    def replace_body(self, body: dict[str, Any], data_points: int) -> None:
+        """Send `body` instead (the ledger trimmed what Braze already holds)."""
+        self.body = body
+        self.data_points = data_points
+        self._encoded = None
+
     def release(self) -> None:
         """Braze answered: drop the records early, so memory stays flat."""
         self.records = []

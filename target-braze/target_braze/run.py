@@ -17,6 +17,7 @@ from target_braze.checkpoint import Checkpoint, StateOutput
 from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
 from target_braze.delivery import Delivery
 from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
+from target_braze.ledger import Ledger
 from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
@@ -59,7 +60,8 @@ class Run:
         self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats, self.run_id)
         self.stop = threading.Event()
         self.client = self._client(config)
-        self.settlement = Settlement(self.checkpoint, self.rejects, self.stats)
+        self.ledger = self._ledger(config)
+        self.settlement = Settlement(self.checkpoint, self.rejects, self.stats, self.ledger)
         self.sender = UsersTrackSender(
             self.client,
             self.settlement,
@@ -67,7 +69,7 @@ class Run:
             int(config["max_concurrent_requests"]),
             self.stop,
         )
-        self.delivery = Delivery(self.limits, self.sender, self.settlement, self.stats)
+        self.delivery = Delivery(self.limits, self.sender, self.settlement, self.stats, self.ledger)
         self.state_output = StateOutput(
             self.checkpoint.released,
             self._ratio_allows_release,
@@ -110,6 +112,25 @@ class Run:
             stop=self.stop,
         )
 
+    def _ledger(self, config: Mapping[str, Any]) -> Ledger | None:
+        if not (config["send_only_changes"] or config["deduplicate_events"]):
+            return None
+        endpoint = (
+            resolve_rest_endpoint(config["rest_endpoint"]) if config.get("rest_endpoint") else None
+        )
+        if (
+            self.dry_run
+            and not config.get("ledger_workspace")
+            and not (endpoint and config.get("api_key"))
+        ):
+            logger.warning(
+                "Dry run without api_key and rest_endpoint (or ledger_workspace): the ledger "
+                "cannot tell which workspace to read, so this dry run reports every object "
+                "as to be sent"
+            )
+            return None
+        return Ledger(config, endpoint, dry_run=self.dry_run)
+
     def _ratio_allows_release(self) -> bool:
         # While too many records are rejected, STATE stays put: fixing the cause (a wrong
         # identifier_property, say) and rerunning then resends the affected records.
@@ -118,6 +139,8 @@ class Run:
     def raise_if_failed(self) -> None:
         """Re-raise, in the calling thread, the error that failed the run."""
         self.sender.raise_if_failed()
+        if self.ledger is not None and self.ledger.failure is not None:
+            raise self.ledger.failure
         failure = self.state_output.failure
         if failure is not None:
             raise TargetBrazeError(f"cannot write STATE to standard output: {failure}")
@@ -128,6 +151,8 @@ class Run:
             return
         self.delivery.drain()
         self._finished = True
+        if self.ledger is not None:
+            self.ledger.close()  # its writer settles the last confirmations
         self.sender.shutdown()
         self.state_output.close()
         self._close_outputs()
@@ -155,6 +180,8 @@ class Run:
         self._finished = True
         self.stop.set()
         self.sender.shutdown()
+        if self.ledger is not None:
+            self.ledger.close()  # what Braze confirmed is recorded, and settles
         # States already released stay valid (their records are settled); the guard decides.
         self.state_output.close()
         self._close_outputs()

@@ -72,6 +72,7 @@ def target_config(braze: SandboxProcess, tmp_path: Path, **overrides: Any) -> di
         "retry_backoff_seconds": 0.01,
         "rejected_records_path": str(tmp_path / "rejects.jsonl"),
         "run_report_path": str(tmp_path / "report.json"),
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
     }
     config.update(overrides)
     return config

@@ -233,6 +233,11 @@ class TestTargetBrazeStandard(StandardBase):  # type: ignore[misc,valid-type]
         return sandbox
 
     @pytest.fixture
-    def runner(self, resource: SandboxProcess) -> TargetTestRunner:
-        config = {**BASE_CONFIG, "api_key": resource.api_key, "rest_endpoint": resource.url}
+    def runner(self, resource: SandboxProcess, tmp_path: Path) -> TargetTestRunner:
+        config = {
+            **BASE_CONFIG,
+            "api_key": resource.api_key,
+            "rest_endpoint": resource.url,
+            "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        }
         return TargetTestRunner(TargetBraze, config=config, suite_config=SuiteConfig())

@@ -370,9 +370,10 @@ def test_api_key_appears_nowhere_even_at_debug_level(braze, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "DEBUG" in run.stderr  # the debug level really was on
     assert braze.api_key not in run.stdout + run.stderr
-    for path in tmp_path.iterdir():
-        if path.name != "config.json":
-            assert braze.api_key not in path.read_text(), path.name
+    written = [path for path in tmp_path.iterdir() if path.name != "config.json"]
+    assert any(path.name == "ledger.sqlite" for path in written)  # the ledger is searched too
+    for path in written:
+        assert braze.api_key.encode() not in path.read_bytes(), path.name
 
 
 @pytest.mark.parametrize(
@@ -463,9 +464,12 @@ def test_legacy_per_array_limits_fill_each_array_and_default_counts_them_togethe
     assert braze.stats()["requests"] == 1  # 75 attributes + 75 events in one request
     assert braze.stats()["max_objects_in_request"] == 150
 
-    braze.reset()
+    braze.reset()  # a new, empty workspace: a ledger of its own
     braze.configure(legacy_per_array_limits=False)
-    run = run_target(target_config(braze, tmp_path, stream_mappings=mapping), messages, tmp_path)
+    config = target_config(
+        braze, tmp_path, stream_mappings=mapping, ledger_url=f"sqlite:///{tmp_path}/ledger2.sqlite"
+    )
+    run = run_target(config, messages, tmp_path)
     assert run.returncode == 0, run.stderr
     assert braze.stats()["requests"] == 2  # 150 objects, at most 75 per request combined
     assert braze.stats()["max_objects_in_request"] == 75

@@ -1,0 +1,381 @@
+"""`Ledger`: what Braze confirmed, so only changes are sent and no event goes twice.
+
+Per user (identifier type and value) and attribute, the ledger keeps a 64-bit digest of
+the value Braze last confirmed and the day it did; per event or purchase, its identity.
+`select` (main thread) drops what Braze already holds from a few hundred objects at a
+time, with one lookup; `confirmed` (sender threads) hands Braze's confirmations to one
+writer thread, which commits them in groups and only then settles their records, so
+STATE never moves past a confirmation the ledger could lose in a crash.
+
+The rule that keeps the ledger from ever being ahead of Braze: an entry is written only
+for what Braze confirmed (a 2xx, no `errors[]` entry for the object). While an object
+is on its way (staged, packed or in flight), its sends are *pending*: a later record of
+the same user is compared with both the confirmed and the pending value, and skipped
+only if both equal it; its ledger write then merges into whatever is committed when it
+lands, so a rejected earlier object can never leave a value Braze does not hold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import xxhash
+
+from target_braze.errors import TargetBrazeError
+from target_braze.ledger_store import KeySpace, LedgerStore, open_store, workspace_identity
+from target_braze.objects import CONTROL_KEYS, BrazeObject
+
+logger = logging.getLogger("target_braze")
+
+# One attribute entry: name slot (32 bits of the name's hash), day confirmed, value digest.
+_ENTRY = struct.Struct("<IHQ")
+_EPOCH = dt.date(1970, 1, 1)
+# The writer commits once this many rows wait, or once the oldest waited this long.
+_GROUP_ROWS = 20_000
+_GROUP_SECONDS = 0.25
+_digest = xxhash.xxh3_64_intdigest
+_dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+Entries = dict[int, tuple[int, int]]  # slot -> (day, digest)
+
+
+def today() -> int:
+    """Days since 1970-01-01 (UTC): the ledger's clock."""
+    return (dt.datetime.now(dt.UTC).date() - _EPOCH).days
+
+
+def encode_entries(entries: Entries) -> bytes:
+    """The stored form of a user's entries."""
+    return b"".join(_ENTRY.pack(slot, day, digest) for slot, (day, digest) in entries.items())
+
+
+def decode_entries(blob: bytes) -> Entries:
+    """A user's entries from their stored form."""
+    return {slot: (day, digest) for slot, day, digest in _ENTRY.iter_unpack(blob)}
+
+
+@dataclass(slots=True)
+class UserWrite:
+    """What the ledger records for one attributes object once Braze confirmed it.
+
+    `partial`: `entries` are only what this object sent, to merge into the committed row
+    when written (an earlier object of the user was still pending when it was built).
+    """
+
+    key: int
+    check: int
+    entries: Entries
+    partial: bool
+
+    def merge(self, later: UserWrite) -> UserWrite:
+        """The write of this object with a later one of the same user folded in."""
+        if later.partial:
+            return UserWrite(self.key, self.check, {**self.entries, **later.entries}, self.partial)
+        return later
+
+
+@dataclass(slots=True)
+class EventWrite:
+    """What the ledger records for one event or purchase once Braze confirmed it."""
+
+    key: int
+    check: int
+    user_key: int
+
+
+@dataclass(slots=True)
+class Selection:
+    """`select`'s verdict: objects to send (trimmed to what changed), and what Braze holds."""
+
+    send: list[BrazeObject] = field(default_factory=list)
+    unchanged: list[BrazeObject] = field(default_factory=list)
+    duplicates: list[BrazeObject] = field(default_factory=list)
+
+
+class Ledger:
+    """The delivery ledger of one run, on one workspace."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        endpoint: str | None,
+        *,
+        dry_run: bool,
+    ) -> None:
+        """Open the ledger (one connection to read, one for the writer thread)."""
+        self.url = config.get("ledger_url")
+        self.send_only_changes = bool(config["send_only_changes"])
+        self.deduplicate_events = bool(config["deduplicate_events"])
+        self.full_resync = bool(config["full_resync"])
+        self._dry_run = dry_run
+        retention = int(config["ledger_retention_days"])
+        self._today = today()
+        self._cutoff = self._today - retention if retention > 0 else -1
+        identity = workspace_identity(
+            endpoint or "", config.get("api_key"), config.get("ledger_workspace")
+        )
+        self._keys = KeySpace(identity)
+        self._reader = open_store(self.url)
+        self._writer_store: LedgerStore | None = None
+        self.workspace = self._reader.register_workspace(
+            identity, endpoint or "", config.get("ledger_workspace")
+        )
+        if not dry_run:
+            self._writer_store = open_store(self.url)
+            if retention > 0:
+                forgotten = self._writer_store.forget_events_before(self.workspace, self._cutoff)
+                if forgotten:
+                    logger.info(
+                        "Ledger: forgot %d event identities older than %d days",
+                        forgotten,
+                        retention,
+                    )
+        self._slots: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._pending_users: dict[int, tuple[int, dict[int, int]]] = {}  # key -> (count, digests)
+        self._pending_events: dict[int, int] = {}  # key -> count
+        self._queue: queue.SimpleQueue[
+            tuple[Sequence[BrazeObject], Callable[[Sequence[BrazeObject]], None]] | None
+        ] = queue.SimpleQueue()
+        self.failure: TargetBrazeError | None = None
+        self._thread = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
+        self._thread.start()
+        logger.info(
+            "Delivery ledger %s, workspace %d: %s%s",
+            self._reader.url_display,
+            self.workspace,
+            ", ".join(
+                what
+                for what, on in (
+                    ("only changed attributes are sent", self.send_only_changes),
+                    ("events and purchases deduplicated", self.deduplicate_events),
+                )
+                if on
+            ),
+            " (full_resync: every attribute is sent this run)" if self.full_resync else "",
+        )
+
+    # --- choosing what to send (main thread) ----------------------------------------------
+
+    def _slot(self, name: str) -> tuple[int, int]:
+        slot = self._slots.get(name)
+        if slot is None:
+            seed = _digest(name.encode("utf-8", "surrogatepass"))
+            slot = self._slots[name] = (seed & 0xFFFFFFFF, seed)
+        return slot
+
+    def select(self, objects: list[BrazeObject]) -> Selection:
+        """Drop what Braze already holds; the rest is trimmed to what changed, in order."""
+        users = [o for o in objects if o.array == "attributes"] if self.send_only_changes else []
+        events = [o for o in objects if o.array != "attributes"] if self.deduplicate_events else []
+        user_keys = [self._keys.user(*obj.user_key) for obj in users]
+        event_keys = [self._keys.event(self._event_identity(obj)) for obj in events]
+        with self._lock:
+            pending = {
+                key: dict(self._pending_users[key][1])
+                for key, _ in user_keys
+                if key in self._pending_users
+            }
+            pending_events = {key for key, _ in event_keys if key in self._pending_events}
+        stored = self._reader.read_users([key for key, _ in user_keys]) if users else {}
+        seen_events = self._reader.read_events([key for key, _ in event_keys]) if events else {}
+        verdict: dict[int, str] = {}
+        for obj, (key, check) in zip(users, user_keys, strict=True):
+            row = stored.get(key)
+            known = row is not None and row[0] == check
+            entries = decode_entries(row[1]) if known else {}  # type: ignore[index]
+            verdict[id(obj)] = self._trim(obj, key, check, entries, known, pending)
+        selected: set[int] = set()
+        for obj, (key, check) in zip(events, event_keys, strict=True):
+            if seen_events.get(key) == check or key in pending_events or key in selected:
+                verdict[id(obj)] = "duplicates"
+            else:
+                selected.add(key)
+                obj.ledger = EventWrite(key, check, self._keys.user(*obj.user_key)[0])
+        selection = Selection()
+        for obj in objects:
+            outcome = verdict.get(id(obj), "send")
+            getattr(selection, outcome).append(obj)
+        self._add_pending(selection.send)
+        return selection
+
+    def _trim(
+        self,
+        obj: BrazeObject,
+        key: int,
+        check: int,
+        entries: Entries,
+        known: bool,
+        pending: dict[int, dict[int, int]],
+    ) -> str:
+        """Keep only changed attributes in `obj`; "unchanged" if none is left."""
+        in_flight = pending.get(key)
+        partial = in_flight is not None
+        sent = in_flight if in_flight is not None else {}
+        cutoff = self._cutoff
+        day = self._today
+        full = self.full_resync
+        body = obj.body
+        kept: dict[str, Any] = {}
+        written: Entries = {} if partial else dict(entries)
+        changed = 0
+        for name, value in body.items():
+            if name in CONTROL_KEYS:
+                kept[name] = value
+                continue
+            slot, seed = self._slot(name)
+            digest = _digest(_dumps(value, option=_SORT_KEYS), seed)
+            confirmed = entries.get(slot)
+            if (
+                not full
+                and confirmed is not None
+                and confirmed[1] == digest
+                and confirmed[0] > cutoff
+                and sent.get(slot, digest) == digest
+            ):
+                continue
+            kept[name] = value
+            written[slot] = (day, digest)
+            sent[slot] = digest
+            changed += 1
+        # A record with no attributes at all still creates the user the first time.
+        if not changed and (known or partial or len(kept) != len(body)):
+            return "unchanged"
+        if in_flight is None:
+            pending[key] = sent
+        if len(kept) != len(body):
+            obj.replace_body(kept, changed)
+        obj.ledger = UserWrite(key, check, written, partial)
+        return "send"
+
+    @staticmethod
+    def _event_identity(obj: BrazeObject) -> bytes:
+        if obj.key_values is not None:
+            return _dumps([obj.stream, obj.array, obj.key_values], default=str)
+        return _dumps(obj.body, option=_SORT_KEYS, default=str)
+
+    def _add_pending(self, objects: Sequence[BrazeObject]) -> None:
+        with self._lock:
+            for obj in objects:
+                write = obj.ledger
+                if isinstance(write, UserWrite):
+                    count, digests = self._pending_users.get(write.key, (0, {}))
+                    digests.update({slot: entry[1] for slot, entry in write.entries.items()})
+                    self._pending_users[write.key] = (count + 1, digests)
+                elif isinstance(write, EventWrite):
+                    self._pending_events[write.key] = self._pending_events.get(write.key, 0) + 1
+
+    def forget_pending(self, objects: Sequence[BrazeObject]) -> None:
+        """These objects will not be confirmed (rejected): they are pending no more."""
+        with self._lock:
+            for obj in objects:
+                self._release(obj)
+
+    def _release(self, obj: BrazeObject) -> None:
+        write = obj.ledger
+        if isinstance(write, UserWrite):
+            count, digests = self._pending_users.get(write.key, (1, {}))
+            if count <= 1:
+                self._pending_users.pop(write.key, None)
+            else:
+                self._pending_users[write.key] = (count - 1, digests)
+        elif isinstance(write, EventWrite):
+            count = self._pending_events.get(write.key, 1)
+            if count <= 1:
+                self._pending_events.pop(write.key, None)
+            else:
+                self._pending_events[write.key] = count - 1
+
+    # --- recording what Braze confirmed (writer thread) ------------------------------------
+
+    def confirmed(
+        self,
+        objects: Sequence[BrazeObject],
+        then: Callable[[Sequence[BrazeObject]], None],
+    ) -> None:
+        """Braze confirmed `objects`: record them, then call `then(objects)` (to settle)."""
+        self._queue.put((objects, then))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            group = [item]
+            rows = len(item[0])
+            started = time.monotonic()
+            done = False
+            while rows < _GROUP_ROWS:
+                wait = _GROUP_SECONDS - (time.monotonic() - started)
+                try:
+                    more = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                group.append(more)
+                rows += len(more[0])
+            self._write_group(group)
+            if done:
+                return
+
+    def _write_group(
+        self,
+        group: list[tuple[Sequence[BrazeObject], Callable[[Sequence[BrazeObject]], None]]],
+    ) -> None:
+        if self.failure is None and not self._dry_run:
+            try:
+                self._commit([obj for objects, _ in group for obj in objects])
+            except TargetBrazeError as exc:
+                self.failure = exc
+            except Exception as exc:
+                logger.debug("Unexpected error writing the ledger", exc_info=True)
+                self.failure = TargetBrazeError(
+                    f"unexpected {type(exc).__name__} writing the ledger: {exc}"
+                )
+        if self.failure is not None:
+            return  # nothing settles: STATE stays where the ledger is
+        with self._lock:
+            for objects, _ in group:
+                for obj in objects:
+                    self._release(obj)
+        for objects, then in group:
+            then(objects)
+
+    def _commit(self, objects: list[BrazeObject]) -> None:
+        assert self._writer_store is not None  # noqa: S101 - only real runs write
+        users: dict[int, UserWrite] = {}
+        events = []
+        for obj in objects:
+            write = obj.ledger
+            if isinstance(write, UserWrite):
+                earlier = users.get(write.key)
+                users[write.key] = write if earlier is None else earlier.merge(write)
+            elif isinstance(write, EventWrite):
+                events.append((write.key, write.check, write.user_key, self._today))
+        partial = [write.key for write in users.values() if write.partial]
+        committed = self._writer_store.read_users(partial) if partial else {}
+        rows = []
+        for write in users.values():
+            entries = write.entries
+            if write.partial:
+                row = committed.get(write.key)
+                base = decode_entries(row[1]) if row is not None and row[0] == write.check else {}
+                entries = {**base, **entries}
+            rows.append((write.key, write.check, encode_entries(entries)))
+        self._writer_store.write(self.workspace, rows, events)
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer, close the connections."""
+        self._queue.put(None)
+        self._thread.join()
+        self._reader.close()
+        if self._writer_store is not None:
+            self._writer_store.close()
