@@ -268,8 +268,9 @@ class LedgerStore(ABC):
         """SQL that takes the schema from `from_version` (None: nothing) to SCHEMA_VERSION."""
         p = self._prefix
         steps = list(_V1_SCHEMA[dialect]) if from_version is None else []
+        start = 1 if from_version is None else from_version
         for migration in MIGRATIONS:
-            if migration.to_version > (from_version or 1):
+            if migration.to_version > start:
                 steps += getattr(migration, dialect)
         steps = [step.format(p=p) for step in steps]
         steps.append(
