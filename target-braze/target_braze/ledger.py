@@ -108,6 +108,7 @@ class Ledger:
         self,
         config: Mapping[str, Any],
         endpoint: str | None,
+        api_key: str | None,
         *,
         dry_run: bool,
     ) -> None:
@@ -120,9 +121,7 @@ class Ledger:
         retention = int(config["ledger_retention_days"])
         self._today = today()
         self._cutoff = self._today - retention if retention > 0 else -1
-        identity = workspace_identity(
-            endpoint or "", config.get("api_key"), config.get("ledger_workspace")
-        )
+        identity = workspace_identity(endpoint or "", api_key, config.get("ledger_workspace"))
         self._keys = KeySpace(identity)
         self._reader = open_store(self.url)
         self._writer_store: LedgerStore | None = None

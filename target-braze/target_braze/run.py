@@ -22,6 +22,7 @@ from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
 from target_braze.sender import UsersTrackSender
+from target_braze.settings import resolve_api_key
 from target_braze.settlement import Settlement
 
 logger = logging.getLogger("target_braze")
@@ -85,10 +86,12 @@ class Run:
                 config["dry_run_path"],
             )
             return DryRunClient(config["dry_run_path"], self.stats)
-        if not config.get("api_key"):
+        api_key = resolve_api_key(config)
+        if not api_key:
             raise ConfigError(
-                "api_key is not set: give a Braze REST API key with the users.track "
-                "permission (TARGET_BRAZE_API_KEY), or set dry_run: true"
+                f"no Braze API key: export {config['api_key_env']} (read at run time, never "
+                "written to disk) or set api_key, with a REST API key that has the users.track "
+                "permission; or set dry_run: true"
             )
         if not config.get("rest_endpoint"):
             raise ConfigError(
@@ -100,7 +103,7 @@ class Run:
         )
         return BrazeClient(
             resolve_rest_endpoint(config["rest_endpoint"]),
-            config["api_key"],
+            api_key,
             limiter,
             self.stats,
             timeout=float(config["request_timeout_seconds"]),
@@ -118,18 +121,15 @@ class Run:
         endpoint = (
             resolve_rest_endpoint(config["rest_endpoint"]) if config.get("rest_endpoint") else None
         )
-        if (
-            self.dry_run
-            and not config.get("ledger_workspace")
-            and not (endpoint and config.get("api_key"))
-        ):
+        api_key = resolve_api_key(config)
+        if self.dry_run and not config.get("ledger_workspace") and not (endpoint and api_key):
             logger.warning(
                 "Dry run without api_key and rest_endpoint (or ledger_workspace): the ledger "
                 "cannot tell which workspace to read, so this dry run reports every object "
                 "as to be sent"
             )
             return None
-        return Ledger(config, endpoint, dry_run=self.dry_run)
+        return Ledger(config, endpoint, api_key, dry_run=self.dry_run)
 
     def _ratio_allows_release(self) -> bool:
         # While too many records are rejected, STATE stays put: fixing the cause (a wrong

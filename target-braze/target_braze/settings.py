@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -152,6 +153,17 @@ CONFIG_SCHEMA = th.PropertiesList(
         secret=True,
         title="Braze REST API key",
         description="A REST API key with the users.track permission. Not needed for dry_run.",
+    ),
+    th.Property(
+        "api_key_env",
+        th.StringType,
+        default="BRAZE_API_KEY",
+        title="API key environment variable",
+        description=(
+            "When api_key is not set, the key is read from this environment variable at run "
+            "time. The production way: Meltano never writes it to disk (unlike api_key, "
+            "which it puts in a config file under .meltano/run/ for the length of a run)."
+        ),
     ),
     th.Property(
         "rest_endpoint",
@@ -386,3 +398,11 @@ MAPPING_SETTINGS: tuple[str, ...] = tuple(
 def apply_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """`config` with every unset setting at its default (as singer-sdk fills them in)."""
     return {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+
+
+def resolve_api_key(config: Mapping[str, Any]) -> str | None:
+    """The API key: `api_key`, or else the environment variable `api_key_env` names."""
+    if config.get("api_key"):
+        return str(config["api_key"])
+    name = config.get("api_key_env") or DEFAULTS["api_key_env"]
+    return os.environ.get(str(name)) or None

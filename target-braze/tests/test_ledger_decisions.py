@@ -19,7 +19,7 @@ def open_ledger(tmp_path, **settings) -> Ledger:
     config = apply_defaults(
         {"ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}", "api_key": "k", **settings}
     )
-    return Ledger(config, ENDPOINT, dry_run=False)
+    return Ledger(config, ENDPOINT, "k", dry_run=False)
 
 
 BUILDER = builder_for()
@@ -80,7 +80,7 @@ def test_a_dry_run_ledger_settles_confirmations_without_writing(tmp_path):
     config = apply_defaults(
         {"ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}", "api_key": "k"}
     )
-    dry = Ledger(config, ENDPOINT, dry_run=True)
+    dry = Ledger(config, ENDPOINT, "k", dry_run=True)
     confirm(dry, dry.select(objects({"a": 1})).send)
     dry.close()
 

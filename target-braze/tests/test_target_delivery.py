@@ -381,7 +381,7 @@ def test_api_key_appears_nowhere_even_at_debug_level(braze, tmp_path):
     [
         ({"rest_endpoint": "http://rest.iad-01.braze.com"}, "plain http"),
         ({"rest_endpoint": "XX-99"}, "neither a Braze instance code"),
-        ({"api_key": None}, "api_key is not set"),
+        ({"api_key": None}, "no Braze API key: export BRAZE_API_KEY"),
         ({"identifier_type": "user_alias"}, "needs alias_label"),
         ({"identifier_property": "id"}, "has no property 'id'"),
     ],
@@ -393,6 +393,15 @@ def test_bad_settings_fail_with_one_clear_line(braze, tmp_path, overrides, expec
     (line,) = error_lines(run.stderr)
     assert expected in line
     assert "Traceback" not in run.stderr
+
+
+def test_the_api_key_can_come_from_the_variable_api_key_env_names(braze, tmp_path):
+    config = {**target_config(braze, tmp_path), "api_key_env": "MY_BRAZE_KEY"}
+    key = config.pop("api_key")
+    run = run_target(config, stream_of(3), tmp_path, env={"MY_BRAZE_KEY": key})
+    assert run.returncode == 0, run.stderr
+    assert len(profiles_by_id(braze)) == 3
+    assert key not in run.stderr
 
 
 def test_instance_codes_resolve_to_brazes_rest_urls():
