@@ -150,6 +150,7 @@ def shared_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
+        path.chmod(0o700)
         for child in path.rglob("*"):
             child.chmod(0o700)
         subprocess.run(["rm", "-rf", str(path)], check=True)
