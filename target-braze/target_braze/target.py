@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import signal
 import typing as t
@@ -86,6 +88,24 @@ class TargetBraze(Target):
         # thread holds. Ours unwind the main thread first; `invoke` then drains.
         signal.signal(signal.SIGTERM, _raise_termination)
         signal.signal(signal.SIGINT, _raise_termination)
+
+    @classmethod
+    @override
+    def print_about(cls, output_format: str | None = None) -> None:
+        """`--about`, with the markdown header unindented.
+
+        singer-sdk's markdown template indents the heading and first line of a multi-line
+        description by 8 spaces, which renders as a code block.
+        """
+        if output_format != "markdown":
+            super().print_about(output_format)
+            return
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            super().print_about(output_format)
+        header, capabilities, rest = buffer.getvalue().partition("## Capabilities")
+        header = "\n".join(line.strip() for line in header.splitlines())
+        print(header + capabilities + rest, end="")
 
     @override
     def process_endofpipe(self) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from braze_target_harness import (
@@ -483,3 +486,18 @@ def test_legacy_per_array_limits_fill_each_array_and_default_counts_them_togethe
     assert braze.stats()["requests"] == 2  # 150 objects, at most 75 per request combined
     assert braze.stats()["max_objects_in_request"] == 75
     assert len(braze.events()) == 75
+
+
+def test_about_markdown_renders_with_no_indented_heading():
+    about = subprocess.run(
+        ["target-braze", "--about", "--format=markdown"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    ).stdout
+    assert about.startswith("# `target-braze`\n")
+    assert not [
+        line for line in about.split("## Settings")[0].splitlines() if line.startswith("    ")
+    ]
+    assert "| api_key_env | False | BRAZE_API_KEY |" in about
