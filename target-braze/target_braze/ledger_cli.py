@@ -2,8 +2,9 @@
 
 Settings are read the way target-braze reads them: `--config` JSON files (later files win),
 then, for keys they lack, the environment variables Meltano exports for the plugin
-(`TARGET_BRAZE_LEDGER_URL`, ...). The API key is only ever fed to the one-way workspace
-derivation: it is never printed, nor is a ledger password.
+(`TARGET_BRAZE_LEDGER_URL`, ...); the API key, as target-braze finds it, may also be in the
+variable `api_key_env` names. It is only ever fed to the one-way workspace derivation:
+never printed, nor is a ledger password.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from target_braze.ledger_store import (
     workspace_identity,
 )
 
-SETTINGS = ("ledger_url", "rest_endpoint", "api_key", "ledger_workspace")
+SETTINGS = ("ledger_url", "rest_endpoint", "api_key", "api_key_env", "ledger_workspace")
 PROG = "target-braze-ledger"
 
 
@@ -60,17 +61,19 @@ def config_identity(settings: dict[str, str]) -> str:
     """The workspace identity of these settings, exactly as target-braze derives it."""
     if settings.get("ledger_workspace"):
         return workspace_identity("", None, settings["ledger_workspace"])
-    if not settings.get("rest_endpoint") or not settings.get("api_key"):
+    # Imported here: they pull in requests and singer-sdk, which stats does not need.
+    from target_braze.client import resolve_rest_endpoint  # noqa: PLC0415
+    from target_braze.settings import resolve_api_key  # noqa: PLC0415
+
+    api_key = resolve_api_key(settings)
+    if not settings.get("rest_endpoint") or not api_key:
         raise LedgerCommandError(
             "the config's workspace needs rest_endpoint and api_key (or ledger_workspace), "
-            "from --config or TARGET_BRAZE_REST_ENDPOINT / TARGET_BRAZE_API_KEY; or pass "
-            "--workspace ID (see stats)"
+            "from --config, TARGET_BRAZE_REST_ENDPOINT / TARGET_BRAZE_API_KEY or the "
+            "variable api_key_env names; or pass --workspace ID (see stats)"
         )
-    # Imported here: the client module pulls in requests, which stats does not need.
-    from target_braze.client import resolve_rest_endpoint  # noqa: PLC0415
-
     endpoint = resolve_rest_endpoint(settings["rest_endpoint"])
-    return workspace_identity(endpoint, settings["api_key"], None)
+    return workspace_identity(endpoint, api_key, None)
 
 
 def _open_existing(url: str) -> LedgerStore:
@@ -182,8 +185,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FILE",
         help="target-braze config JSON (repeatable; later files win); missing keys come from "
-        "TARGET_BRAZE_LEDGER_URL, TARGET_BRAZE_REST_ENDPOINT, TARGET_BRAZE_API_KEY, "
-        "TARGET_BRAZE_LEDGER_WORKSPACE",
+        "TARGET_BRAZE_LEDGER_URL, TARGET_BRAZE_REST_ENDPOINT, TARGET_BRAZE_API_KEY (or the "
+        "variable api_key_env names), TARGET_BRAZE_LEDGER_WORKSPACE",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("stats", help="size of the ledger per workspace")

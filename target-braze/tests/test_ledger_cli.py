@@ -33,7 +33,11 @@ def ledger_cli(
     *args: str, configs: list[dict[str, str]] | None = None, env: dict[str, str] | None = None
 ) -> Done:
     """Run the command with config files written from `configs` (TARGET_BRAZE_* cleared)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_BRAZE_")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TARGET_BRAZE_") and k != "BRAZE_API_KEY"
+    }
     config_args: list[str] = []
     for config in configs or []:
         path = Path(os.environ["LEDGER_CLI_TMP"]) / f"config-{uuid.uuid4().hex}.json"
@@ -238,6 +242,20 @@ def test_settings_come_from_the_environment_when_no_config_has_them(ledger_url: 
         "TARGET_BRAZE_API_KEY": KEY_B,
     }
     assert ledger_cli("clear-workspace", env=env).returncode == 0
+    assert counts(ledger_url) == {US03: (3, 2)}
+
+
+def test_the_api_key_may_come_from_the_variable_api_key_env_names(ledger_url: str) -> None:
+    config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key_env": "PROD_KEY"}
+    assert ledger_cli("clear-workspace", configs=[config], env={"PROD_KEY": KEY_A}).returncode == 0
+    assert counts(ledger_url) == {EU01: (1, 0)}
+
+
+def test_the_api_key_defaults_to_braze_api_key(ledger_url: str) -> None:
+    env = {"TARGET_BRAZE_REST_ENDPOINT": "EU-01", "BRAZE_API_KEY": KEY_B}
+    assert (
+        ledger_cli("clear-workspace", configs=[{"ledger_url": ledger_url}], env=env).returncode == 0
+    )
     assert counts(ledger_url) == {US03: (3, 2)}
 
 
