@@ -19,11 +19,25 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 logger = logging.getLogger("target_braze")
+
+
+class SettledFile:
+    """A BATCH file whose records are all settled: it may be deleted (it holds customer data)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        """Remember the file."""
+        self.path = path
+
+
+Released = dict[str, Any] | SettledFile | None
 
 
 class Checkpoint:
@@ -35,9 +49,9 @@ class Checkpoint:
         self._next_seq = 0
         self._settled_prefix = 0  # every seq below this is settled
         self._settled_out_of_order: set[int] = set()
-        self._pending: deque[tuple[int, dict[str, Any]]] = deque()
-        #: Releasable states, in release order (`StateOutput` consumes it).
-        self.released: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._pending: deque[tuple[int, dict[str, Any] | SettledFile]] = deque()
+        #: Releasable states and files, in release order (`StateOutput` consumes it).
+        self.released: queue.SimpleQueue[Released] = queue.SimpleQueue()
 
     def register_record(self) -> int:
         """Give the next record its sequence number (called by the reading thread only)."""
@@ -54,9 +68,16 @@ class Checkpoint:
         """Queue a STATE behind every record received so far; release it if possible."""
         with self._lock:
             received = self._next_seq
-            if self._pending and self._pending[-1][0] == received:
-                self._pending.pop()  # nothing arrived in between: the newer state wins
-            self._pending.append((received, state))
+            pending = self._pending
+            if pending and pending[-1][0] == received and isinstance(pending[-1][1], dict):
+                pending.pop()  # nothing arrived in between: the newer state wins
+            pending.append((received, state))
+            self._release()
+
+    def add_file(self, path: Path) -> None:
+        """A BATCH file whose records are all received: release it once they are settled."""
+        with self._lock:
+            self._pending.append((self._next_seq, SettledFile(path)))
             self._release()
 
     def settle(self, seqs: Iterable[int]) -> None:
@@ -79,13 +100,19 @@ class Checkpoint:
         latest = None
         pending = self._pending
         while pending and pending[0][0] <= self._settled_prefix:
-            latest = pending.popleft()[1]
+            item = pending.popleft()[1]
+            if isinstance(item, SettledFile):
+                self.released.put(item)
+            else:
+                latest = item
         if latest is not None:
             self.released.put(latest)
 
 
 class StateOutput:
     """Writes released STATE messages to stdout from one thread, in release order.
+
+    It also deletes BATCH files once their records are settled.
 
     `may_release` is the rejected-ratio guard: while it says no, the newest released
     state is held back (a later one supersedes it); `close` writes a held state if the
@@ -94,7 +121,7 @@ class StateOutput:
 
     def __init__(
         self,
-        released: queue.SimpleQueue[dict[str, Any] | None],
+        released: queue.SimpleQueue[Released],
         may_release: Callable[[], bool],
         *,
         write: bool = True,
@@ -113,6 +140,14 @@ class StateOutput:
 
     def _run(self) -> None:
         while (state := self._released.get()) is not None:
+            if isinstance(state, SettledFile):
+                try:
+                    state.path.unlink(missing_ok=True)
+                except OSError as exc:
+                    logger.warning(
+                        "Could not delete the settled BATCH file %s: %s", state.path, exc
+                    )
+                continue
             if self._may_release():
                 self._held = None
                 self._emit(state)

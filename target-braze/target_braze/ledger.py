@@ -31,7 +31,15 @@ import orjson
 import xxhash
 
 from target_braze.errors import TargetBrazeError
-from target_braze.ledger_store import KeySpace, LedgerStore, open_store, workspace_identity
+from target_braze.ledger_store import (
+    KeySpace,
+    LedgerStore,
+    default_ledger_url,
+    mask_url,
+    open_store,
+    sqlite_ledger_path,
+    workspace_identity,
+)
 from target_braze.objects import CONTROL_KEYS, BrazeObject
 
 logger = logging.getLogger("target_braze")
@@ -123,11 +131,22 @@ class Ledger:
         self._cutoff = self._today - retention if retention > 0 else -1
         identity = workspace_identity(endpoint or "", api_key, config.get("ledger_workspace"))
         self._keys = KeySpace(identity)
-        self._reader = open_store(self.url)
         self._writer_store: LedgerStore | None = None
-        self.workspace = self._reader.register_workspace(
-            identity, endpoint or "", config.get("ledger_workspace")
-        )
+        self._reader: LedgerStore | None = None
+        if dry_run:
+            # A dry run reads and never writes: no file, schema or workspace is created.
+            path = sqlite_ledger_path(self.url or default_ledger_url())
+            if path is None or path.exists():
+                self._reader = open_store(self.url)
+                found = self._reader.find_workspace(identity)
+                self.workspace = -1 if found is None else found
+            else:
+                self.workspace = -1
+        else:
+            self._reader = open_store(self.url)
+            self.workspace = self._reader.register_workspace(
+                identity, endpoint or "", config.get("ledger_workspace")
+            )
         if not dry_run:
             self._writer_store = open_store(self.url)
             if retention > 0:
@@ -150,7 +169,7 @@ class Ledger:
         self._thread.start()
         logger.info(
             "Delivery ledger %s, workspace %d: %s%s",
-            self._reader.url_display,
+            mask_url(self.url or default_ledger_url()),
             self.workspace,
             ", ".join(
                 what
@@ -185,8 +204,9 @@ class Ledger:
                 if key in self._pending_users
             }
             pending_events = {key for key, _ in event_keys if key in self._pending_events}
-        stored = self._reader.read_users([key for key, _ in user_keys]) if users else {}
-        seen_events = self._reader.read_events([key for key, _ in event_keys]) if events else {}
+        reader = self._reader
+        stored = reader.read_users([key for key, _ in user_keys]) if users and reader else {}
+        seen_events = reader.read_events([k for k, _ in event_keys]) if events and reader else {}
         verdict: dict[int, str] = {}
         for obj, (key, check) in zip(users, user_keys, strict=True):
             row = stored.get(key)
@@ -375,6 +395,7 @@ class Ledger:
         """Write what is queued, stop the writer, close the connections."""
         self._queue.put(None)
         self._thread.join()
-        self._reader.close()
+        if self._reader is not None:
+            self._reader.close()
         if self._writer_store is not None:
             self._writer_store.close()

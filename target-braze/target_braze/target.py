@@ -16,6 +16,7 @@ from singer_sdk.singerlib.encoding.base import GenericSingerReader
 from singer_sdk.target_base import Target
 from typing_extensions import override
 
+from target_braze.batch_files import BatchFiles
 from target_braze.errors import ConfigError, TargetBrazeError
 from target_braze.message_path import MessagePath
 from target_braze.reader import MessageReader
@@ -52,6 +53,7 @@ class TargetBraze(Target):
         PluginCapabilities.STREAM_MAPS,
         PluginCapabilities.FLATTENING,
         PluginCapabilities.STRUCTURED_LOGGING,
+        PluginCapabilities.BATCH,
         TargetCapabilities.VALIDATE_RECORDS,
     ]
     _active: t.ClassVar[TargetBraze | None] = None
@@ -78,6 +80,7 @@ class TargetBraze(Target):
         self.run = Run(settings)
         TargetBraze._active = self
         self.path = MessagePath(settings, self.mapper, self.run)
+        self.path.batch_reader = BatchFiles(self.path, self.run.checkpoint).read
         reader = self.message_reader
         if not isinstance(reader, MessageReader):
             msg = "target-braze reads its input with its own MessageReader"

@@ -151,3 +151,8 @@ def builder_for(
         stream, schema, settings, entry, bookmarks, key_properties
     )
     return ObjectBuilder(stream_settings, schema, validate=settings["validate_records"])
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy-style PostgreSQL URL (postgresql+psycopg://) as libpq takes it."""
+    return "postgresql://" + url.split("://", 1)[1]

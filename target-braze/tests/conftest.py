@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from braze_sandbox.testing import SandboxProcess
-from braze_target_harness import API_KEY
+from braze_target_harness import API_KEY, libpq_url
 
 SANDBOX_DEFAULTS: dict[str, Any] = {}
 
@@ -48,19 +48,15 @@ def postgres_server_url() -> str:
     return url
 
 
-def _libpq(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
-
-
 @pytest.fixture
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh database per test, dropped afterwards: tests never see each other's rows."""
     name = f"ledger_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(postgres_server_url), autocommit=True) as admin:
+    with psycopg.connect(libpq_url(postgres_server_url), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = postgres_server_url.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
-        with psycopg.connect(_libpq(postgres_server_url), autocommit=True) as admin:
+        with psycopg.connect(libpq_url(postgres_server_url), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

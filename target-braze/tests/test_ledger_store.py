@@ -9,13 +9,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import xxhash
+from braze_target_harness import libpq_url
 from target_braze import ledger_store
 from target_braze.errors import TargetBrazeError
 from target_braze.ledger_store import (
@@ -38,42 +38,6 @@ NOBODY = 65534
 
 
 # --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_server_url() -> str:
-    """TEST_POSTGRES_URL, or the server scripts/postgres starts. Never skipped."""
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if not url:
-        done = subprocess.run(
-            [str(REPO / "scripts" / "postgres")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            pytest.fail(f"PostgreSQL is required: scripts/postgres failed: {done.stderr[-500:]}")
-        url = done.stdout.strip().splitlines()[-1]
-    return url
-
-
-def _libpq(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
-
-
-@pytest.fixture
-def postgres_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh database per test, dropped afterwards: tests never see each other's rows."""
-    name = f"ledger_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(postgres_server_url), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = postgres_server_url.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(_libpq(postgres_server_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -447,7 +411,7 @@ def _set_version(ledger_url: str, version: str) -> None:
         with sqlite3.connect(ledger_url.removeprefix("sqlite:///")) as conn:
             conn.execute(sql)
     else:
-        with psycopg.connect(_libpq(ledger_url)) as conn:
+        with psycopg.connect(libpq_url(ledger_url)) as conn:
             conn.execute(sql)
 
 
@@ -458,7 +422,7 @@ def test_a_new_ledger_records_the_schema_version(ledger_url: str) -> None:
         with sqlite3.connect(ledger_url.removeprefix("sqlite:///")) as conn:
             assert conn.execute(sql).fetchone() == (str(SCHEMA_VERSION),)
     else:
-        with psycopg.connect(_libpq(ledger_url)) as conn:
+        with psycopg.connect(libpq_url(ledger_url)) as conn:
             assert conn.execute(sql).fetchone() == (str(SCHEMA_VERSION),)
 
 
@@ -488,7 +452,7 @@ def test_older_schema_version_is_migrated(ledger_url: str, monkeypatch: pytest.M
             version = conn.execute("SELECT value FROM meta").fetchone()
             conn.execute(f"SELECT n FROM {prefix}migrated_marker")
     else:
-        with psycopg.connect(_libpq(ledger_url)) as conn:
+        with psycopg.connect(libpq_url(ledger_url)) as conn:
             version = conn.execute("SELECT value FROM ledger_meta").fetchone()
             conn.execute(f"SELECT n FROM {prefix}migrated_marker")
     assert version == ("2",)
@@ -722,7 +686,7 @@ def test_sqlite_url_without_a_path_is_refused() -> None:
 @pytest.mark.postgres
 def test_postgres_tables_are_prefixed_ledger(postgres_url: str) -> None:
     open_store(postgres_url).close()
-    with psycopg.connect(_libpq(postgres_url)) as conn:
+    with psycopg.connect(libpq_url(postgres_url)) as conn:
         tables = {
             row[0]
             for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
