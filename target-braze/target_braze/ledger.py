@@ -20,9 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import queue
-import struct
 import threading
 import time
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,11 +44,11 @@ from target_braze.objects import CONTROL_KEYS, BrazeObject
 
 logger = logging.getLogger("target_braze")
 
-# One attribute entry: name slot (32 bits of the name's hash), day confirmed, value digest.
-_ENTRY = struct.Struct("<IHQ")
+# A user's entries are stored as three arrays: name slots (32 bits of the name's hash),
+# days confirmed (16 bits: days since 1970, good until 2149) and value digests (64 bits).
 _EPOCH = dt.date(1970, 1, 1)
-# The writer commits once this many rows wait, or once the oldest waited this long.
-_GROUP_ROWS = 20_000
+# The writer commits once this many objects wait, or once the oldest waited this long.
+_GROUP_OBJECTS = 20_000
 _GROUP_SECONDS = 0.25
 _digest = xxhash.xxh3_64_intdigest
 _dumps = orjson.dumps
@@ -63,32 +63,51 @@ def today() -> int:
 
 def encode_entries(entries: Entries) -> bytes:
     """The stored form of a user's entries."""
-    return b"".join(_ENTRY.pack(slot, day, digest) for slot, (day, digest) in entries.items())
+    pairs = entries.values()
+    return (
+        array("I", entries).tobytes()
+        + array("H", [day for day, _ in pairs]).tobytes()
+        + array("Q", [digest for _, digest in pairs]).tobytes()
+    )
 
 
 def decode_entries(blob: bytes) -> Entries:
     """A user's entries from their stored form."""
-    return {slot: (day, digest) for slot, day, digest in _ENTRY.iter_unpack(blob)}
+    count = len(blob) // 14
+    slots, days, digests = array("I"), array("H"), array("Q")
+    slots.frombytes(blob[: 4 * count])
+    days.frombytes(blob[4 * count : 6 * count])
+    digests.frombytes(blob[6 * count :])
+    return dict(zip(slots, zip(days, digests, strict=True), strict=True))
 
 
 @dataclass(slots=True)
 class UserWrite:
     """What the ledger records for one attributes object once Braze confirmed it.
 
-    `partial`: `entries` are only what this object sent, to merge into the committed row
-    when written (an earlier object of the user was still pending when it was built).
+    `entries` is the user's whole row, already encoded; or, when `partial`, only what
+    this object sent, to merge into the committed row when written (an earlier object of
+    the user was still pending when this one was built). Encoded bytes, not a dict of
+    tuples, because thousands of these wait for the writer's commit: they must be cheap
+    to hold and invisible to the garbage collector.
     """
 
     key: int
     check: int
-    entries: Entries
+    entries: Entries | bytes
     partial: bool
 
     def merge(self, later: UserWrite) -> UserWrite:
         """The write of this object with a later one of the same user folded in."""
         if later.partial:
-            return UserWrite(self.key, self.check, {**self.entries, **later.entries}, self.partial)
+            merged = {**_as_entries(self.entries), **_as_entries(later.entries)}
+            stored: Entries | bytes = merged if self.partial else encode_entries(merged)
+            return UserWrite(self.key, self.check, stored, self.partial)
         return later
+
+
+def _as_entries(entries: Entries | bytes) -> Entries:
+    return decode_entries(entries) if isinstance(entries, bytes) else entries
 
 
 @dataclass(slots=True)
@@ -98,6 +117,10 @@ class EventWrite:
     key: int
     check: int
     user_key: int
+
+
+# Braze's confirmation of some objects: their ledger writes, their records, what settles them.
+_Confirmation = tuple[list["UserWrite | EventWrite"], list[int], Callable[[list[int]], None]]
 
 
 @dataclass(slots=True)
@@ -161,9 +184,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._pending_users: dict[int, tuple[int, dict[int, int]]] = {}  # key -> (count, digests)
         self._pending_events: dict[int, int] = {}  # key -> count
-        self._queue: queue.SimpleQueue[
-            tuple[Sequence[BrazeObject], Callable[[Sequence[BrazeObject]], None]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Confirmation | None] = queue.SimpleQueue()
         self.failure: TargetBrazeError | None = None
         self._thread = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -185,46 +206,54 @@ class Ledger:
     # --- choosing what to send (main thread) ----------------------------------------------
 
     def _slot(self, name: str) -> tuple[int, int]:
-        slot = self._slots.get(name)
-        if slot is None:
-            seed = _digest(name.encode("utf-8", "surrogatepass"))
-            slot = self._slots[name] = (seed & 0xFFFFFFFF, seed)
+        """The name's slot in a user's entries, and the seed of its value digests."""
+        seed = _digest(name.encode("utf-8", "surrogatepass"))
+        slot = self._slots[name] = (seed & 0xFFFFFFFF, seed)
         return slot
 
     def select(self, objects: list[BrazeObject]) -> Selection:
         """Drop what Braze already holds; the rest is trimmed to what changed, in order."""
         users = [o for o in objects if o.array == "attributes"] if self.send_only_changes else []
         events = [o for o in objects if o.array != "attributes"] if self.deduplicate_events else []
-        user_keys = [self._keys.user(*obj.user_key) for obj in users]
+        user_key = self._keys.user
+        user_keys = [user_key(*obj.user_key) for obj in users]
         event_keys = [self._keys.event(self._event_identity(obj)) for obj in events]
         with self._lock:
+            pending_users = self._pending_users
             pending = {
-                key: dict(self._pending_users[key][1])
-                for key, _ in user_keys
-                if key in self._pending_users
+                key: dict(pending_users[key][1]) for key, _ in user_keys if key in pending_users
             }
             pending_events = {key for key, _ in event_keys if key in self._pending_events}
         reader = self._reader
         stored = reader.read_users([key for key, _ in user_keys]) if users and reader else {}
         seen_events = reader.read_events([k for k, _ in event_keys]) if events and reader else {}
         verdict: dict[int, str] = {}
+        sent_digests: list[tuple[int, dict[int, int]]] = []
         for obj, (key, check) in zip(users, user_keys, strict=True):
             row = stored.get(key)
             known = row is not None and row[0] == check
             entries = decode_entries(row[1]) if known else {}  # type: ignore[index]
-            verdict[id(obj)] = self._trim(obj, key, check, entries, known, pending)
+            sent = self._trim(obj, key, check, entries, known, pending)
+            if sent is None:
+                verdict[id(obj)] = "unchanged"
+            else:
+                sent_digests.append((key, sent))
         selected: set[int] = set()
+        event_keys_sent = []
         for obj, (key, check) in zip(events, event_keys, strict=True):
             if seen_events.get(key) == check or key in pending_events or key in selected:
                 verdict[id(obj)] = "duplicates"
             else:
                 selected.add(key)
-                obj.ledger = EventWrite(key, check, self._keys.user(*obj.user_key)[0])
+                event_keys_sent.append(key)
+                obj.ledger = EventWrite(key, check, user_key(*obj.user_key)[0])
         selection = Selection()
-        for obj in objects:
-            outcome = verdict.get(id(obj), "send")
-            getattr(selection, outcome).append(obj)
-        self._add_pending(selection.send)
+        if verdict:
+            for obj in objects:
+                getattr(selection, verdict.get(id(obj), "send")).append(obj)
+        else:
+            selection.send = objects
+        self._add_pending(sent_digests, event_keys_sent)
         return selection
 
     def _trim(
@@ -235,46 +264,66 @@ class Ledger:
         entries: Entries,
         known: bool,
         pending: dict[int, dict[int, int]],
-    ) -> str:
-        """Keep only changed attributes in `obj`; "unchanged" if none is left."""
+    ) -> dict[int, int] | None:
+        """Keep only changed attributes in `obj`: the digests sent, or None if none is left.
+
+        Pass an attribute only if both what Braze confirmed (fresh, within the retention)
+        and what is on its way to Braze for this user equal the new value.
+        """
         in_flight = pending.get(key)
+        if not entries and in_flight is None:
+            sent = self._first_write(obj, key, check)
+            pending[key] = sent
+            return sent
         partial = in_flight is not None
-        sent = in_flight if in_flight is not None else {}
-        cutoff = self._cutoff
+        slots = self._slots
         day = self._today
-        full = self.full_resync
+        cutoff = self._cutoff
+        resend = self.full_resync
+        others = in_flight or {}
         body = obj.body
+        sent = {}
+        written: Entries = {} if partial else entries
         kept: dict[str, Any] = {}
-        written: Entries = {} if partial else dict(entries)
-        changed = 0
         for name, value in body.items():
             if name in CONTROL_KEYS:
                 kept[name] = value
                 continue
-            slot, seed = self._slot(name)
-            digest = _digest(_dumps(value, option=_SORT_KEYS), seed)
+            slot, seed = slots.get(name) or self._slot(name)
+            digest = _digest(_dumps(value, None, _SORT_KEYS), seed)
             confirmed = entries.get(slot)
             if (
-                not full
+                not resend
                 and confirmed is not None
                 and confirmed[1] == digest
                 and confirmed[0] > cutoff
-                and sent.get(slot, digest) == digest
+                and others.get(slot, digest) == digest
             ):
                 continue
             kept[name] = value
-            written[slot] = (day, digest)
             sent[slot] = digest
-            changed += 1
+            written[slot] = (day, digest)
         # A record with no attributes at all still creates the user the first time.
-        if not changed and (known or partial or len(kept) != len(body)):
-            return "unchanged"
-        if in_flight is None:
-            pending[key] = sent
+        if not sent and (known or partial or len(kept) != len(body)):
+            return None
         if len(kept) != len(body):
-            obj.replace_body(kept, changed)
-        obj.ledger = UserWrite(key, check, written, partial)
-        return "send"
+            obj.replace_body(kept, len(sent))
+        pending.setdefault(key, {}).update(sent)
+        obj.ledger = UserWrite(key, check, written if partial else encode_entries(written), partial)
+        return sent
+
+    def _first_write(self, obj: BrazeObject, key: int, check: int) -> dict[int, int]:
+        """A user the ledger has never seen: every attribute is sent (the hot case)."""
+        slots = self._slots
+        sent: dict[int, int] = {}
+        for name, value in obj.body.items():
+            if name not in CONTROL_KEYS:
+                slot, seed = slots.get(name) or self._slot(name)
+                sent[slot] = _digest(_dumps(value, None, _SORT_KEYS), seed)
+        days = array("H", [self._today]).tobytes() * len(sent)
+        blob = array("I", sent).tobytes() + days + array("Q", sent.values()).tobytes()
+        obj.ledger = UserWrite(key, check, blob, partial=False)
+        return sent
 
     @staticmethod
     def _event_identity(obj: BrazeObject) -> bytes:
@@ -282,55 +331,54 @@ class Ledger:
             return _dumps([obj.stream, obj.array, obj.key_values], default=str)
         return _dumps(obj.body, option=_SORT_KEYS, default=str)
 
-    def _add_pending(self, objects: Sequence[BrazeObject]) -> None:
+    def _add_pending(self, users: list[tuple[int, dict[int, int]]], events: list[int]) -> None:
         with self._lock:
-            for obj in objects:
-                write = obj.ledger
-                if isinstance(write, UserWrite):
-                    count, digests = self._pending_users.get(write.key, (0, {}))
-                    digests.update({slot: entry[1] for slot, entry in write.entries.items()})
-                    self._pending_users[write.key] = (count + 1, digests)
-                elif isinstance(write, EventWrite):
-                    self._pending_events[write.key] = self._pending_events.get(write.key, 0) + 1
+            pending_users = self._pending_users
+            for key, sent in users:
+                count, digests = pending_users.get(key, (0, {}))
+                digests.update(sent)
+                pending_users[key] = (count + 1, digests)
+            pending_events = self._pending_events
+            for key in events:
+                pending_events[key] = pending_events.get(key, 0) + 1
 
     def forget_pending(self, objects: Sequence[BrazeObject]) -> None:
         """These objects will not be confirmed (rejected): they are pending no more."""
-        with self._lock:
-            for obj in objects:
-                self._release(obj)
+        self._release([obj.ledger for obj in objects if obj.ledger is not None])
 
-    def _release(self, obj: BrazeObject) -> None:
-        write = obj.ledger
-        if isinstance(write, UserWrite):
-            count, digests = self._pending_users.get(write.key, (1, {}))
-            if count <= 1:
-                self._pending_users.pop(write.key, None)
-            else:
-                self._pending_users[write.key] = (count - 1, digests)
-        elif isinstance(write, EventWrite):
-            count = self._pending_events.get(write.key, 1)
-            if count <= 1:
-                self._pending_events.pop(write.key, None)
-            else:
-                self._pending_events[write.key] = count - 1
+    def _release(self, writes: Sequence[UserWrite | EventWrite]) -> None:
+        with self._lock:
+            for write in writes:
+                table: dict[int, Any] = (
+                    self._pending_users if isinstance(write, UserWrite) else self._pending_events
+                )
+                held = table.get(write.key)
+                count = held[0] if isinstance(held, tuple) else (held or 1)
+                if count <= 1:
+                    table.pop(write.key, None)
+                elif isinstance(held, tuple):
+                    table[write.key] = (count - 1, held[1])
+                else:
+                    table[write.key] = count - 1
 
     # --- recording what Braze confirmed (writer thread) ------------------------------------
 
-    def confirmed(
-        self,
-        objects: Sequence[BrazeObject],
-        then: Callable[[Sequence[BrazeObject]], None],
-    ) -> None:
-        """Braze confirmed `objects`: record them, then call `then(objects)` (to settle)."""
-        self._queue.put((objects, then))
+    def confirmed(self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]) -> None:
+        """Braze confirmed `objects`: record them, then call `then(seqs)` (to settle).
+
+        Only the writes and sequence numbers are kept until the commit, not the objects.
+        """
+        writes = [obj.ledger for obj in objects if obj.ledger is not None]
+        seqs = [seq for obj in objects for seq in obj.seqs]
+        self._queue.put((writes, seqs, then))
 
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
             group = [item]
-            rows = len(item[0])
+            size = len(item[0])
             started = time.monotonic()
             done = False
-            while rows < _GROUP_ROWS:
+            while size < _GROUP_OBJECTS:
                 wait = _GROUP_SECONDS - (time.monotonic() - started)
                 try:
                     more = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -340,18 +388,16 @@ class Ledger:
                     done = True
                     break
                 group.append(more)
-                rows += len(more[0])
+                size += len(more[0])
             self._write_group(group)
             if done:
                 return
 
-    def _write_group(
-        self,
-        group: list[tuple[Sequence[BrazeObject], Callable[[Sequence[BrazeObject]], None]]],
-    ) -> None:
+    def _write_group(self, group: list[_Confirmation]) -> None:
+        writes = [write for item in group for write in item[0]]
         if self.failure is None and not self._dry_run:
             try:
-                self._commit([obj for objects, _ in group for obj in objects])
+                self._commit(writes)
             except TargetBrazeError as exc:
                 self.failure = exc
             except Exception as exc:
@@ -361,23 +407,19 @@ class Ledger:
                 )
         if self.failure is not None:
             return  # nothing settles: STATE stays where the ledger is
-        with self._lock:
-            for objects, _ in group:
-                for obj in objects:
-                    self._release(obj)
-        for objects, then in group:
-            then(objects)
+        self._release(writes)
+        for _, seqs, then in group:
+            then(seqs)
 
-    def _commit(self, objects: list[BrazeObject]) -> None:
+    def _commit(self, writes: list[UserWrite | EventWrite]) -> None:
         assert self._writer_store is not None  # noqa: S101 - only real runs write
         users: dict[int, UserWrite] = {}
         events = []
-        for obj in objects:
-            write = obj.ledger
+        for write in writes:
             if isinstance(write, UserWrite):
                 earlier = users.get(write.key)
                 users[write.key] = write if earlier is None else earlier.merge(write)
-            elif isinstance(write, EventWrite):
+            else:
                 events.append((write.key, write.check, write.user_key, self._today))
         partial = [write.key for write in users.values() if write.partial]
         committed = self._writer_store.read_users(partial) if partial else {}
@@ -387,8 +429,10 @@ class Ledger:
             if write.partial:
                 row = committed.get(write.key)
                 base = decode_entries(row[1]) if row is not None and row[0] == write.check else {}
-                entries = {**base, **entries}
-            rows.append((write.key, write.check, encode_entries(entries)))
+                entries = encode_entries({**base, **_as_entries(entries)})
+            elif not isinstance(entries, bytes):
+                entries = encode_entries(entries)
+            rows.append((write.key, write.check, entries))
         self._writer_store.write(self.workspace, rows, events)
 
     def close(self) -> None:

@@ -74,7 +74,7 @@ class Settlement:
         else:
             # The ledger's writer settles them once its transaction committed: STATE never
             # moves past an object the ledger would not know after a crash.
-            self._ledger.confirmed(objects, self._settle)
+            self._ledger.confirmed(objects, self._checkpoint.settle)
 
     def skip(self, objects: Sequence[BrazeObject], outcome: str) -> None:
         """The ledger shows Braze already holds these (`unchanged` or `duplicates`)."""
