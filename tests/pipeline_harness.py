@@ -144,9 +144,11 @@ class Pipeline:
         env.update(self.settings)
         return env
 
-    def command(self, *options: str, force: bool = False) -> list[str]:
-        """`meltano [options] run --state-id-suffix S [--force] <tap> target-braze`."""
-        command = [MELTANO, *options, "run", "--state-id-suffix", self.suffix]
+    def command(
+        self, *options: str, force: bool = False, run_options: tuple[str, ...] = ()
+    ) -> list[str]:
+        """`meltano [options] run --state-id-suffix S [run options] [--force] <tap> <target>`."""
+        command = [MELTANO, *options, "run", "--state-id-suffix", self.suffix, *run_options]
         if force:
             command.append("--force")
         return [*command, self.tap, TARGET]
@@ -157,12 +159,13 @@ class Pipeline:
         force: bool = False,
         extra_env: dict[str, str] | None = None,
         timeout: float = RUN_TIMEOUT_SECONDS,
+        run_options: tuple[str, ...] = (),
     ) -> RunResult:
         """Run the pipeline to its end; remove the previous run's report first."""
         self.report_path.unlink(missing_ok=True)
         env = self.env() | (extra_env or {})
         completed = subprocess.run(
-            self.command(*options, force=force),
+            self.command(*options, force=force, run_options=run_options),
             cwd=PROJECT_ROOT,
             env=env,
             capture_output=True,
