@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -168,13 +169,17 @@ def test_events_reach_braze_once_across_a_failed_run_its_fix_and_a_full_re_emit(
 
 
 @pytest.fixture
-def postgres_ledger(app_database) -> str:
-    """A fresh PostgreSQL database for a ledger, on the test server."""
+def postgres_ledger(app_database) -> Iterator[str]:
+    """A fresh PostgreSQL database for a ledger, on the test server; dropped afterwards."""
     name = f"e2e_ledger_{uuid.uuid4().hex[:10]}"
     conninfo = app_database.url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    return app_database.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield app_database.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_two_workspaces_share_one_postgresql_ledger_and_each_gets_every_change(
