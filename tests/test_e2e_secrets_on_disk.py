@@ -7,11 +7,14 @@ secrets out of Meltano's settings: the target reads its key from the variable na
 `api_key_env` (BRAZE_API_KEY), the tap its warehouse URL from the one named by
 `sqlalchemy_url_env` (PEAK_WAREHOUSE_URL), in meltano.yml's `prod` environment.
 
-Each test runs that setup against a sandbox slow enough that a sync lasts, scans every file
-of the run's `.meltano` system directory (the session's own, MELTANO_SYS_DIR_ROOT) again
-and again while it runs, kills the whole run with SIGKILL once the sandbox has answered
-enough of its requests, scans what the kill left, then lets a rerun finish and scans again.
-When to scan and when to kill is decided by the sandbox's progress, never by the clock.
+Each test runs that setup and scans every file of the run's `.meltano` system directory
+(the session's own, MELTANO_SYS_DIR_ROOT) again and again while it runs. The sandbox
+handles the first HELD_AFTER_REQUESTS requests, then fails every later one (its fail
+point), so the run is held mid-sync, retrying; once the sandbox reports that, and a scan
+made since has seen both plugins' config files, the whole run is killed with SIGKILL. Then
+what the kill left is scanned, the sandbox heals, a rerun finishes and everything is
+scanned again. When to scan and when to kill is decided by the sandbox's progress, never
+by the clock.
 """
 
 from __future__ import annotations
@@ -45,15 +48,16 @@ from pipeline_harness import (
 
 pytestmark = pytest.mark.e2e
 
-CUSTOMERS = 9_000
+CUSTOMERS = 3_000
 SEED = 424242
-# 9,000 customers are 120 requests of 75; the sandbox holds each for at least 40 ms and
-# the target keeps at most 2 in flight, so after KILL_AFTER_ANSWERED answers at least
-# 100 requests (2 s) remain however fast the machine: the kill lands mid-sync.
+# 3,000 customers are 40 requests of 75: the sandbox confirms the first 20 (1,500
+# customers), fails the rest, and the target retries them after at least half of
+# RETRY_BACKOFF_SECONDS, then longer each time (8 retries): the run cannot end for
+# minutes, however fast or slow the machine, so the kill lands while it is alive.
 OBJECTS_PER_REQUEST = 75
 MAX_IN_FLIGHT = 2
-LATENCY_MS = (40, 80)
-KILL_AFTER_ANSWERED = 20
+HELD_AFTER_REQUESTS = 20
+RETRY_BACKOFF_SECONDS = 30
 POLL_SECONDS = 0.02
 # Meltano's run files: `tap.<uuid>.config.json` and `target.<uuid>.config.json`.
 CONFIG_SUFFIX = ".config.json"
@@ -125,8 +129,9 @@ def _plugins_with_config(paths: list[Path]) -> set[str]:
     return {path.name.split(".")[0] for path in paths}
 
 
-def _answered(sandbox: Any) -> int:
-    return sum(sandbox.stats()["by_status"].values())
+def _held(sandbox: Any) -> bool:
+    """The sandbox failed a request past its fail point: the run now waits to retry."""
+    return sandbox.stats()["injected"].get("failpoint", 0) > 0
 
 
 @dataclass
@@ -147,10 +152,9 @@ class Observed:
 def run_scan_kill_rerun(
     pipeline: ProductionPipeline, sandbox: Any, sys_dir: Path, secrets: dict[str, str], log: Path
 ) -> Observed:
-    """Scan while the run syncs, kill -9 it mid-sync, scan, rerun to the end, scan.
+    """Scan while the run syncs, kill -9 it while held mid-sync, scan, heal, rerun, scan.
 
-    The kill comes once the sandbox has answered KILL_AFTER_ANSWERED requests and at least
-    one scan ran mid-sync (after the first answer) and saw both plugins' config files.
+    The sandbox must have been started with `fail_after_requests=HELD_AFTER_REQUESTS`.
     """
     leaks: list[str] = []
     config_during: set[str] = set()
@@ -161,15 +165,16 @@ def run_scan_kill_rerun(
     process = pipeline.start(log_path=log)
     try:
         while process.poll() is None:
-            answered_before_scan = _answered(sandbox)
+            held = _held(sandbox)
             found = scan(sys_dir, secrets)
             leaks.extend(found.leaks)
-            if answered_before_scan > 0 and process.poll() is None:
+            if held and process.poll() is None:
+                # Begun while the run was held and ended with the run still alive: mid-sync.
                 scans_mid_sync += 1
                 config_during |= _plugins_with_config(
                     [path for path in found.config_files if path not in earlier]
                 )
-            if _answered(sandbox) >= KILL_AFTER_ANSWERED and config_during >= {"tap", "target"}:
+            if config_during >= {"tap", "target"}:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 break
@@ -182,6 +187,7 @@ def run_scan_kill_rerun(
         process.wait()
     after_kill = scan(sys_dir, secrets)
     left_by_kill = [path for path in after_kill.config_files if path not in earlier]
+    sandbox.configure(fail_after_requests=0)
     # Meltano still believes the killed run is going: --force, as after any crash.
     rerun = pipeline.run(force=True)
     return Observed(
@@ -241,6 +247,7 @@ def _pipeline(
         settings={
             "TARGET_BRAZE_MAX_CONCURRENT_REQUESTS": str(MAX_IN_FLIGHT),
             "TARGET_BRAZE_MAX_OBJECTS_PER_REQUEST": str(OBJECTS_PER_REQUEST),
+            "TARGET_BRAZE_RETRY_BACKOFF_SECONDS": str(RETRY_BACKOFF_SECONDS),
         },
         secret_variables=secret_variables,
     )
@@ -251,7 +258,7 @@ def test_braze_key_from_braze_api_key_is_in_no_file_under_meltano_during_a_run_o
 ):
     key = _new_secret("braze-key")
     warehouse = generate_warehouse(tmp_path / "warehouse.sqlite", CUSTOMERS, seed=SEED)
-    sandbox = start_sandbox(api_key=key, latency_ms=LATENCY_MS, seed=SEED)
+    sandbox = start_sandbox(api_key=key, fail_after_requests=HELD_AFTER_REQUESTS)
     pipeline = _pipeline(meltano_env, tmp_path, sandbox, warehouse, {"BRAZE_API_KEY": key})
     sys_dir = Path(meltano_env["MELTANO_SYS_DIR_ROOT"])
 
@@ -361,7 +368,7 @@ def test_key_and_warehouse_password_from_variables_are_in_no_file_under_meltano_
         "warehouse URL from a variable Meltano never writes"
     )
     key = _new_secret("braze-key")
-    sandbox = start_sandbox(api_key=key, latency_ms=LATENCY_MS, seed=SEED)
+    sandbox = start_sandbox(api_key=key, fail_after_requests=HELD_AFTER_REQUESTS)
     pipeline = _pipeline(
         meltano_env,
         tmp_path,
@@ -391,7 +398,7 @@ def test_warehouse_password_given_as_a_meltano_setting_is_on_disk_during_a_run_a
     # The control: the same run with the URL in the tap's `sqlalchemy_url` setting, the way
     # the production setup avoids. The scans find the password, so they can find one.
     key = _new_secret("braze-key")
-    sandbox = start_sandbox(api_key=key, latency_ms=LATENCY_MS, seed=SEED)
+    sandbox = start_sandbox(api_key=key, fail_after_requests=HELD_AFTER_REQUESTS)
     pipeline = _pipeline(meltano_env, tmp_path, sandbox, None, {"BRAZE_API_KEY": key})
     pipeline.settings["TAP_PEAK_ATTRIBUTES_SQLALCHEMY_URL"] = password_warehouse.url
     sys_dir = Path(meltano_env["MELTANO_SYS_DIR_ROOT"])
