@@ -80,6 +80,14 @@ class Run:
         self._finished = False
 
     def _client(self, config: Mapping[str, Any]) -> Sends:
+        # A dry run checks every setting a real run needs, except the key.
+        if not config.get("rest_endpoint"):
+            raise ConfigError(
+                "rest_endpoint is not set: give your Braze instance (e.g. US-03, EU-01) or "
+                "its REST URL (TARGET_BRAZE_REST_ENDPOINT)"
+            )
+        endpoint = resolve_rest_endpoint(config["rest_endpoint"])
+        _warn_beyond_brazes_limits(config)
         if self.dry_run:
             logger.info(
                 "Dry run: request bodies go to %s; nothing is sent and no STATE is emitted",
@@ -93,16 +101,11 @@ class Run:
                 "written to disk) or set api_key, with a REST API key that has the users.track "
                 "permission; or set dry_run: true"
             )
-        if not config.get("rest_endpoint"):
-            raise ConfigError(
-                "rest_endpoint is not set: give your Braze instance (e.g. US-03, EU-01) or "
-                "its REST URL (TARGET_BRAZE_REST_ENDPOINT)"
-            )
         limiter = RateLimiter(
             int(config["max_requests_per_window"]), float(config["rate_limit_window_seconds"])
         )
         return BrazeClient(
-            resolve_rest_endpoint(config["rest_endpoint"]),
+            endpoint,
             api_key,
             limiter,
             self.stats,
@@ -196,3 +199,27 @@ class Run:
     def _report(self, outcome: str) -> None:
         if self.report_path:
             self.stats.write_report(self.report_path, outcome=outcome)
+
+
+# Braze's documented maxima (braze-users-track.md): larger settings only earn 400s and 413s.
+BRAZE_MAX_OBJECTS_PER_REQUEST = 75
+BRAZE_MAX_REQUEST_BYTES = 4_000_000
+
+
+def _warn_beyond_brazes_limits(config: Mapping[str, Any]) -> None:
+    objects = int(config["max_objects_per_request"])
+    if objects > BRAZE_MAX_OBJECTS_PER_REQUEST:
+        logger.warning(
+            "max_objects_per_request %d is above Braze's documented limit of %d objects per "
+            "request%s: expect every request to be refused with 400 and split",
+            objects,
+            BRAZE_MAX_OBJECTS_PER_REQUEST,
+            " per array" if config["legacy_per_array_limits"] else " (all arrays combined)",
+        )
+    size = int(config["max_request_bytes"])
+    if size > BRAZE_MAX_REQUEST_BYTES:
+        logger.warning(
+            "max_request_bytes %d is above Braze's documented limit of 4 MB per request "
+            "body: expect 413s and splits",
+            size,
+        )

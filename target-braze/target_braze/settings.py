@@ -341,6 +341,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "ledger_url",
         th.StringType,
+        secret=True,  # a postgresql:// URL may carry a password
         title="Delivery ledger URL",
         description=(
             "Where the delivery ledger lives: sqlite:///path or postgresql://... (several "

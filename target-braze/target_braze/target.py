@@ -17,7 +17,7 @@ from singer_sdk.target_base import Target
 from typing_extensions import override
 
 from target_braze.batch_files import BatchFiles
-from target_braze.errors import ConfigError, TargetBrazeError
+from target_braze.errors import ConfigError, InputError, TargetBrazeError
 from target_braze.message_path import MessagePath
 from target_braze.reader import MessageReader
 from target_braze.run import Run
@@ -29,10 +29,11 @@ logger = logging.getLogger("target_braze")
 class TerminationRequested(BaseException):
     """SIGTERM or SIGINT arrived: unwind the reading loop, then drain (see `invoke`)."""
 
-    def __init__(self, signum: int) -> None:
-        """Remember the signal."""
+    def __init__(self, signum: int, *, second: bool = False) -> None:
+        """Remember the signal, and whether it is the second one."""
         super().__init__(signum)
         self.signum = signum
+        self.second = second
 
 
 class TargetBraze(Target):
@@ -132,9 +133,17 @@ class TargetBraze(Target):
                 about=about, about_format=about_format, config=config, file_input=file_input
             )
         except TerminationRequested as exc:
-            _drain_after_signal(cls._active, exc.signum)
+            _drain_after_signal(cls._active, exc)
         except ConfigValidationError as exc:
             raise ConfigError(_config_problem(exc)) from None
+        except (InputError, ConfigError):
+            # Bad input mid-stream: what came before it is valid. Send it and let STATE
+            # follow Braze's confirmations up to the bad point, so a rerun resumes there.
+            if cls._active is not None:
+                with contextlib.suppress(TargetBrazeError):
+                    cls._active.run.delivery.drain()
+                cls._active.run.fail()
+            raise
         except BaseException:
             if cls._active is not None:
                 cls._active.run.fail()
@@ -142,33 +151,51 @@ class TargetBraze(Target):
 
 
 def _raise_termination(signum: int, _frame: FrameType | None) -> None:
+    # The first signal: the next one means "stop at once" (see `_drain_after_signal`).
+    signal.signal(signal.SIGTERM, _raise_second_termination)
+    signal.signal(signal.SIGINT, _raise_second_termination)
     raise TerminationRequested(signum)
 
 
-def _drain_after_signal(target: TargetBraze | None, signum: int) -> None:
-    """First signal: send what is buffered and wait for Braze. A second: stop at once."""
-    code = 128 + signum
+def _raise_second_termination(signum: int, _frame: FrameType | None) -> None:
+    # From here on nothing may interrupt the clean-up that keeps STATE truthful.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise TerminationRequested(signum, second=True)
+
+
+def _drain_after_signal(target: TargetBraze | None, first: TerminationRequested) -> None:
+    """First signal: send what is buffered and wait for Braze. A second: stop at once.
+
+    The second signal may arrive anywhere in here (or while the first still unwinds);
+    after it, signals are ignored, so the clean-up itself is never interrupted.
+    """
+    code = 128 + first.signum
     if target is None:
         raise SystemExit(code)
-    logger.info(
-        "Received signal %d: sending what is buffered and waiting for Braze; STATE follows "
-        "what Braze confirms (a second signal stops at once)",
-        signum,
-    )
     try:
-        target.run.delivery.drain()
+        try:
+            if not first.second:
+                logger.info(
+                    "Received signal %d: sending what is buffered and waiting for Braze; "
+                    "STATE follows what Braze confirms (a second signal stops at once)",
+                    first.signum,
+                )
+                target.run.delivery.drain()
+        except TargetBrazeError as exc:
+            logger.error("While draining after signal %d: %s", first.signum, exc)
     except TerminationRequested as second:
         code = 128 + second.signum
-        logger.warning(
-            "Received signal %d while draining: stopping now; STATE stays at what Braze confirmed",
-            second.signum,
-        )
-    except TargetBrazeError as exc:
-        logger.error("While draining after signal %d: %s", signum, exc)
+        first = second
     finally:
-        # Nothing may interrupt the clean-up that keeps STATE truthful.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if first.second:
+            logger.warning(
+                "Received signal %d while draining: stopping now; STATE stays at what Braze "
+                "confirmed",
+                first.signum,
+            )
         target.run.fail("interrupted")
     raise SystemExit(code)
 

@@ -210,7 +210,7 @@ BASE_CONFIG: dict[str, Any] = {
 
 StandardBase = get_target_test_class(
     TargetBraze,
-    config={**BASE_CONFIG, "dry_run": True},  # collection-time only; see `runner` below
+    config={**BASE_CONFIG, "dry_run": True, "rest_endpoint": "US-03"},  # collection only
     custom_suites=[SUITE],
     include_target_tests=False,
     suite_config=SuiteConfig(),

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -360,7 +361,11 @@ def test_dry_run_writes_request_bodies_sends_nothing_and_emits_no_state(braze, t
 
 
 def test_dry_run_needs_no_api_key(tmp_path):
-    config = {"dry_run": True, "dry_run_path": str(tmp_path / "dry.jsonl")}
+    config = {
+        "dry_run": True,
+        "dry_run_path": str(tmp_path / "dry.jsonl"),
+        "rest_endpoint": "US-03",
+    }
     run = run_target(config, stream_of(3), tmp_path)
     assert run.returncode == 0, run.stderr
     assert len(read_jsonl(tmp_path / "dry.jsonl")) == 1
@@ -501,3 +506,39 @@ def test_about_markdown_renders_with_no_indented_heading():
         line for line in about.split("## Settings")[0].splitlines() if line.startswith("    ")
     ]
     assert "| api_key_env | False | BRAZE_API_KEY |" in about
+
+
+def test_a_second_signal_during_the_drain_ends_the_run_cleanly(braze, tmp_path):
+    braze.configure(latency_ms=[3000, 3000])  # the drain has to wait for Braze
+    process = start_target(
+        target_config(braze, tmp_path, flush_interval_seconds=600), tmp_path, stderr=subprocess.PIPE
+    )
+    send(process, [schema_message(), *customers(75), state("after-75")])
+    send(process, [*customers(10, start=75), state("after-85")])
+    assert process.stderr is not None
+    wait_until(lambda: braze.stats()["requests"] >= 1)  # the first request is at Braze
+    process.send_signal(signal.SIGTERM)
+    lines = []
+    for line in process.stderr:  # decide by progress: the drain has begun
+        lines.append(line)
+        if "Received signal 15" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    out, rest = process.communicate(timeout=60)
+    stderr = "".join(lines) + rest
+    assert process.returncode == 128 + 2, stderr
+    assert "Traceback" not in stderr
+    assert "Received signal 2 while draining: stopping now" in stderr
+    held = profiles_by_id(braze)
+    for emitted in (json.loads(line) for line in out.splitlines()):
+        count = int(emitted["bookmarks"]["customer_attributes"]["replication_key_value"][6:])
+        assert len([f"c{i}" for i in range(count) if f"c{i}" in held]) == count
+
+
+def wait_until(condition, attempts: int = 600) -> None:
+    """Poll `condition` (progress, not time, decides; the bound only stops a hung test)."""
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the condition never came true")
