@@ -8,17 +8,21 @@ from pathlib import Path
 
 from singer_sdk import Tap
 from singer_sdk import typing as th
-from singer_sdk.contrib.msgspec import MsgSpecWriter
+from typing_extensions import override
 
 from tap_peak_attributes import peak_api
 from tap_peak_attributes.connector import Warehouse
-from tap_peak_attributes.errors import TapPeakError
+from tap_peak_attributes.errors import TapPeakError, TapStopped
+from tap_peak_attributes.output import SingerOutput
 from tap_peak_attributes.streams import (
     LongAttributesStream,
     PeakAttributesStream,
     StreamSettings,
     WideAttributesStream,
 )
+
+if t.TYPE_CHECKING:
+    from types import FrameType
 
 #: The bundled sample warehouse: the tap's default source, so it runs with no config.
 SAMPLE_DATABASE = Path(__file__).parent / "data" / "peak_warehouse.sqlite"
@@ -118,8 +122,8 @@ class TapPeakAttributes(Tap):
     """Customers whose Peak predictions changed since the last sync, from the warehouse."""
 
     name = "tap-peak-attributes"
-    # msgspec serialises records several times faster than the default simplejson writer.
-    message_writer_class = MsgSpecWriter
+    # msgspec-encoded, buffered between checkpoints (see `output.py`).
+    message_writer_class = SingerOutput
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -203,6 +207,33 @@ class TapPeakAttributes(Tap):
             description="How long to wait for the warehouse (and Peak's API).",
         ),
     ).to_dict()
+
+    @override
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: stop by unwinding; write nothing from inside the handler.
+
+        Private in singer-sdk, replaced: its handler writes STATE and calls sys.exit from
+        within the signal handler, which re-enters stdout when the signal lands during a
+        write to a full pipe.
+        `TapStopped` unwinds the sync instead (at once, or after the write in progress);
+        `__main__` then calls `finish_after_stop`. Pinned by
+        test_sigterm_while_blocked_on_a_full_pipe_loses_no_line.
+        """
+        stopped = TapStopped(signum, self.finish_after_stop)
+        writer = self.message_writer
+        if isinstance(writer, SingerOutput):
+            writer.stop(stopped)
+            return
+        raise stopped
+
+    def finish_after_stop(self) -> None:
+        """After a stop: write the buffered lines, then the STATE covering them."""
+        writer = self.message_writer
+        if isinstance(writer, SingerOutput):
+            writer.cut_partial_line()
+        self.state_writer.write_state(self.state)
+        if isinstance(writer, SingerOutput):
+            writer.flush()
 
     @functools.cached_property
     def warehouse(self) -> Warehouse:
