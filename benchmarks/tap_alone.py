@@ -165,6 +165,7 @@ def meltano_project(work: Path, baseline: Path) -> Path:
     settings = [
         {"name": "sqlalchemy_url", "kind": "string"},
         {"name": "state_message_frequency", "kind": "integer"},
+        {"name": "start_date", "kind": "string"},
     ]
     extractor = {
         "namespace": "tap_peak_attributes",
@@ -260,6 +261,7 @@ def relay(work: Path, baseline: Path, sqlite_url: str, rows: int, repeat: int) -
     )
     meltano = str(BIN / "meltano")
     results: dict[str, list[dict[str, float]]] = {"tap-baseline": [], "tap-now": []}
+    empty: dict[str, list[float]] = {name: [] for name in results}
     names = list(results)
     for index in range(repeat):
         for name in names if index % 2 == 0 else list(reversed(names)):
@@ -267,19 +269,25 @@ def relay(work: Path, baseline: Path, sqlite_url: str, rows: int, repeat: int) -
             command.append("target-braze")
             run = meltano_self_cpu(command, project, env)
             results[name].append(run)
+            # The same run reading no row: Meltano's start-up and teardown alone.
+            variable = name.upper().replace("-", "_") + "_START_DATE"
+            nothing = meltano_self_cpu(command, project, {**env, variable: "2099-01-01"})
+            empty[name].append(nothing["meltano_cpu_seconds"])
             log(
                 f"relay {index + 1}/{repeat} {name}: meltano {run['meltano_cpu_seconds']:.2f} "
-                f"CPU-s, whole run {run['whole_cpu_seconds']:.2f} CPU-s, "
-                f"{run['wall_seconds']:.1f} s"
+                f"CPU-s ({nothing['meltano_cpu_seconds']:.2f} relaying nothing), whole run "
+                f"{run['whole_cpu_seconds']:.2f} CPU-s, {run['wall_seconds']:.1f} s"
             )
     summary = {}
     for name, runs in results.items():
         own = statistics.median(r["meltano_cpu_seconds"] for r in runs)
+        idle = statistics.median(empty[name])
         whole = statistics.median(r["whole_cpu_seconds"] for r in runs)
         summary[name] = {
             "meltano_cpu_seconds_median": round(own, 3),
             "meltano_cpu_runs": [round(r["meltano_cpu_seconds"], 3) for r in runs],
-            "meltano_cpu_per_100k_rows": round(own / rows * 100_000, 3),
+            "meltano_cpu_relaying_nothing_median": round(idle, 3),
+            "relay_cpu_per_100k_rows": round((own - idle) / rows * 100_000, 3),
             "whole_run_cpu_per_100k_rows": round(whole / rows * 100_000, 3),
             "wall_seconds_median": round(statistics.median(r["wall_seconds"] for r in runs), 2),
         }

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import traceback
+
+from singer_sdk.exceptions import MappingError
 
 from tap_peak_attributes.errors import TapPeakError, TapStopped
 from tap_peak_attributes.output import OutputClosed, flush_all
@@ -34,6 +38,10 @@ def main() -> None:
     except TapPeakError as exc:
         _flush_quietly()
         _fail(exc)
+    except MappingError as exc:
+        # A stream map expression that fails on a record (it parsed at start-up).
+        _flush_quietly()
+        _fail(exc, f"stream_maps: {_first_line(exc)}")
     except BaseException:
         _flush_quietly()
         raise
@@ -65,9 +73,23 @@ def _finish_stop(stopped: TapStopped) -> None:
     sys.exit(128 + stopped.signum)
 
 
-def _fail(exc: BaseException) -> None:
-    print(f"{PREFIX}: error: {exc}", file=sys.stderr)
+def _fail(exc: BaseException, text: str | None = None) -> None:
+    """One line and exit 1; the traceback too, but only at log level debug."""
+    if _debug():
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"{PREFIX}: error: {text or exc}", file=sys.stderr)
     sys.exit(1)
+
+
+def _debug() -> bool:
+    # singer-sdk's own log level settings: TAP_PEAK_ATTRIBUTES_LOGLEVEL, then LOGLEVEL.
+    level = os.environ.get("TAP_PEAK_ATTRIBUTES_LOGLEVEL") or os.environ.get("LOGLEVEL") or ""
+    return level.strip().upper() == "DEBUG"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -221,12 +221,17 @@ class ResolvedTable:
 class Warehouse:
     """One engine over the warehouse, with masking and friendly errors built in."""
 
-    def __init__(self, url: URL | str, *, connect_timeout: int = 30) -> None:
-        """Parse and validate the URL; the engine connects lazily."""
+    def __init__(
+        self, url: URL | str, *, connect_timeout: int = 30, source: str = "sqlalchemy_url"
+    ) -> None:
+        """Parse and validate the URL; the engine connects lazily.
+
+        `source` names where the URL came from (a setting, or the variable one names).
+        """
         try:
             self.url = make_url(url) if isinstance(url, str) else url
         except sa.exc.ArgumentError as exc:
-            msg = "sqlalchemy_url is not a valid SQLAlchemy URL (dialect://user@host/db)"
+            msg = f"{source} is not a valid SQLAlchemy URL (dialect://user@host/db)"
             raise TapPeakError(msg) from exc
         self.masked_url = mask_url(self.url)
         self.secrets = url_secrets(self.url)

@@ -60,9 +60,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def fetch_credentials(
-    api_key: str, *, stage: str = "prod", override: str | None = None, timeout: float = 30
+    api_key: str,
+    *,
+    stage: str = "prod",
+    override: str | None = None,
+    timeout: float = 30,
+    source: str = "peak_api_key",
 ) -> dict[str, t.Any]:
-    """Return Peak's data-warehouse answer; refused or failed calls become one clear line."""
+    """Return Peak's data-warehouse answer; refused or failed calls become one clear line.
+
+    `source` names where the key came from (a setting, or the variable one names).
+    """
     url = base_url(stage, override) + CREDENTIALS_PATH
     try:
         response = requests.get(
@@ -76,9 +84,9 @@ def fetch_credentials(
         raise TapPeakError(msg) from None
     if response.status_code in {401, 403}:
         msg = (
-            f"Peak refused peak_api_key (HTTP {response.status_code}): the key is wrong, "
+            f"Peak refused {source} (HTTP {response.status_code}): the key is wrong, "
             "expired (tenant API keys last 3 months) or lacks access; create a new API key "
-            "in Peak and set peak_api_key"
+            f"in Peak and set {source}"
         )
         raise TapPeakError(msg)
     if not response.ok:

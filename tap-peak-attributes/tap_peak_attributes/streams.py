@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from singer_sdk import Stream
 from singer_sdk.exceptions import InvalidStreamSortException
+from singer_sdk.helpers._batch import SDKBatchMessage
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
 from typing_extensions import override
 
+from tap_peak_attributes.batch_files import BatchDirectory, BatchFile
 from tap_peak_attributes.connector import (
     Warehouse,
     attribute_key,
@@ -46,6 +48,7 @@ if t.TYPE_CHECKING:
 
     from singer_sdk import Tap
     from singer_sdk.helpers import types
+    from singer_sdk.helpers._batch import BatchConfig
     from singer_sdk.mapper import StreamMap
 
 #: Types a long table's text values can be given in `attribute_types`.
@@ -128,6 +131,23 @@ def is_identity(stream_map: StreamMap) -> bool:
     return type(stream_map) is SameRecordTransform and not stream_map.flattening_enabled
 
 
+def map_record(stream_map: StreamMap, record: types.Record) -> dict | None:
+    """`stream_map.transform(record)`; an expression failing on a record is one clear line.
+
+    singer-sdk lets the expression's own exception (a ValueError from `int('x')`, ...)
+    escape with a traceback.
+    """
+    try:
+        return stream_map.transform(record)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = (
+            f"stream_maps: the map of stream {stream_map.stream_alias} failed on customer "
+            f"{record.get('customer_id')}: {type(exc).__name__}: {reason}"
+        )
+        raise TapPeakError(msg) from exc
+
+
 def infer_attribute_type(values: t.Iterable[str]) -> str:
     """Narrowest of integer, number, boolean, string that fits every sampled value."""
     texts = [v.strip() for v in values if v is not None and v.strip()]
@@ -140,6 +160,14 @@ def infer_attribute_type(values: t.Iterable[str]) -> str:
     if all(v.lower() in _BOOLEAN for v in texts):
         return "boolean"
     return "string"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One closed batch: a file per output stream, and the bookmark they reach."""
+
+    files: list[tuple[str, str]]  # (output stream, file:// URL)
+    bookmark: tuple[str, str] | None
 
 
 class PeakAttributesStream(Stream):
@@ -178,6 +206,8 @@ class PeakAttributesStream(Stream):
         self._advance = True
         self._last_emitted: tuple[str, str] | None = None
         self._bookmark: dict[str, t.Any] | None = None
+        self._batching = False
+        self._pending_bookmark: tuple[str, str] | None = None
         self._record_suffix = record_suffix(dt.datetime.now(dt.UTC))
         self._record_outputs: list[tuple[StreamMap | None, bytes]] | None = None
 
@@ -313,7 +343,9 @@ class PeakAttributesStream(Stream):
         (pinned by test_state_carries_timestamp_and_id_in_fixed_format). A row re-read by
         the look-back (not after the stored bookmark, as decided by the database) never
         moves the bookmark back. Order is checked on the timestamp, the fixed-format text
-        sorting like the instant.
+        sorting like the instant. While batching, the bookmark waits until the file
+        holding the record is announced (`_sync_batches`): a STATE written meanwhile (a
+        signal) must not cover records no BATCH message has announced.
         """
         record_key = (latest_record[REPLICATION_KEY], latest_record["customer_id"])
         if self._last_emitted is not None and record_key[0] < self._last_emitted[0]:
@@ -324,7 +356,10 @@ class PeakAttributesStream(Stream):
             raise InvalidStreamSortException(msg)
         self._last_emitted = record_key
         if self._advance:
-            self._write_bookmark(record_key)
+            if self._batching:
+                self._pending_bookmark = record_key
+            else:
+                self._write_bookmark(record_key)
 
     def _write_bookmark(self, key: tuple[str, str]) -> None:
         """Store `(updated_at, id)` in this stream's STATE entry."""
@@ -377,7 +412,7 @@ class PeakAttributesStream(Stream):
             return
         suffix = self._record_suffix
         for stream_map, prefix in self.record_outputs():
-            mapped = record if stream_map is None else stream_map.transform(record)
+            mapped = record if stream_map is None else map_record(stream_map, record)
             if mapped is not None:
                 writer.write_record(prefix, mapped, suffix)
         self.state_manager.is_flushed = False
@@ -387,6 +422,87 @@ class PeakAttributesStream(Stream):
     ) -> t.Iterable[types.Context | None]:
         """No child streams: nothing per record (singer-sdk would copy a context)."""
         return ()
+
+    # --- BATCH messages ------------------------------------------------------------
+
+    def get_batch_config(self, config: t.Mapping) -> BatchConfig | None:
+        """The validated `batch_config` (see `batch_files.BatchSettings`), or None."""
+        settings = self._tap.batch_settings  # type: ignore[attr-defined]
+        return None if settings is None else settings.batch_config()
+
+    @override
+    def _sync_batches(
+        self, batch_config: BatchConfig, context: types.Context | None = None
+    ) -> None:
+        """Write records to batch files; per closed batch, its BATCH messages, then STATE.
+
+        Private in singer-sdk, replaced because its batch mode writes records before the
+        stream maps (and sends the same unmapped files under every map's name), skipping
+        them silently, and encodes with simplejson + gzip level 9. Here each stream map
+        is applied exactly as for RECORD messages, one file per output stream and batch,
+        and the STATE after a batch's BATCH messages holds the bookmark of its last row
+        (pinned by test_batch_mode_is_reached_through_sync).
+        """
+        directory: BatchDirectory = self._tap.batch_directory  # type: ignore[attr-defined]
+        encoding = directory.settings.encoding
+        with self.get_batch_counter() as counter:
+            for batch in self._write_batches(directory, context):
+                counter.increment()
+                for stream, url in batch.files:
+                    message = SDKBatchMessage(stream=stream, encoding=encoding, manifest=[url])
+                    self._tap.write_message(message)
+                if batch.bookmark is not None:
+                    self._write_bookmark(batch.bookmark)
+                self.state_manager.is_flushed = False
+                self._write_state_message()
+
+    def _write_batches(
+        self, directory: BatchDirectory, context: types.Context | None
+    ) -> Iterator[Batch]:
+        """Fill files with up to `batch_size` source records each; yield each closed batch.
+
+        Records come from singer-sdk's record loop (`_sync_records` without writing
+        messages, as its own batch mode does), which advances the pending bookmark. A
+        file still being written when the run stops is removed: it was never announced.
+        """
+        outputs = [
+            (stream_map, stream_map.stream_alias)
+            for stream_map in self.stream_maps
+            if not isinstance(stream_map, RemoveRecordTransform)
+        ]
+        size = directory.settings.batch_size
+        files: dict[str, BatchFile] = {}
+        count = 0
+        self._batching = True
+        self._pending_bookmark = None
+        try:
+            for record in self._sync_records(context, write_messages=False):
+                for stream_map, stream in outputs:
+                    mapped = map_record(stream_map, record)
+                    if mapped is not None:
+                        file = files.get(stream)
+                        if file is None:
+                            file = files[stream] = directory.new_file(stream)
+                        file.write(mapped)
+                count += 1
+                if count >= size:
+                    batch = self._close_batch(files)
+                    files, count = {}, 0
+                    yield batch
+            if count:
+                batch = self._close_batch(files)
+                files = {}
+                yield batch
+        finally:
+            self._batching = False
+            for file in files.values():
+                file.discard()
+
+    def _close_batch(self, files: dict[str, BatchFile]) -> Batch:
+        return Batch(
+            files=[(stream, file.close()) for stream, file in files.items()],
+            bookmark=self._pending_bookmark,
+        )
 
 
 class WideAttributesStream(PeakAttributesStream):

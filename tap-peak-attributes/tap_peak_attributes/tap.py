@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import io
+import json
+import os
 import typing as t
 from pathlib import Path
 
+import click
 from singer_sdk import Tap
 from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError, MappingError
 from typing_extensions import override
 
-from tap_peak_attributes import peak_api
+from tap_peak_attributes import credentials, peak_api
+from tap_peak_attributes.batch_files import (
+    COMPRESSIONS,
+    DEFAULT_BATCH_SIZE,
+    FORMAT,
+    BatchDirectory,
+    BatchSettings,
+)
+from tap_peak_attributes.config_errors import describe_config_problems
 from tap_peak_attributes.connector import Warehouse
 from tap_peak_attributes.errors import TapPeakError, TapStopped
 from tap_peak_attributes.output import SingerOutput
@@ -118,6 +132,58 @@ STREAM_SETTINGS = th.ObjectType(
 )
 
 
+BATCH_SETTINGS = th.ObjectType(
+    th.Property(
+        "encoding",
+        th.ObjectType(
+            th.Property(
+                "format",
+                th.StringType,
+                default=FORMAT,
+                allowed_values=[FORMAT],
+                title="Batch file format",
+                description="`jsonl`: one record per line.",
+            ),
+            th.Property(
+                "compression",
+                th.StringType,
+                default="none",
+                allowed_values=list(COMPRESSIONS),
+                title="Batch file compression",
+                description="`none` (fastest) or `gzip`.",
+            ),
+        ),
+        title="Batch encoding",
+    ),
+    th.Property(
+        "storage",
+        th.ObjectType(
+            th.Property(
+                "root",
+                th.StringType,
+                title="Batch directory",
+                description="file:// URL of a local directory private to this pipeline "
+                "(created 0700; files 0600), e.g. file:///var/lib/peak/batches.",
+            ),
+            th.Property(
+                "prefix",
+                th.StringType,
+                title="File name prefix",
+                description="Starts every batch file name.",
+            ),
+        ),
+        title="Batch storage",
+    ),
+    th.Property(
+        "batch_size",
+        th.IntegerType,
+        default=DEFAULT_BATCH_SIZE,
+        title="Records per batch file",
+        description="Source records per batch; a STATE follows each batch.",
+    ),
+)
+
+
 class TapPeakAttributes(Tap):
     """Customers whose Peak predictions changed since the last sync, from the warehouse."""
 
@@ -132,8 +198,10 @@ class TapPeakAttributes(Tap):
             secret=True,
             title="SQLAlchemy URL",
             description="Any SQLAlchemy URL of the warehouse (postgresql+psycopg://, "
-            "snowflake://, sqlite:///). Default: the sample warehouse bundled in the "
-            "package. Do not combine with `peak_api_key`.",
+            "snowflake://, sqlite:///). Meltano writes it to disk during a run: prefer the "
+            "variable `sqlalchemy_url_env` names, or a URL without its password plus "
+            "PGPASSWORD (PostgreSQL/Redshift). Without any: the sample warehouse bundled in "
+            "the package. Do not combine with `peak_api_key`.",
         ),
         th.Property(
             "peak_api_key",
@@ -142,7 +210,27 @@ class TapPeakAttributes(Tap):
             title="Peak API key",
             description="Peak tenant API key or personal access token: the tap asks "
             "Peak's connections API for the warehouse credentials (Snowflake or "
-            "Redshift) instead of using `sqlalchemy_url`.",
+            "Redshift) instead of using `sqlalchemy_url`. Meltano writes it to disk during "
+            "a run: prefer the variable `peak_api_key_env` names.",
+        ),
+        th.Property(
+            "sqlalchemy_url_env",
+            th.StringType,
+            default=credentials.DEFAULT_URL_VARIABLE,
+            title="Variable with the SQLAlchemy URL",
+            description="Name of the environment variable the tap reads the warehouse URL "
+            "from when neither `sqlalchemy_url` nor `peak_api_key` is set. Meltano never "
+            "writes it to disk, unlike `sqlalchemy_url`: the production way to give a URL "
+            "with a password.",
+        ),
+        th.Property(
+            "peak_api_key_env",
+            th.StringType,
+            default=credentials.DEFAULT_KEY_VARIABLE,
+            title="Variable with the Peak API key",
+            description="Name of the environment variable the tap reads Peak's API key from "
+            "when neither `sqlalchemy_url` nor `peak_api_key` is set (never written to disk "
+            "by Meltano).",
         ),
         th.Property(
             "peak_stage",
@@ -206,7 +294,106 @@ class TapPeakAttributes(Tap):
             title="Connect timeout (seconds)",
             description="How long to wait for the warehouse (and Peak's API).",
         ),
+        th.Property(
+            "batch_config",
+            BATCH_SETTINGS,
+            title="BATCH messages",
+            description="Write records to local files announced by BATCH messages instead "
+            'of RECORD lines: {"encoding": {"format": "jsonl", "compression": "none"}, '
+            '"storage": {"root": "file:///private/dir"}}. Unset: RECORD messages.',
+        ),
     ).to_dict()
+
+    def __init__(self, **kwargs: t.Any) -> None:
+        """Build the tap (discovery included); every configuration problem is one line.
+
+        singer-sdk reports an invalid config with jsonschema's raw messages and a bad stream
+        map with a traceback; both become a `TapPeakError` naming the setting.
+        """
+        try:
+            super().__init__(**kwargs)
+        except ConfigValidationError as exc:
+            described = describe_config_problems(self.config, self.config_jsonschema)
+            raise TapPeakError(described or "; ".join(exc.errors) or str(exc)) from exc
+        except MappingError as exc:
+            raise TapPeakError(f"stream_maps: {_first_line(exc)}") from exc
+        except ValueError as exc:
+            problem = _unparsable_variable(type(self).config_jsonschema)
+            if problem is None:
+                raise
+            raise TapPeakError(problem) from exc
+        _ = self.batch_settings  # validated before any message is written
+        self._check_stream_map_names()
+
+    def _check_stream_map_names(self) -> None:
+        """A `stream_maps` key that names no stream is a typo, not a no-op to ignore.
+
+        singer-sdk ignores it, so a map meant to drop or hash a property silently does
+        nothing. Keys are stream names or globs (`*`); `__source__` maps make new streams.
+        """
+        names = sorted(self.streams)
+        for key, value in (self.config.get("stream_maps") or {}).items():
+            if key.startswith("__") or any(fnmatch.fnmatch(name, key) for name in names):
+                continue
+            if isinstance(value, dict) and value.get("__source__"):
+                continue
+            msg = (
+                f"stream_maps: {key!r} matches no stream of the tap ({', '.join(names)}) and "
+                "has no __source__; use a stream's name"
+            )
+            raise TapPeakError(msg)
+
+    @classmethod
+    def cb_config(cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]) -> t.Any:
+        """Read the --config files; a missing or malformed one is one clear line."""
+        try:
+            return super().cb_config(ctx, param, value)
+        except FileNotFoundError as exc:
+            raise TapPeakError(f"--config: {_first_line(exc)}") from None
+        except ValueError as exc:
+            if not (hasattr(exc, "doc") and hasattr(exc, "lineno")):  # json's, simplejson's
+                raise
+            culprit = next((v for v in value if v != "ENV" and not _is_json_file(v)), "")
+            msg = f"--config {culprit} is not valid JSON ({_first_line(exc)}); fix it"
+            raise TapPeakError(msg) from None
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: t.Any = None,
+        state: t.IO[str] | None = None,
+        catalog: t.IO[str] | None = None,
+    ) -> None:
+        """Run from the command line; unreadable --state or --catalog JSON is one line."""
+        checked = {
+            "state": _checked_json(state, "--state", "a STATE file (as the tap writes it)"),
+            "catalog": _checked_json(catalog, "--catalog", "a catalog (from --discover)"),
+        }
+        super().invoke(about=about, about_format=about_format, config=config, **checked)
+
+    @functools.cached_property
+    def batch_settings(self) -> BatchSettings | None:
+        """`batch_config`, validated; None when records go out as RECORD messages."""
+        return BatchSettings.from_config(self.config.get("batch_config"))
+
+    @functools.cached_property
+    def batch_directory(self) -> BatchDirectory:
+        """The batch files' directory, made private and locked, leftovers removed."""
+        settings = self.batch_settings
+        if settings is None:  # pragma: no cover - only reached in batch mode
+            msg = "batch_config is not set"
+            raise TapPeakError(msg)
+        directory = BatchDirectory(settings)
+        if directory.removed_leftovers:
+            self.logger.info(
+                "Removed %d batch file(s) a stopped run left in %s",
+                len(directory.removed_leftovers),
+                directory.path,
+            )
+        return directory
 
     @override
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
@@ -214,7 +401,7 @@ class TapPeakAttributes(Tap):
 
         Private in singer-sdk, replaced: its handler writes STATE and calls sys.exit from
         within the signal handler, which re-enters stdout when the signal lands during a
-        write to a full pipe.
+        write to a full pipe, and whose STATE would cover batch records not yet announced.
         `TapStopped` unwinds the sync instead (at once, or after the write in progress);
         `__main__` then calls `finish_after_stop`. Pinned by
         test_sigterm_while_blocked_on_a_full_pipe_loses_no_line.
@@ -237,22 +424,26 @@ class TapPeakAttributes(Tap):
 
     @functools.cached_property
     def warehouse(self) -> Warehouse:
-        """The warehouse from `sqlalchemy_url`, Peak's API, or the bundled sample."""
-        url = self.config.get("sqlalchemy_url")
-        api_key = self.config.get("peak_api_key")
+        """The warehouse: a URL, Peak's API, or the bundled sample (see `credentials.py`)."""
+        secret = credentials.resolve(self.config)
         timeout = int(self.config.get("connect_timeout_seconds") or 30)
-        if url and api_key:
-            msg = "set either sqlalchemy_url or peak_api_key, not both"
-            raise TapPeakError(msg)
-        if api_key:
+        if secret.peak_api_key:
             answer = peak_api.fetch_credentials(
-                api_key,
+                secret.peak_api_key,
                 stage=self.config.get("peak_stage") or "prod",
                 override=self.config.get("peak_api_url"),
                 timeout=timeout,
+                source=secret.source,
             )
             return Warehouse(peak_api.warehouse_url(answer), connect_timeout=timeout)
-        return Warehouse(url or f"sqlite:///{SAMPLE_DATABASE}", connect_timeout=timeout)
+        if secret.url:
+            return Warehouse(secret.url, connect_timeout=timeout, source=secret.source)
+        self.logger.warning(
+            "No warehouse configured (%s is set): reading the sample warehouse bundled with "
+            "the tap",
+            secret.source,
+        )
+        return Warehouse(f"sqlite:///{SAMPLE_DATABASE}", connect_timeout=timeout)
 
     def stream_settings(self) -> list[StreamSettings]:
         """The `streams` setting with defaults applied; names must be unique."""
@@ -272,6 +463,49 @@ class TapPeakAttributes(Tap):
             "long": LongAttributesStream,
         }
         return [shapes[s.shape](self, s, self.warehouse) for s in self.stream_settings()]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unparsable_variable(schema: dict[str, t.Any]) -> str | None:
+    """The `TAP_PEAK_ATTRIBUTES_*` integer variable `--config ENV` could not parse, if any.
+
+    singer-sdk parses such variables with a bare `int()`, whose ValueError names nothing.
+    """
+    for name, prop in schema.get("properties", {}).items():
+        variable = f"TAP_PEAK_ATTRIBUTES_{name.upper()}"
+        value = os.environ.get(variable)
+        if value is None or "integer" not in (prop.get("type") or []):
+            continue
+        try:
+            int(value)
+        except ValueError:
+            return f"{name}: {value!r} (from {variable}) is not a whole number; give one, e.g. 60"
+    return None
+
+
+def _is_json_file(path: str) -> bool:
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _checked_json(stream: t.IO[str] | None, option: str, what: str) -> t.IO[str] | None:
+    """The same stream, read once and checked: invalid JSON becomes one clear line."""
+    if stream is None:
+        return None
+    text = stream.read()
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"{option} {getattr(stream, 'name', '')} is not valid JSON ({exc}); give {what}"
+        raise TapPeakError(msg) from None
+    return io.StringIO(text)
 
 
 __all__: t.Sequence[str] = ["SAMPLE_DATABASE", "TapPeakAttributes"]
