@@ -8,8 +8,12 @@ solutions commonly produce (see README, "Sample warehouse"):
 
 `generate` writes model run 1 for every customer; `model-run` simulates a later run that
 changes some customers: their wide row is rewritten with a new `updated_at`, and only the
-attributes whose value really changed get a long row. The bundled sample is exactly
-`generate --customers 1200 --seed 42` followed by `model-run --changes 150`.
+attributes whose value really changed get a long row; `--rewrite-unchanged N` also stores N
+others again with identical values and the new `updated_at` (Peak stores a recomputed
+status even when it did not change). Each command prints one JSON line on stdout, e.g.
+`{"updated_at": ..., "customers_changed": 25, "values_changed": 61, "customers_restamped": 0}`.
+The bundled sample is exactly `generate --customers 1200 --seed 42` followed by
+`model-run --changes 150`.
 
 Writes use one transaction and the driver's bulk path (executemany on SQLite, COPY on
 PostgreSQL): a million wide rows take seconds.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import random
 import sys
 import time
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from tap_peak_attributes.errors import TapPeakError
-from tap_peak_attributes.timestamps import to_utc
+from tap_peak_attributes.timestamps import format_utc, to_utc
 
 WIDE_TABLE = "customer_attributes"
 LONG_TABLE = "customer_attribute_changes"
@@ -348,6 +353,29 @@ def _read_customers(conn: sa.Connection, wide: sa.Table) -> list[CustomerAttribu
     ]
 
 
+@dataclass(frozen=True)
+class ModelRunResult:
+    """What one simulated model run wrote."""
+
+    at: dt.datetime
+    #: Customers the model recomputed with new predictions (sorted).
+    changed: list[str]
+    #: Attribute values that really differ from before: a recomputed equal value is no
+    #: change (Braze is billed a data point per value sent).
+    values_changed: int
+    #: Customers stored again with identical values and the new updated-at (sorted).
+    restamped: list[str]
+
+    def summary(self) -> dict[str, t.Any]:
+        """The machine-readable line `peak-sample model-run` prints on stdout."""
+        return {
+            "updated_at": format_utc(self.at),
+            "customers_changed": len(self.changed),
+            "values_changed": self.values_changed,
+            "customers_restamped": len(self.restamped),
+        }
+
+
 def model_run(
     url: str,
     changes: int,
@@ -357,6 +385,27 @@ def model_run(
     schema: str | None = None,
 ) -> list[str]:
     """Simulate a new model run changing `changes` customers; return their ids (sorted)."""
+    return simulate_model_run(url, changes, at=at, seed=seed, schema=schema).changed
+
+
+def simulate_model_run(
+    url: str,
+    changes: int,
+    *,
+    rewrite_unchanged: int = 0,
+    at: dt.datetime | None = None,
+    seed: int = 0,
+    schema: str | None = None,
+) -> ModelRunResult:
+    """A model run: new predictions for some customers, identical ones stored for others.
+
+    `changes` customers get new predictions; `rewrite_unchanged` others are stored again
+    with identical values and the new updated-at. Peak stores a recomputed status even
+    when its value did not change; such a row is new to the tap (its updated-at moved) but
+    holds nothing new for Braze. In the long table a changed customer gets a row per
+    attribute whose value changed, a restamped one a row per attribute with its identical
+    value.
+    """
     engine = sa.create_engine(url)
     try:
         schema = _default_schema(engine, schema)
@@ -378,7 +427,16 @@ def model_run(
                 rng.sample(current, min(changes, len(current))), key=lambda c: c.customer_id
             )
             updated = [_rerun(rng, old) for old in chosen]
-            if updated:
+            # A separate draw, so `--changes N` alone writes what it always wrote.
+            picked = {c.customer_id for c in chosen}
+            others = [c for c in current if c.customer_id not in picked]
+            restamp_rng = random.Random(f"restamp-{seed}")  # noqa: S311 - sample data
+            restamped = sorted(
+                restamp_rng.sample(others, min(max(rewrite_unchanged, 0), len(others))),
+                key=lambda c: c.customer_id,
+            )
+            rewritten = [*updated, *restamped]
+            if rewritten:
                 _bulk_update(
                     conn,
                     wide,
@@ -389,23 +447,35 @@ def model_run(
                             stamp,
                             new.customer_id,
                         )
-                        for new in updated
+                        for new in rewritten
                     ),
                 )
+            changed_values = [
+                (new.customer_id, name, value)
+                for old, new in zip(chosen, updated, strict=True)
+                for name, value, before in zip(ATTRIBUTES, new.values(), old.values(), strict=True)
+                if value != before
+            ]
             if has_long:
+                same_values = [
+                    (same.customer_id, name, value)
+                    for same in restamped
+                    for name, value in zip(ATTRIBUTES, same.values(), strict=True)
+                ]
                 _bulk_insert(
                     conn,
                     long,
                     (
-                        (new.customer_id, name, attribute_text(value), stamp)
-                        for old, new in zip(chosen, updated, strict=True)
-                        for name, value, before in zip(
-                            ATTRIBUTES, new.values(), old.values(), strict=True
-                        )
-                        if value != before
+                        (customer, name, attribute_text(value), stamp)
+                        for customer, name, value in [*changed_values, *same_values]
                     ),
                 )
-        return [c.customer_id for c in chosen]
+        return ModelRunResult(
+            at=to_utc(at),
+            changed=[c.customer_id for c in chosen],
+            values_changed=len(changed_values),
+            restamped=[c.customer_id for c in restamped],
+        )
     finally:
         engine.dispose()
 
@@ -436,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", required=True)
     run.add_argument("--changes", type=int, required=True, help="customers whose attributes change")
     run.add_argument(
+        "--rewrite-unchanged",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also store N other customers again with identical values and the new "
+        "updated-at, as Peak does when it stores a recomputed status",
+    )
+    run.add_argument(
         "--at",
         type=_parse_at,
         help="model run time (default: newest updated_at + 7 days, or now if that is later)",
@@ -460,17 +538,29 @@ def main(argv: list[str] | None = None) -> None:
                 long_table=not args.no_long,
             )
             summary = f"generated {args.customers} customers"
+            facts = {"customers": args.customers, "updated_at": format_utc(args.at)}
         else:
-            changed = model_run(
-                args.url, args.changes, at=args.at, seed=args.seed, schema=args.schema
+            result = simulate_model_run(
+                args.url,
+                args.changes,
+                rewrite_unchanged=args.rewrite_unchanged,
+                at=args.at,
+                seed=args.seed,
+                schema=args.schema,
             )
-            summary = f"model run changed {len(changed)} customers"
+            facts = result.summary()
+            summary = (
+                f"model run changed {facts['customers_changed']} customers "
+                f"({facts['values_changed']} attribute values) and restamped "
+                f"{facts['customers_restamped']} unchanged"
+            )
     except (TapPeakError, sa.exc.SQLAlchemyError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"peak-sample: error: {first_line}", file=sys.stderr)
         sys.exit(1)
     elapsed = time.perf_counter() - started
     print(f"peak-sample: {summary} in {elapsed:.1f}s", file=sys.stderr)
+    print(json.dumps(facts))
 
 
 if __name__ == "__main__":
