@@ -1,11 +1,12 @@
 """`UsersTrackBatch`: the objects of one /users/track request, kept under Braze's limits.
 
 The batch is the one owner of "the request is full": `try_add` refuses an object that
-would break a limit, and `full` says no further object can fit by count.
+would break a limit, and says when no further object can fit by count.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,31 +55,34 @@ class UsersTrackBatch:
         """How many records the batch carries (merged records count each)."""
         return sum(len(obj.seqs) for obj in self.objects)
 
-    @property
-    def full(self) -> bool:
-        """No further object fits by count (with combined limits; per-array is decided per add)."""
-        return not self.limits.per_array and len(self.objects) >= self.limits.max_objects
+    def try_add(self, obj: BrazeObject) -> bool | None:
+        """Add or merge `obj`.
 
-    def try_add(self, obj: BrazeObject, now: float) -> bool:
-        """Add or merge `obj`; False (batch unchanged) when it would break a limit."""
+        True: added. None: added, and now the batch is full by count. False: refused, the
+        batch unchanged, because `obj` would break a limit.
+        """
         if obj.array == "attributes":
             existing = self._by_user.get(obj.user_key)
             if existing is not None:
-                old_size = len(existing.encoded())
+                old_size = len(existing.encoded)
                 existing.merge(obj)
-                self._bytes += len(existing.encoded()) - old_size
+                self._bytes += len(existing.encoded) - old_size
                 return True
-        size = len(obj.encoded()) + 1
-        if self.objects and self._bytes + size > self.limits.max_bytes:
+        size = len(obj.encoded) + 1
+        objects = self.objects
+        if objects and self._bytes + size > self.limits.max_bytes:
             return False
-        if self.limits.per_array:
-            if self._counts[obj.array] >= self.limits.max_objects:
+        limits = self.limits
+        if limits.per_array:
+            if self._counts[obj.array] >= limits.max_objects:
                 return False
-        elif len(self.objects) >= self.limits.max_objects:
+        elif len(objects) >= limits.max_objects:
             return False
+        if not objects:
+            self.first_added_at = time.monotonic()
         self._append(obj, size)
-        if self.first_added_at is None:
-            self.first_added_at = now
+        if not limits.per_array and len(objects) >= limits.max_objects:
+            return None
         return True
 
     def _append(self, obj: BrazeObject, size: int) -> None:
@@ -92,7 +96,7 @@ class UsersTrackBatch:
         """The request body, assembled from each object's cached JSON."""
         parts: list[bytes] = []
         for array in OBJECT_TYPES:
-            items = [obj.encoded() for obj in self.objects if obj.array == array]
+            items = [obj.encoded for obj in self.objects if obj.array == array]
             if items:
                 parts.append(b'"' + array.encode() + b'":[' + b",".join(items) + b"]")
         return b"{" + b",".join(parts) + b"}"
@@ -108,7 +112,7 @@ class UsersTrackBatch:
         """A batch of some of these objects (already within limits), for a resend."""
         batch = UsersTrackBatch(self.limits)
         for obj in objects:
-            batch._append(obj, len(obj.encoded()) + 1)
+            batch._append(obj, len(obj.encoded) + 1)
         return batch
 
     def halves(self) -> list[UsersTrackBatch]:

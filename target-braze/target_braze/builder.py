@@ -25,9 +25,11 @@ from target_braze.values import (
 )
 
 MAX_EXTERNAL_ID_BYTES = 987
-# A property's rule: None = never sent; else (allowed Python types or None, is a date-time).
-_Rule = tuple[tuple[type, ...] | None, bool] | None
-_UNSEEN: _Rule = ((), False)  # sentinel: no rule decided yet for this name
+# What the attribute loop does with a value, by its Python type (see `ObjectBuilder._rule`).
+_COPY, _STRING, _FLOAT, _NULL, _DATETIME, _CONVERT = "copy", "str", "float", "null", "dt", "convert"
+# A property's rule: None = never sent; else (action by type, the types the schema allows).
+_Rule = tuple[dict[type, str], tuple[type, ...] | None] | None
+_UNSEEN: _Rule = ({}, None)  # sentinel: no rule decided yet for this name
 
 
 class ObjectBuilder:
@@ -110,7 +112,12 @@ class ObjectBuilder:
         return body
 
     def _rule(self, name: str) -> _Rule:
-        """Decide, once per property name, whether and how it is sent as an attribute."""
+        """Decide, once per property name, whether and how it is sent as an attribute.
+
+        The rule maps each Python type the property may hold to what is done with it, so
+        the hot loop decides with one lookup; a type outside it is a schema mismatch
+        (with validate_records) or goes through `to_braze`.
+        """
         settings = self.settings
         rule: _Rule
         if (
@@ -128,12 +135,22 @@ class ObjectBuilder:
                 f"attribute name '{name[:40]}...' is longer than {MAX_STRING_LENGTH} characters"
             )
         else:
-            rule = (self._types.get(name), name in self._datetimes)
+            allowed = self._types.get(name)
+            actions = {
+                int: _COPY,
+                bool: _COPY,
+                float: _FLOAT,
+                type(None): _NULL,
+                str: _DATETIME if name in self._datetimes else _STRING,
+            }
+            if allowed is not None:
+                actions = {kind: actions.get(kind, _CONVERT) for kind in allowed}
+            rule = (actions, allowed)
         self._rules[name] = rule
         return rule
 
     def _attributes(self, record: dict[str, Any], body: dict[str, Any]) -> int:
-        # The hot loop of the target: one pass, plain values copied without calls.
+        # The hot loop of the target: one pass, one lookup per value, plain values copied.
         points = 0
         rules = self._rules
         skip_nulls = self._skip_nulls
@@ -143,23 +160,23 @@ class ObjectBuilder:
                 rule = self._rule(name)
             if rule is None:
                 continue
-            allowed, is_datetime = rule
-            kind = type(value)
-            if allowed is not None and kind not in allowed:
-                raise _type_mismatch(name, value, allowed)
-            if value is None:
+            action = rule[0].get(type(value))
+            if action is _COPY:
+                body[name] = value
+            elif action is _STRING:
+                body[name] = value if len(value) <= MAX_STRING_LENGTH else to_braze(value, name)
+            elif action is _FLOAT:
+                body[name] = value if value - value == 0 else to_braze(value, name)  # finite
+            elif action is _NULL:
                 if skip_nulls:
                     continue
                 body[name] = None
-            elif (
-                (kind is str and not is_datetime and len(value) <= MAX_STRING_LENGTH)
-                or kind is bool
-                or kind is int
-                or (kind is float and value - value == 0)  # finite
-            ):
-                body[name] = value
+            elif action is _DATETIME:
+                body[name] = normalise_datetime_string(value, name)
+            elif action is None and rule[1] is not None:
+                raise _type_mismatch(name, value, rule[1])
             else:
-                body[name] = self._value(name, value, is_datetime)
+                body[name] = to_braze(value, name)
             points += 1
         return points
 

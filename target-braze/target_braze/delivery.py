@@ -70,13 +70,11 @@ class Delivery:
             self._pack(obj)
 
     def _pack(self, obj: BrazeObject) -> None:
-        now = time.monotonic()
-        batch = self._batch
-        if not batch.try_add(obj, now):
+        added = self._batch.try_add(obj)
+        if added is False:
             self._submit()
-            batch = self._batch
-            batch.try_add(obj, now)
-        if batch.full:
+            added = self._batch.try_add(obj)
+        if added is None:  # full
             self._submit()
 
     def _submit(self) -> None:

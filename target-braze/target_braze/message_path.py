@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from singer_sdk import metrics
-from singer_sdk.mapper import PluginMapper
+from singer_sdk.mapper import PluginMapper, SameRecordTransform, StreamMap
 
 from target_braze.builder import ObjectBuilder
 from target_braze.errors import InputError
@@ -32,16 +32,13 @@ from target_braze.stream_settings import StreamMappings, StreamSettings
 
 logger = logging.getLogger("target_braze")
 
-# Records counted locally and handed to singer-sdk's record_count metric in bulk.
-_METRIC_FLUSH_EVERY = 1_000
-
 
 @dataclass(slots=True)
 class _Route:
     """One output of a source stream: its map transform, builder and metric counter."""
 
     alias: str
-    transform: Callable[[dict[str, Any]], dict[str, Any] | None]
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None  # None: identity
     builder: ObjectBuilder
     counter: metrics.Counter
     uncounted: int = 0
@@ -92,7 +89,7 @@ class MessagePath:
             counter = self._counters.get(alias)
             if counter is None:
                 counter = self._counters[alias] = metrics.record_counter(alias)
-            routes.append(_Route(alias, stream_map.transform, builder, counter))
+            routes.append(_Route(alias, _transform_of(stream_map), builder, counter))
         self._routes[stream] = routes
 
     def record(self, message: RecordMessage, line: int) -> None:
@@ -118,24 +115,24 @@ class MessagePath:
     def deliver(self, routes: list[_Route], record: dict[str, Any], origin: Origin) -> None:
         """The record path: map, build, then reject or hand to the delivery."""
         run = self._run
-        checkpoint = run.checkpoint
         for route in routes:
-            transformed = route.transform(record)
+            transform = route.transform
+            transformed = record if transform is None else transform(record)
             if transformed is None:  # filtered out by a stream map
                 continue
-            seq = checkpoint.register_record()
+            seq = run.checkpoint.register_record()
             built = route.builder.build(transformed, seq, origin)
             if isinstance(built, Rejection):
                 run.settlement.reject_record(built, seq)
             else:
                 run.delivery.add(built)
             route.uncounted += 1
-            if route.uncounted >= _METRIC_FLUSH_EVERY:
+            if not seq & 1023:
                 route.counter.increment(route.uncounted)
                 route.uncounted = 0
-            if not seq & 127:
                 run.stats.maybe_log_progress()
-        run.raise_if_failed()
+                # A sender's failure also surfaces at the next request; this bounds it.
+                run.raise_if_failed()
         if self._batch_size:
             self._since_drain += 1
             if self._since_drain >= self._batch_size:
@@ -184,3 +181,16 @@ class MessagePath:
                 ", ".join(unused),
             )
         self._run.finish()
+
+
+def _transform_of(
+    stream_map: StreamMap,
+) -> Callable[[dict[str, Any]], dict[str, Any] | None] | None:
+    """The map's transform, or None where singer-sdk's map is the identity.
+
+    With no `stream_maps` entry and flattening off, `SameRecordTransform.transform` returns
+    the record itself (checked by a test); calling it for every record would only cost.
+    """
+    if isinstance(stream_map, SameRecordTransform) and not stream_map.flattening_enabled:
+        return None
+    return stream_map.transform

@@ -39,13 +39,13 @@ class BrazeObject:
     identifier: str
     key_values: tuple[Any, ...] | None = None  # the stream's key properties (events identity)
     ledger: Any = None
-    _encoded: bytes | None = field(default=None, repr=False)
+    #: The object's JSON: both the size estimate and the request's bytes (kept current).
+    encoded: bytes = field(default=b"", repr=False)
 
-    def encoded(self) -> bytes:
-        """The object's JSON, cached: it is both the size estimate and the request's bytes."""
-        if self._encoded is None:
-            self._encoded = orjson.dumps(self.body)
-        return self._encoded
+    def __post_init__(self) -> None:
+        """Encode the body once."""
+        if not self.encoded:
+            self.encoded = orjson.dumps(self.body)
 
     def merge(self, later: BrazeObject) -> None:
         """Fold a later attributes object of the same user into this one (last value wins)."""
@@ -56,13 +56,13 @@ class BrazeObject:
         self.lines.extend(later.lines)
         if later.ledger is not None:
             self.ledger = later.ledger if self.ledger is None else self.ledger.merge(later.ledger)
-        self._encoded = None
+        self.encoded = orjson.dumps(self.body)
 
     def replace_body(self, body: dict[str, Any], data_points: int) -> None:
         """Send `body` instead (the ledger trimmed what Braze already holds)."""
         self.body = body
         self.data_points = data_points
-        self._encoded = None
+        self.encoded = orjson.dumps(body)
 
     def release(self) -> None:
         """Braze answered: drop the records early, so memory stays flat."""

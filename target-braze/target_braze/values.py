@@ -34,13 +34,26 @@ def iso_utc(value: dt.datetime) -> str:
     return value.isoformat()
 
 
+# Recently normalised date-time strings: a model run stamps many rows with one time, so
+# most strings repeat. Bounded: emptied when full.
+_NORMALISED: dict[str, str] = {}
+_NORMALISED_MAX = 4096
+
+
 def normalise_datetime_string(value: str, name: str) -> str:
     """Re-express a date-time string in UTC; Braze reads a zone-less time as UTC anyway."""
+    cached = _NORMALISED.get(value)
+    if cached is not None:
+        return cached
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00", 1))
     except ValueError:
         raise UnsendableValue(f"'{name}' is not an ISO 8601 date-time: {value[:40]!r}") from None
-    return iso_utc(parsed)
+    normalised = iso_utc(parsed)
+    if len(_NORMALISED) >= _NORMALISED_MAX:
+        _NORMALISED.clear()
+    _NORMALISED[value] = normalised
+    return normalised
 
 
 def _number(value: Decimal, name: str) -> int | float:

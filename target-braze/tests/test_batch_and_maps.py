@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,17 @@ def test_activate_version_is_accepted_and_ignored(braze, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "ACTIVATE_VERSION (line 2) ignored" in run.stderr
     assert profiles(braze)["c1"] == {"peak_segment": "x"}
+
+
+def test_singer_sdks_default_map_is_the_identity_the_message_path_skips():
+    # message_path._transform_of skips calling the SDK's SameRecordTransform when
+    # flattening is off, assuming it returns the record itself: this pins that.
+    from singer_sdk.mapper import PluginMapper, SameRecordTransform
+
+    mapper = PluginMapper(plugin_config={}, logger=logging.getLogger("test"))
+    mapper.register_raw_stream_schema("s", {"properties": {"a": {"type": "integer"}}}, [])
+    (stream_map,) = mapper.stream_maps["s"]
+    record = {"a": 1}
+    assert isinstance(stream_map, SameRecordTransform)
+    assert not stream_map.flattening_enabled
+    assert stream_map.transform(record) is record

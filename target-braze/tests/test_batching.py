@@ -17,15 +17,15 @@ def obj(user: str, seq: int, **attrs):
 
 def test_never_more_than_max_objects():
     batch = UsersTrackBatch(limits(max_objects=3))
-    assert all(batch.try_add(obj(f"u{i}", i), 0) for i in range(3))
-    assert not batch.try_add(obj("u9", 9), 0)
+    assert [batch.try_add(obj(f"u{i}", i)) for i in range(3)] == [True, True, None]  # full
+    assert batch.try_add(obj("u9", 9)) is False
     assert len(batch) == 3
 
 
 def test_never_more_than_max_bytes():
     batch = UsersTrackBatch(limits(max_objects=75, max_bytes=400))
     added = 0
-    while batch.try_add(obj(f"user-{added}", added, peak_note="x" * 50), 0):
+    while batch.try_add(obj(f"user-{added}", added, peak_note="x" * 50)):
         added += 1
     assert 1 <= added < 75
     assert len(batch.body()) <= 400
@@ -33,9 +33,9 @@ def test_never_more_than_max_bytes():
 
 def test_same_user_is_merged_into_one_object():
     batch = UsersTrackBatch(limits())
-    batch.try_add(obj("u1", 0, a=1), 0)
-    batch.try_add(obj("u2", 1, a=2), 0)
-    batch.try_add(obj("u1", 2, b=3), 0)
+    batch.try_add(obj("u1", 0, a=1))
+    batch.try_add(obj("u2", 1, a=2))
+    batch.try_add(obj("u1", 2, b=3))
     body = orjson.loads(batch.body())
     assert body == {
         "attributes": [{"external_id": "u1", "a": 1, "b": 3}, {"external_id": "u2", "a": 2}]
@@ -46,7 +46,7 @@ def test_same_user_is_merged_into_one_object():
 def test_errors_index_maps_to_the_object_of_that_array():
     batch = UsersTrackBatch(limits())
     for i in range(3):
-        batch.try_add(obj(f"u{i}", i), 0)
+        batch.try_add(obj(f"u{i}", i))
     found = batch.index_of("attributes", 2)
     assert found is not None
     assert found.identifier == "u2"
@@ -57,7 +57,7 @@ def test_errors_index_maps_to_the_object_of_that_array():
 def test_halves_keep_every_object_once():
     batch = UsersTrackBatch(limits())
     for i in range(5):
-        batch.try_add(obj(f"u{i}", i), 0)
+        batch.try_add(obj(f"u{i}", i))
     halves = batch.halves()
     assert [len(h) for h in halves] == [2, 3]
     ids = [o.identifier for h in halves for o in h.objects]
