@@ -310,6 +310,16 @@ class TapPeakAttributes(Tap):
         singer-sdk reports an invalid config with jsonschema's raw messages and a bad stream
         map with a traceback; both become a `TapPeakError` naming the setting.
         """
+        config = kwargs.get("config")
+        if isinstance(config, dict) and not kwargs.get("parse_env_config"):
+            # Checked before singer-sdk's own pass, which with validate_config=False (as
+            # in --discover, Meltano's first call) logs "Config validation failed" and
+            # goes on into discovery with the bad value.
+            schema = type(self).config_jsonschema
+            type(self).append_builtin_config(schema)
+            problem = describe_config_problems(config, schema)
+            if problem:
+                raise TapPeakError(problem)
         try:
             super().__init__(**kwargs)
         except ConfigValidationError as exc:
