@@ -16,7 +16,6 @@ import psycopg
 import pytest
 import xxhash
 from braze_target_harness import libpq_url
-from target_braze import ledger_store
 from target_braze.errors import TargetBrazeError
 from target_braze.ledger_store import (
     SCHEMA_VERSION,
@@ -31,6 +30,7 @@ from target_braze.ledger_store import (
     open_store,
     workspace_identity,
 )
+from target_braze.ledger_store import base as ledger_store
 
 REPO = Path(__file__).resolve().parents[2]
 ENDPOINT = "https://rest.iad-03.braze.com"

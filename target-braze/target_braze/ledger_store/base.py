@@ -1,0 +1,323 @@
+"""The delivery ledger's storage, common part: errors, masking, identities, keys, schema.
+
+The store knows nothing about attributes or events: it keeps rows keyed by 64-bit integers
+(`KeySpace` derives them from a workspace identity and a user or event identity) with an
+opaque `entries` blob, and reads and writes them in large batches. What those blobs mean,
+and when a row may be written (only after Braze confirmed), is the caller's business.
+
+Every failure a user can meet (unreadable, locked or corrupt file, unreachable server,
+refused login, unknown scheme, schema newer than this release) is one `LedgerError` line
+that names the masked `ledger_url` and says what to do. A password never reaches a message:
+URLs are masked and driver messages are scrubbed before they are wrapped, and wrapped
+driver exceptions are not chained (their text could hold what the scrub must remove).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import xxhash
+
+from target_braze.errors import TargetBrazeError
+
+SCHEMA_VERSION = 1
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+# Bumping this salt prefix would change every workspace identity: never do it.
+_IDENTITY_SALT = b"target-braze ledger workspace v1\x00"
+_IDENTITY_ITERATIONS = 200_000
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<name>\b[\w.-]*(?:pass|pwd|secret|token|key|auth|credential)[\w.-]*)"
+    r"(?P<eq>\s*=\s*)(?P<value>'[^']*'|[^&;\s]*)"
+)
+
+
+class LedgerError(TargetBrazeError):
+    """The ledger cannot be used; the message names the masked `ledger_url` and the fix."""
+
+
+def default_ledger_url() -> str:
+    """`sqlite:///` + `$XDG_STATE_HOME/target-braze/ledger.sqlite` (~/.local/state by default).
+
+    Per-user state, not cache: deleting it makes the next run send every attribute again.
+    """
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return f"{_SQLITE_PREFIX}{Path(state_home) / 'target-braze' / 'ledger.sqlite'}"
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password, and any password-, token- or key-like query value, as ***.
+
+    Errs towards masking too much: an unencoded `@` or `:` in an odd place masks more of the
+    URL than needed, never less.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, hostpart = rest.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        rest = f"{userinfo}@{hostpart}"
+    masked = f"{scheme}{sep}{rest}" if sep else url
+    masked = _SECRET_QUERY.sub(lambda m: f"{m['name']}{m['eq']}***", masked)
+    # A secret may reappear elsewhere (a database named like the password): mask it there too.
+    return _replace_secrets(masked, url)
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The literal secrets in `url` (password, secret query values), in every spelling."""
+    found: list[str] = []
+    _, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo = rest.rpartition("@")[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    found += [m["value"].strip("'") for m in _SECRET_QUERY.finditer(url)]
+    spellings = {s for value in found if value for s in (value, unquote(value), quote(value))}
+    # Longest first, so a secret is not half-replaced by a shorter spelling of itself.
+    return sorted((s for s in spellings if s), key=len, reverse=True)
+
+
+def _replace_secrets(text: str, url: str) -> str:
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` (a driver message) on one line, with every secret of `url` replaced by ***."""
+    return " ".join(_replace_secrets(text, url).split())
+
+
+def workspace_identity(rest_endpoint_url: str, api_key: str | None, name: str | None) -> str:
+    """The ledger's name for one Braze workspace: `name:<name>` or `key:<32 hex>`.
+
+    Derived from the endpoint and the API key with a slow one-way KDF, so neither the key
+    nor anything a key could be checked against cheaply is stored. Pass the endpoint as
+    `resolve_rest_endpoint` returns it, so `US-03` and its URL name one workspace.
+    """
+    if name:
+        return f"name:{name}"
+    if not api_key:
+        raise LedgerError(
+            "ledger_workspace is required for a dry run without api_key: the ledger's "
+            "workspace is derived from api_key; set ledger_workspace to name it"
+        )
+    salt = _IDENTITY_SALT + rest_endpoint_url.strip().rstrip("/").encode()
+    digest = hashlib.pbkdf2_hmac("sha256", api_key.encode(), salt, _IDENTITY_ITERATIONS, 16)
+    return f"key:{digest.hex()}"
+
+
+_split_128 = struct.Struct(">qq").unpack
+
+
+class KeySpace:
+    """Ledger keys of one workspace: `(key, check)` per user and per event identity.
+
+    Both are the two signed 64-bit halves of xxh3-128 over `identity NUL kind NUL ...`, so
+    keys of different workspaces differ and fit SQLite INTEGER and PostgreSQL bigint. The
+    check tells a (rare) 64-bit key collision from the row it collided with.
+    """
+
+    __slots__ = ("_event_prefix", "_type_prefixes", "_user_prefix")
+
+    def __init__(self, workspace_identity: str) -> None:
+        identity = workspace_identity.encode()
+        self._user_prefix = identity + b"\x00user\x00"
+        self._event_prefix = identity + b"\x00event\x00"
+        self._type_prefixes: dict[str, bytes] = {}
+
+    def user(self, identifier_type: str, identifier: str) -> tuple[int, int]:
+        """`(key, check)` of one user identity, e.g. `("external_id", "c42")`."""
+        prefix = self._type_prefixes.get(identifier_type)
+        if prefix is None:
+            prefix = self._user_prefix + identifier_type.encode() + b"\x00"
+            self._type_prefixes[identifier_type] = prefix
+        # surrogatepass: a lone surrogate from JSON must not fail the record here.
+        data = prefix + identifier.encode("utf-8", "surrogatepass")
+        return _split_128(xxhash.xxh3_128_digest(data))
+
+    def event(self, identity: bytes) -> tuple[int, int]:
+        """`(key, check)` of one event or purchase identity (bytes the caller canonicalised)."""
+        return _split_128(xxhash.xxh3_128_digest(self._event_prefix + identity))
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """One workspace of a ledger and its size, for `target-braze-ledger stats`."""
+
+    id: int
+    identity: str
+    endpoint: str
+    label: str | None
+    users: int
+    events: int
+    last_used: str | None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step from `to_version - 1` to `to_version`, in each backend's SQL.
+
+    A new ledger is created as version 1 and then taken through every migration, so there
+    is one way to reach the current schema. Table names are written with `{p}`, the
+    backend's table prefix (`ledger_` in PostgreSQL, nothing in SQLite).
+    """
+
+    to_version: int
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+# Ordered; append a step (and raise SCHEMA_VERSION) when the schema changes.
+MIGRATIONS: tuple[Migration, ...] = ()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _last_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows sorted by key, the last one winning where a key repeats (as upserts in order)."""
+    return sorted({row[0]: row for row in rows}.values(), key=itemgetter(0))
+
+
+class LedgerStore(ABC):
+    """The ledger's tables in one backend. Each object is used by one thread at a time."""
+
+    url_display: str
+    _prefix: str = ""
+
+    @abstractmethod
+    def register_workspace(self, identity: str, endpoint: str, label: str | None) -> int:
+        """The id of the workspace `identity`, created if new; records that it was used now."""
+
+    @abstractmethod
+    def find_workspace(self, identity: str) -> int | None:
+        """The id of the workspace `identity`, or None; creates nothing."""
+
+    @abstractmethod
+    def read_users(self, keys: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+        """`key -> (check, entries)` for the keys the ledger holds (missing keys are absent)."""
+
+    @abstractmethod
+    def read_events(self, keys: Sequence[int]) -> dict[int, int]:
+        """`key -> check` for the event keys the ledger holds."""
+
+    @abstractmethod
+    def write(
+        self,
+        workspace: int,
+        users: Sequence[tuple[int, int, bytes]],
+        events: Sequence[tuple[int, int, int, int]],
+    ) -> None:
+        """Upsert `(key, check, entries)` users and `(key, check, user_key, day)` events.
+
+        One transaction: after a crash either all of it is in the ledger or none. Where a key
+        repeats, the last row wins.
+        """
+
+    @abstractmethod
+    def forget_events_before(self, workspace: int, day: int) -> int:
+        """Delete the workspace's events older than `day`; how many.
+
+        The purge scans the whole events table, so it runs at most once per cutoff: the
+        cutoff is remembered per workspace and a call with a cutoff not later than the last
+        one does nothing (with a fixed retention, once a day).
+        """
+
+    @abstractmethod
+    def workspaces(self) -> list[WorkspaceInfo]:
+        """Every workspace with its number of users and events (scans both tables)."""
+
+    @abstractmethod
+    def clear_workspace(self, workspace: int) -> tuple[int, int]:
+        """Delete a workspace, its users and its events; `(users, events)` deleted."""
+
+    @abstractmethod
+    def clear_user(self, workspace: int, user_key: int) -> tuple[int, int]:
+        """Delete one user's row and its events; `(users, events)` deleted."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+
+    def __enter__(self) -> LedgerStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _error(self, problem: str) -> LedgerError:
+        return LedgerError(f"ledger_url {self.url_display} {problem}")
+
+    def _creation_steps(self, from_version: int | None, dialect: str) -> list[str]:
+        """SQL that takes the schema from `from_version` (None: nothing) to SCHEMA_VERSION."""
+        p = self._prefix
+        steps = list(_V1_SCHEMA[dialect]) if from_version is None else []
+        start = 1 if from_version is None else from_version
+        for migration in MIGRATIONS:
+            if migration.to_version > start:
+                steps += getattr(migration, dialect)
+        steps = [step.format(p=p) for step in steps]
+        steps.append(
+            f"INSERT INTO {p}meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        return steps
+
+    def _check_version(self, found: str | None) -> int | None:
+        """The stored version as an int (None: no ledger yet); refuses one newer than ours."""
+        if found is None:
+            return None
+        try:
+            version = int(found)
+        except ValueError:
+            raise self._error(
+                f"has an unreadable schema version {found!r}: point ledger_url at another "
+                "ledger (this one was not written by target-braze)"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise self._error(
+                f"has schema version {version}, newer than this target-braze knows "
+                f"({SCHEMA_VERSION}): upgrade target-braze, or point ledger_url at another "
+                "ledger"
+            )
+        return version
+
+
+_V1_SCHEMA = {
+    "sqlite": (
+        "CREATE TABLE {p}meta (key TEXT PRIMARY KEY, value TEXT)",
+        "CREATE TABLE {p}workspaces (id INTEGER PRIMARY KEY, identity TEXT UNIQUE NOT NULL,"
+        " endpoint TEXT, label TEXT, created_at TEXT, last_used_at TEXT,"
+        " events_purged_day INTEGER)",
+        # Rowid tables keyed by k: the fastest layout measured. No secondary index: each one
+        # slows every write, and only admin commands look rows up by ws or user_k.
+        "CREATE TABLE {p}users (k INTEGER PRIMARY KEY, chk INTEGER NOT NULL,"
+        " ws INTEGER NOT NULL, entries BLOB NOT NULL)",
+        "CREATE TABLE {p}events (k INTEGER PRIMARY KEY, chk INTEGER NOT NULL,"
+        " ws INTEGER NOT NULL, user_k INTEGER NOT NULL, day INTEGER NOT NULL)",
+    ),
+    "postgres": (
+        "CREATE TABLE {p}meta (key text PRIMARY KEY, value text)",
+        "CREATE TABLE {p}workspaces (id integer GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+        " identity text UNIQUE NOT NULL, endpoint text, label text, created_at text,"
+        " last_used_at text, events_purged_day integer)",
+        "CREATE TABLE {p}users (k bigint PRIMARY KEY, chk bigint NOT NULL,"
+        " ws integer NOT NULL, entries bytea NOT NULL)",
+        "CREATE TABLE {p}events (k bigint PRIMARY KEY, chk bigint NOT NULL,"
+        " ws integer NOT NULL, user_k bigint NOT NULL, day integer NOT NULL)",
+    ),
+}
