@@ -1,6 +1,7 @@
 """tap-peak-attributes alone, and Meltano's relay of its output: a baseline against now.
 
-    .venv/bin/python -m benchmarks.tap_alone --rows 200000 --repeat 5 --baseline-ref REF
+    .venv/bin/python -m benchmarks.tap_alone --rows 200000 --repeat 5 --baseline-ref REF \
+        [--meltano] [--batch] [--output results.json]
 
 Both versions run side by side in one process of this script, alternating, on one
 warehouse (`peak-sample generate --customers N --no-long`), so the noise of a shared
@@ -13,7 +14,10 @@ machine falls on both alike:
 - relay (`--meltano`): `meltano run <tap> target-braze` in a scratch Meltano project
   whose two extractors are the two versions; target-braze in dry-run mode (no Braze, no
   sandbox). Meltano's own CPU is read from its process once it has exited (a zombie
-  still reports its own user and system time), so the tap and the target are excluded.
+  still reports its own user and system time), so the tap and the target are excluded;
+  a run reading no row is subtracted (Meltano's start-up) to give the relay's share.
+- `--batch`: the working tree's tap also in BATCH mode (`batch_config`, 10,000 records a
+  file), alone and through `meltano run` (target-braze reads and deletes the files).
 
 The baseline is `git archive REF tap-peak-attributes`, imported ahead of the installed
 package through PYTHONPATH (the script checks which one each run imported).
@@ -52,6 +56,7 @@ class Variant:
 
     name: str
     pythonpath: str | None  # None: the installed (working tree) package
+    config: Path | None = None  # another config file (BATCH mode)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -121,10 +126,11 @@ def tap_alone(
     for index in range(repeat):
         order = variants if index % 2 == 0 else list(reversed(variants))
         for variant, expect in order:
-            full = run_tap(variant, python, config, None, expect)
-            if full["lines"] < rows:
+            config_path = variant.config or config
+            full = run_tap(variant, python, config_path, None, expect)
+            if full["lines"] < rows and variant.config is None:
                 raise RuntimeError(f"{variant.name} wrote {full['lines']} lines for {rows} rows")
-            empty = run_tap(variant, python, config, end_state, expect)
+            empty = run_tap(variant, python, config_path, end_state, expect)
             results[variant.name]["full"].append(full["cpu_seconds"])
             results[variant.name]["empty"].append(empty["cpu_seconds"])
             results[variant.name]["wall"].append(full["wall_seconds"])
@@ -166,6 +172,7 @@ def meltano_project(work: Path, baseline: Path) -> Path:
         {"name": "sqlalchemy_url", "kind": "string"},
         {"name": "state_message_frequency", "kind": "integer"},
         {"name": "start_date", "kind": "string"},
+        {"name": "batch_config", "kind": "object"},
     ]
     extractor = {
         "namespace": "tap_peak_attributes",
@@ -240,8 +247,11 @@ def meltano_self_cpu(command: list[str], cwd: Path, env: dict[str, str]) -> dict
     }
 
 
-def relay(work: Path, baseline: Path, sqlite_url: str, rows: int, repeat: int) -> dict[str, Any]:
-    """`meltano run tap-{now,baseline} target-braze` (dry run), alternating."""
+def relay(
+    work: Path, baseline: Path, sqlite_url: str, rows: int, repeat: int, batch: str | None
+) -> dict[str, Any]:
+    """`meltano run tap-{now,baseline} target-braze` (dry run), alternating; with `batch`,
+    also tap-now in BATCH mode (target-braze reads the files)."""
     project = meltano_project(work, baseline)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -259,19 +269,26 @@ def relay(work: Path, baseline: Path, sqlite_url: str, rows: int, repeat: int) -
             "TARGET_BRAZE_DEDUPLICATE_EVENTS": "false",
         }
     )
+    runs_of: dict[str, tuple[str, dict[str, str]]] = {
+        "tap-baseline": ("tap-baseline", {}),
+        "tap-now": ("tap-now", {}),
+    }
+    if batch:
+        runs_of["tap-now BATCH"] = ("tap-now", {"TAP_NOW_BATCH_CONFIG": batch})
     meltano = str(BIN / "meltano")
-    results: dict[str, list[dict[str, float]]] = {"tap-baseline": [], "tap-now": []}
-    empty: dict[str, list[float]] = {name: [] for name in results}
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in runs_of}
+    empty: dict[str, list[float]] = {label: [] for label in runs_of}
     names = list(results)
     for index in range(repeat):
         for name in names if index % 2 == 0 else list(reversed(names)):
-            command = [meltano, "run", "--full-refresh", "--state-id-suffix", "bench", name]
+            extractor, extra = runs_of[name]
+            command = [meltano, "run", "--full-refresh", "--state-id-suffix", "bench", extractor]
             command.append("target-braze")
-            run = meltano_self_cpu(command, project, env)
+            run = meltano_self_cpu(command, project, {**env, **extra})
             results[name].append(run)
             # The same run reading no row: Meltano's start-up and teardown alone.
-            variable = name.upper().replace("-", "_") + "_START_DATE"
-            nothing = meltano_self_cpu(command, project, {**env, variable: "2099-01-01"})
+            variable = extractor.upper().replace("-", "_") + "_START_DATE"
+            nothing = meltano_self_cpu(command, project, {**env, **extra, variable: "2099-01-01"})
             empty[name].append(nothing["meltano_cpu_seconds"])
             log(
                 f"relay {index + 1}/{repeat} {name}: meltano {run['meltano_cpu_seconds']:.2f} "
@@ -301,6 +318,7 @@ def main() -> None:
     parser.add_argument("--baseline-ref", default="HEAD", help="git ref of the baseline tap")
     parser.add_argument("--meltano", action="store_true", help="also measure the relay")
     parser.add_argument("--meltano-repeat", type=int, default=3)
+    parser.add_argument("--batch", action="store_true", help="also the tap in BATCH mode")
     parser.add_argument("--work-dir", type=Path, help="keep the warehouse and logs here")
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     args = parser.parse_args()
@@ -340,6 +358,17 @@ def main() -> None:
             (Variant("baseline", str(baseline)), str(baseline)),
             (Variant("now", None), str(ROOT / "tap-peak-attributes")),
         ]
+        batch = None
+        if args.batch:
+            batches = work / "batches"
+            batch = json.dumps({"storage": {"root": batches.as_uri()}, "batch_size": 10_000})
+            batch_config = work / "config-batch.json"
+            batch_config.write_text(
+                json.dumps({"sqlalchemy_url": sqlite_url, "batch_config": json.loads(batch)})
+            )
+            variants.append(
+                (Variant("now BATCH", None, batch_config), str(ROOT / "tap-peak-attributes"))
+            )
         results: dict[str, Any] = {
             "rows": args.rows,
             "baseline_ref": subprocess.run(
@@ -354,7 +383,9 @@ def main() -> None:
             "tap_alone": tap_alone(variants, config, end_state, args.rows, args.repeat),
         }
         if args.meltano:
-            results["relay"] = relay(work, baseline, sqlite_url, args.rows, args.meltano_repeat)
+            results["relay"] = relay(
+                work, baseline, sqlite_url, args.rows, args.meltano_repeat, batch
+            )
         text = json.dumps(results, indent=2)
         print(text)
         if args.output:

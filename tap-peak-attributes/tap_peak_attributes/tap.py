@@ -320,6 +320,7 @@ class TapPeakAttributes(Tap):
             problem = describe_config_problems(config, schema)
             if problem:
                 raise TapPeakError(problem)
+        self._stopping = False
         try:
             super().__init__(**kwargs)
         except ConfigValidationError as exc:
@@ -416,6 +417,17 @@ class TapPeakAttributes(Tap):
         `__main__` then calls `finish_after_stop`. Pinned by
         test_sigterm_while_blocked_on_a_full_pipe_loses_no_line.
         """
+        if self._stopping:
+            # A second signal while the first is handled (the last lines may be going to a
+            # pipe nobody reads any more): give up on them at once.
+            name = TapStopped(signum, self.finish_after_stop).signal_name
+            os.write(
+                2,
+                f"tap-peak-attributes: error: stopped by a second {name} while writing the "
+                "last lines; rerun to resume from the last STATE the target stored\n".encode(),
+            )
+            os._exit(128 + signum)
+        self._stopping = True
         stopped = TapStopped(signum, self.finish_after_stop)
         writer = self.message_writer
         if isinstance(writer, SingerOutput):

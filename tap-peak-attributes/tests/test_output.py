@@ -324,3 +324,27 @@ def test_records_buffered_before_a_failure_are_still_written(tmp_path):
             "tap-peak-attributes: error: stream changes: attribute 'segment' of customer C0000030"
         )
     )
+
+
+def test_a_second_sigterm_gives_up_on_a_pipe_nobody_reads(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    sample.generate(url, 30_000, long_table=False)
+    tap = _start_tap(_config_file(tmp_path, {"sqlalchemy_url": url}))
+    assert tap.stdout is not None
+    assert tap.stderr is not None
+    tap.stdout.readline()
+    _wait_until(lambda: _blocked_writing_stdout(tap.pid), "the tap blocks writing stdout")
+    tap.send_signal(signal.SIGTERM)
+    # Nobody reads: the first stop waits for its write, which never completes.
+    _wait_until(lambda: _blocked_writing_stdout(tap.pid), "the tap is back in its write")
+
+    tap.send_signal(signal.SIGTERM)
+    returncode = tap.wait(timeout=120)  # a safety net; the exit is immediate
+
+    stderr = tap.stderr.read().decode()
+    assert returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        "tap-peak-attributes: error: stopped by a second SIGTERM while writing the last "
+        "lines; rerun to resume from the last STATE the target stored"
+    )
