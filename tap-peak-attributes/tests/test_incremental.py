@@ -85,3 +85,14 @@ def test_integer_ids_order_and_resume_numerically(warehouse_url, run_tap, execut
     assert run.ids() == ["2", "9", "10", "100"]
     assert run.states()[0]["bookmarks"]["scores"][LAST_ID_KEY] == "9"
     assert run_tap(config, run.states()[0]).ids() == ["10", "100"]
+
+
+def test_state_holds_only_the_bookmark_fields(sqlite_url, run_tap):
+    # `_write_starting_replication_value` is replaced by a no-op: singer-sdk's version would
+    # add a `starting_replication_value` the tap never reads to every mid-run STATE.
+    sample.generate(sqlite_url, 12)
+    run = run_tap({"sqlalchemy_url": sqlite_url, "state_message_frequency": 5})
+    entries = [s["bookmarks"]["customer_attributes"] for s in run.states() if s.get("bookmarks")]
+    assert len(entries) >= 3
+    for entry in entries:
+        assert set(entry) == {"replication_key", "replication_key_value", LAST_ID_KEY}
