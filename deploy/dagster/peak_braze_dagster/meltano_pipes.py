@@ -7,8 +7,8 @@ run report's path. It then
 
 - runs Meltano, passing each line Meltano writes on to Dagster's log (at Meltano's level)
   and to its own stdout (Dagster's captured output);
-- passes SIGINT and SIGTERM on to Meltano, which stops its plugins cleanly (target-braze
-  writes the STATE covering what Braze confirmed);
+- passes SIGINT and SIGTERM on to Meltano (the Pipes client sends SIGINT when Dagster
+  terminates the run), so Meltano stops its plugins as on any interrupt;
 - reports Meltano's exit status, its last error lines and the run report as one custom
   message, and exits 0: whether the sync failed is the op's decision, with the counts.
 
