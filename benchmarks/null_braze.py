@@ -60,7 +60,7 @@ class _Protocol(asyncio.Protocol):
             del buffer[:total]
             Counts.requests += 1
             Counts.bytes += length
-            assert self.transport is not None  # noqa: S101
+            assert self.transport is not None
             self.transport.write(_RESPONSE)
 
 
