@@ -48,6 +48,10 @@ def resolve(
     """
     environ = os.environ if environ is None else environ
     url, key = config.get("sqlalchemy_url"), config.get("peak_api_key")
+    if config.get("peak_model_workflow_id"):
+        # With the model-run guard the Peak key is needed anyway: a URL then names the
+        # warehouse, and the key only asks Peak when the model last finished.
+        key = None if url or environ.get(_url_variable(config)) else key
     if url and key:
         msg = "set either sqlalchemy_url or peak_api_key, not both"
         raise TapPeakError(msg)
@@ -55,9 +59,11 @@ def resolve(
         return WarehouseSecret(url=url, source="sqlalchemy_url")
     if key:
         return WarehouseSecret(peak_api_key=key, source="peak_api_key")
-    url_variable = config.get("sqlalchemy_url_env") or DEFAULT_URL_VARIABLE
+    url_variable = _url_variable(config)
     key_variable = config.get("peak_api_key_env") or DEFAULT_KEY_VARIABLE
     url, key = environ.get(url_variable), environ.get(key_variable)
+    if url and config.get("peak_model_workflow_id"):
+        key = None
     if url and key:
         msg = (
             f"both {url_variable} (sqlalchemy_url_env) and {key_variable} (peak_api_key_env) "
@@ -72,3 +78,28 @@ def resolve(
     return WarehouseSecret(
         source=f"none of sqlalchemy_url, peak_api_key, {url_variable}, {key_variable}"
     )
+
+
+def _url_variable(config: t.Mapping[str, t.Any]) -> str:
+    return str(config.get("sqlalchemy_url_env") or DEFAULT_URL_VARIABLE)
+
+
+def peak_key(
+    config: t.Mapping[str, t.Any], environ: t.Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """The Peak API key and where it came from, for Peak's APIs beyond the credentials.
+
+    `peak_api_key`, else the variable `peak_api_key_env` names; the key is never echoed.
+    """
+    environ = os.environ if environ is None else environ
+    if config.get("peak_api_key"):
+        return str(config["peak_api_key"]), "peak_api_key"
+    variable = str(config.get("peak_api_key_env") or DEFAULT_KEY_VARIABLE)
+    key = environ.get(variable)
+    if not key:
+        msg = (
+            f"peak_model_workflow_id needs a Peak API key: export {variable} "
+            "(peak_api_key_env) or set peak_api_key"
+        )
+        raise TapPeakError(msg)
+    return key, f"{variable} (peak_api_key_env)"

@@ -183,6 +183,7 @@ class PeakAttributesStream(Stream):
         """Reflect the table and build the schema (this is discovery)."""
         self.settings = settings
         self.warehouse = warehouse
+        self.owner = tap
         with warehouse.connect() as conn:
             try:
                 self.table = warehouse.resolve_table(conn, settings.schema, settings.table)
@@ -244,12 +245,28 @@ class PeakAttributesStream(Stream):
         """Rows to read now: after the bookmark (minus look-back), never past sync start."""
         start = self.config.get("start_date")
         minutes = int(self.config.get("lookback_window_minutes") or 0)
+        bookmark = Bookmark.from_state(self.stream_state)
+        cap = utc_now()
+        complete_until = self.complete_until()
+        if complete_until is not None:
+            cap = min(cap, complete_until)
+            if bookmark is not None and complete_until <= bookmark.updated_at:
+                self.logger.info(
+                    "Stream %s: no successful model run since its bookmark (%s); 0 records",
+                    self.name,
+                    bookmark.updated_at.isoformat(),
+                )
         return Window(
-            bookmark=Bookmark.from_state(self.stream_state),
+            bookmark=bookmark,
             start_date=parse_setting(start, "start_date") if start else None,
             lookback=dt.timedelta(minutes=minutes),
-            cap=utc_now(),
+            cap=cap,
         )
+
+    def complete_until(self) -> dt.datetime | None:
+        """Until when the model's output is complete (the tap asks Peak; None: not guarded)."""
+        until = getattr(self.owner, "model_output_complete_until", None)
+        return until if isinstance(until, dt.datetime) else None
 
     def bind_id(self, value: str) -> t.Any:
         """Bind the stored (text) id with the column's own type, so ordering agrees."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import functools
 import io
@@ -16,7 +17,7 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError, MappingError
 from typing_extensions import override
 
-from tap_peak_attributes import credentials, peak_api
+from tap_peak_attributes import credentials, model_runs, peak_api
 from tap_peak_attributes.batch_files import (
     COMPRESSIONS,
     DEFAULT_BATCH_SIZE,
@@ -239,6 +240,15 @@ class TapPeakAttributes(Tap):
             title="Peak stage",
             description="Peak environment: `prod` uses https://service.peak.ai, any "
             "other X uses https://service.X.peak.ai.",
+        ),
+        th.Property(
+            "peak_model_workflow_id",
+            th.StringType,
+            title="Peak model workflow id",
+            description="The Peak workflow that runs the model. When set, each sync reads "
+            "only rows updated at or before that workflow's latest successful execution "
+            "finished (Peak's workflow executions API, with the Peak API key): rows of a "
+            "model run still being written wait for the next sync.",
         ),
         th.Property(
             "peak_api_url",
@@ -466,6 +476,39 @@ class TapPeakAttributes(Tap):
             secret.source,
         )
         return Warehouse(f"sqlite:///{SAMPLE_DATABASE}", connect_timeout=timeout)
+
+    @functools.cached_property
+    def model_output_complete_until(self) -> dt.datetime | None:
+        """Until when the model's output is complete (`peak_model_workflow_id`), else None.
+
+        Asked once per sync, when the first stream starts reading (never at discovery,
+        which must work offline). No successful execution at all: nothing is complete.
+        """
+        workflow = self.config.get("peak_model_workflow_id")
+        if not workflow:
+            return None
+        key, source = credentials.peak_key(self.config)
+        finished = model_runs.latest_finished_at(
+            key,
+            workflow,
+            stage=self.config.get("peak_stage") or "prod",
+            override=self.config.get("peak_api_url"),
+            timeout=int(self.config.get("connect_timeout_seconds") or 30),
+            key_source=source,
+        )
+        if finished is None:
+            self.logger.info(
+                "Peak model workflow %s has no successful execution yet: nothing is read this sync",
+                workflow,
+            )
+            return dt.datetime.min.replace(tzinfo=dt.UTC)
+        self.logger.info(
+            "Peak model workflow %s last succeeded at %s: rows updated after it wait for "
+            "the next sync",
+            workflow,
+            finished.isoformat(),
+        )
+        return finished
 
     def stream_settings(self) -> list[StreamSettings]:
         """The `streams` setting with defaults applied; names must be unique."""
