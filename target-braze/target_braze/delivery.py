@@ -83,6 +83,8 @@ class Delivery:
             return
         self._batch = UsersTrackBatch(self._limits)
         self._stats.add(records_merged=batch.record_count - len(batch))
+        if self._ledger is not None:
+            self._ledger.intend(batch.objects)
         self._sender.submit(batch)
 
     def flush(self) -> None:

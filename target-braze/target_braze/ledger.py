@@ -96,6 +96,7 @@ class UserWrite:
     check: int
     entries: Entries | bytes
     partial: bool
+    intent: int = 0  # the intent of the request carrying it (0: none yet)
 
     def merge(self, later: UserWrite) -> UserWrite:
         """The write of this object with a later one of the same user folded in."""
@@ -119,8 +120,11 @@ class EventWrite:
     user_key: int
 
 
-# Braze's confirmation of some objects: their ledger writes, their records, what settles them.
-_Confirmation = tuple[list["UserWrite | EventWrite"], list[int], Callable[[list[int]], None]]
+# Braze's confirmation of some objects: their ledger writes, their records, what settles
+# them, and intents already settled otherwise (rejected objects) to delete.
+_Confirmation = tuple[
+    list["UserWrite | EventWrite"], list[int], Callable[[list[int]], None] | None, list[int]
+]
 
 
 @dataclass(slots=True)
@@ -172,6 +176,14 @@ class Ledger:
             )
         if not dry_run:
             self._writer_store = open_store(self.url)
+            recovered = self._writer_store.recover_intents(self.workspace)
+            if recovered:
+                logger.warning(
+                    "Ledger: %d users were on their way to Braze when a previous run stopped; "
+                    "what Braze holds for them is unknown, so their attributes are sent in "
+                    "full once",
+                    recovered,
+                )
             if retention > 0:
                 forgotten = self._writer_store.forget_events_before(self.workspace, self._cutoff)
                 if forgotten:
@@ -184,6 +196,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._pending_users: dict[int, tuple[int, dict[int, int]]] = {}  # key -> (count, digests)
         self._pending_events: dict[int, int] = {}  # key -> count
+        self._open_intents: dict[int, int] = {}  # intent id -> objects not yet settled
         self._queue: queue.SimpleQueue[_Confirmation | None] = queue.SimpleQueue()
         self.failure: TargetBrazeError | None = None
         self._thread = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
@@ -342,9 +355,43 @@ class Ledger:
             for key in events:
                 pending_events[key] = pending_events.get(key, 0) + 1
 
+    def intend(self, objects: Sequence[BrazeObject]) -> None:
+        """A request with these objects is about to go: write that first (committed).
+
+        If the run dies after Braze applied it but before the ledger recorded it, the next
+        run finds the intent and stops trusting what the ledger holds for these users
+        (`recover_intents`): a stale entry could otherwise equal a new value and skip it.
+        """
+        writes = [obj.ledger for obj in objects if isinstance(obj.ledger, UserWrite)]
+        if not writes or self._dry_run or self._reader is None:
+            return
+        intent = self._reader.add_intent(self.workspace, [write.key for write in writes])
+        for write in writes:
+            write.intent = intent
+        with self._lock:
+            self._open_intents[intent] = len(writes)
+
+    def _settled_intents(self, writes: Sequence[UserWrite | EventWrite]) -> list[int]:
+        """Count these writes' objects as settled; the intents now wholly settled."""
+        done = []
+        with self._lock:
+            for write in writes:
+                if isinstance(write, UserWrite) and write.intent:
+                    left = self._open_intents.get(write.intent, 1) - 1
+                    if left <= 0:
+                        self._open_intents.pop(write.intent, None)
+                        done.append(write.intent)
+                    else:
+                        self._open_intents[write.intent] = left
+        return done
+
     def forget_pending(self, objects: Sequence[BrazeObject]) -> None:
         """These objects will not be confirmed (rejected): they are pending no more."""
-        self._release([obj.ledger for obj in objects if obj.ledger is not None])
+        writes = [obj.ledger for obj in objects if obj.ledger is not None]
+        self._release(writes)
+        done = self._settled_intents(writes)
+        if done:  # the writer deletes them with its next commit
+            self._queue.put(([], [], None, done))
 
     def _release(self, writes: Sequence[UserWrite | EventWrite]) -> None:
         with self._lock:
@@ -370,7 +417,7 @@ class Ledger:
         """
         writes = [obj.ledger for obj in objects if obj.ledger is not None]
         seqs = [seq for obj in objects for seq in obj.seqs]
-        self._queue.put((writes, seqs, then))
+        self._queue.put((writes, seqs, then, []))
 
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -395,9 +442,11 @@ class Ledger:
 
     def _write_group(self, group: list[_Confirmation]) -> None:
         writes = [write for item in group for write in item[0]]
+        done = [intent for item in group for intent in item[3]]
+        done += self._settled_intents(writes)
         if self.failure is None and not self._dry_run:
             try:
-                self._commit(writes)
+                self._commit(writes, done)
             except TargetBrazeError as exc:
                 self.failure = exc
             except Exception as exc:
@@ -408,10 +457,11 @@ class Ledger:
         if self.failure is not None:
             return  # nothing settles: STATE stays where the ledger is
         self._release(writes)
-        for _, seqs, then in group:
-            then(seqs)
+        for _, seqs, then, _ in group:
+            if then is not None:
+                then(seqs)
 
-    def _commit(self, writes: list[UserWrite | EventWrite]) -> None:
+    def _commit(self, writes: list[UserWrite | EventWrite], done_intents: list[int]) -> None:
         assert self._writer_store is not None  # noqa: S101 - only real runs write
         users: dict[int, UserWrite] = {}
         events = []
@@ -433,7 +483,7 @@ class Ledger:
             elif not isinstance(entries, bytes):
                 entries = encode_entries(entries)
             rows.append((write.key, write.check, entries))
-        self._writer_store.write(self.workspace, rows, events)
+        self._writer_store.write(self.workspace, rows, events, done_intents)
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the connections."""

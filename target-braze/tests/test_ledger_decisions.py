@@ -85,3 +85,28 @@ def test_a_dry_run_ledger_settles_confirmations_without_writing(tmp_path):
     dry.close()
 
     assert open_ledger(tmp_path).select(objects({"a": 1})).send
+
+
+def test_a_run_stopped_between_brazes_answer_and_the_ledger_write_never_skips(tmp_path):
+    first = open_ledger(tmp_path)
+    confirm(first, first.select(objects({"a": 1, "b": 1})).send)
+    # Braze applies a=2, then the run dies before its ledger write: only the intent remains.
+    (changed,) = first.select(objects({"a": 2})).send
+    first.intend([changed])
+    # (no confirmation: the process is gone)
+
+    second = open_ledger(tmp_path)
+    (back,) = second.select(objects({"a": 1, "b": 1})).send
+
+    # a=1 equals the stale entry, yet Braze may hold a=2: the user is sent in full.
+    assert back.body == {"external_id": "u1", "a": 1, "b": 1}
+
+
+def test_a_settled_request_leaves_no_intent_behind(tmp_path):
+    first = open_ledger(tmp_path)
+    (sent,) = first.select(objects({"a": 1})).send
+    first.intend([sent])
+    confirm(first, [sent])
+    first.close()
+
+    assert open_ledger(tmp_path).select(objects({"a": 1})).unchanged

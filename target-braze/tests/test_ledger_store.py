@@ -438,14 +438,16 @@ def test_newer_schema_version_is_refused_with_one_line(ledger_url: str) -> None:
 
 
 def test_older_schema_version_is_migrated(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with open_store(ledger_url) as v1:
-        ws = v1.register_workspace("name:a", ENDPOINT, None)
-        v1.write(ws, [(1, 1, b"kept")], [])
+    current = SCHEMA_VERSION
+    with open_store(ledger_url) as old:
+        ws = old.register_workspace("name:a", ENDPOINT, None)
+        old.write(ws, [(1, 1, b"kept")], [])
     step = "CREATE TABLE {p}migrated_marker (n integer)"
-    monkeypatch.setattr(ledger_store, "MIGRATIONS", (Migration(2, (step,), (step,)),))
-    monkeypatch.setattr(ledger_store, "SCHEMA_VERSION", 2)
-    with open_store(ledger_url) as v2:
-        assert v2.read_users([1]) == {1: (1, b"kept")}
+    later = Migration(current + 1, (step,), (step,))
+    monkeypatch.setattr(ledger_store, "MIGRATIONS", (*ledger_store.MIGRATIONS, later))
+    monkeypatch.setattr(ledger_store, "SCHEMA_VERSION", current + 1)
+    with open_store(ledger_url) as new:
+        assert new.read_users([1]) == {1: (1, b"kept")}
     prefix = "ledger_" if ledger_url.startswith("postgres") else ""
     if ledger_url.startswith("sqlite"):
         with sqlite3.connect(ledger_url.removeprefix("sqlite:///")) as conn:
@@ -455,18 +457,69 @@ def test_older_schema_version_is_migrated(ledger_url: str, monkeypatch: pytest.M
         with psycopg.connect(libpq_url(ledger_url)) as conn:
             version = conn.execute("SELECT value FROM ledger_meta").fetchone()
             conn.execute(f"SELECT n FROM {prefix}migrated_marker")
-    assert version == ("2",)
+    assert version == (str(current + 1),)
+
+
+def test_a_version_1_ledger_gains_the_intents_table(ledger_url: str) -> None:
+    """The real migration to 2: a ledger written by the first release keeps its rows."""
+    prefix = "ledger_" if ledger_url.startswith("postgres") else ""
+    dialect = "postgres" if prefix else "sqlite"
+    v1 = [step.format(p=prefix) for step in ledger_store._V1_SCHEMA[dialect]]
+    v1.append(f"INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '1')")
+    blob = "X'78'" if dialect == "sqlite" else "'\\x78'::bytea"
+    v1.append(f"INSERT INTO {prefix}users (k, chk, ws, entries) VALUES (7, 7, 1, {blob})")
+    if dialect == "sqlite":
+        path = Path(ledger_url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as conn:
+            for step in v1:
+                conn.execute(step)
+    else:
+        with psycopg.connect(libpq_url(ledger_url)) as conn:
+            for step in v1:
+                conn.execute(step)
+    with open_store(ledger_url) as store:
+        assert store.read_users([7]) == {7: (7, b"x")}
+        assert store.recover_intents(1) == 0  # the intents table exists
 
 
 def test_a_new_ledger_is_created_through_every_migration(
     ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    current = SCHEMA_VERSION
     step = "CREATE TABLE {p}migrated_marker (n integer)"
-    monkeypatch.setattr(ledger_store, "MIGRATIONS", (Migration(2, (step,), (step,)),))
-    monkeypatch.setattr(ledger_store, "SCHEMA_VERSION", 2)
+    later = Migration(current + 1, (step,), (step,))
+    monkeypatch.setattr(ledger_store, "MIGRATIONS", (*ledger_store.MIGRATIONS, later))
+    monkeypatch.setattr(ledger_store, "SCHEMA_VERSION", current + 1)
     open_store(ledger_url).close()
     monkeypatch.undo()
-    assert "newer than this target-braze knows (1)" in error_of(lambda: open_store(ledger_url))
+    assert f"newer than this target-braze knows ({current})" in error_of(
+        lambda: open_store(ledger_url)
+    )
+
+
+def test_intents_left_by_a_stopped_run_drop_their_users_and_nothing_else(
+    store: LedgerStore,
+) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    store.write(ws, [(1, 1, b"a"), (2, 2, b"b"), (3, 3, b"c")], [])
+    settled = store.add_intent(ws, [3])
+    store.add_intent(ws, [1, 2])  # never settled: the run stopped
+    store.write(ws, [(3, 3, b"c2")], [], done_intents=[settled])
+
+    assert store.recover_intents(ws) == 2
+
+    assert store.read_users([1, 2, 3]) == {3: (3, b"c2")}
+    assert store.recover_intents(ws) == 0
+
+
+def test_recovering_intents_leaves_other_workspaces_alone(store: LedgerStore) -> None:
+    one = store.register_workspace("name:one", ENDPOINT, None)
+    two = store.register_workspace("name:two", ENDPOINT, None)
+    store.write(two, [(5, 5, b"e")], [])
+    store.add_intent(two, [5])
+    assert store.recover_intents(one) == 0
+    assert store.read_users([5]) == {5: (5, b"e")}
 
 
 def test_schema_version_is_the_last_migrations() -> None:
@@ -691,7 +744,13 @@ def test_postgres_tables_are_prefixed_ledger(postgres_url: str) -> None:
             row[0]
             for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert tables == {"ledger_meta", "ledger_workspaces", "ledger_users", "ledger_events"}
+    assert tables == {
+        "ledger_meta",
+        "ledger_workspaces",
+        "ledger_users",
+        "ledger_events",
+        "ledger_intents",
+    }
 
 
 @pytest.mark.postgres

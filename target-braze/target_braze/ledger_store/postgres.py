@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -205,9 +206,10 @@ class PostgresLedgerStore(LedgerStore):
         workspace: int,
         users: Sequence[tuple[int, int, bytes]],
         events: Sequence[tuple[int, int, int, int]],
+        done_intents: Sequence[int] = (),
     ) -> None:
         """See `LedgerStore.write`."""
-        if not users and not events:
+        if not users and not events and not done_intents:
             return
         p = self._prefix
         # ON CONFLICT cannot touch one row twice in a statement: one row per key.
@@ -231,8 +233,47 @@ class PostgresLedgerStore(LedgerStore):
                     "ws = excluded.ws, user_k = excluded.user_k, day = excluded.day",
                     (workspace, *map(list, event_cols)),
                 )
+            if done_intents:
+                cur.execute(
+                    f"DELETE FROM {p}intents WHERE id = ANY(%b::bigint[])", (list(done_intents),)
+                )
 
         self._run(write, commit=True)
+
+    @override
+    def add_intent(self, workspace: int, user_keys: Sequence[int]) -> int:
+        """See `LedgerStore.add_intent`."""
+        blob = array("q", user_keys).tobytes()
+
+        def add(cur: Any) -> int:
+            cur.execute(
+                f"INSERT INTO {self._prefix}intents (ws, user_keys) VALUES (%b, %b) RETURNING id",
+                (workspace, blob),
+            )
+            return int(cur.fetchone()[0])
+
+        return int(self._run(add, commit=True))
+
+    @override
+    def recover_intents(self, workspace: int) -> int:
+        """See `LedgerStore.recover_intents`."""
+        p = self._prefix
+
+        def recover(cur: Any) -> int:
+            cur.execute(
+                f"SELECT id, user_keys FROM {p}intents WHERE ws = %b FOR UPDATE", (workspace,)
+            )
+            rows = cur.fetchall()
+            keys = sorted({key for _, blob in rows for key in _keys_of(bytes(blob))})
+            if keys:
+                cur.execute(f"DELETE FROM {p}users WHERE k = ANY(%b::bigint[])", (keys,))
+            if rows:
+                cur.execute(
+                    f"DELETE FROM {p}intents WHERE id = ANY(%b::bigint[])", ([r[0] for r in rows],)
+                )
+            return len(keys)
+
+        return int(self._run(recover, commit=True))
 
     @override
     def forget_events_before(self, workspace: int, day: int) -> int:
@@ -313,3 +354,9 @@ class PostgresLedgerStore(LedgerStore):
         if not self._closed:
             self._closed = True
             self._conn.close()
+
+
+def _keys_of(blob: bytes) -> array[int]:
+    keys = array("q")
+    keys.frombytes(blob)
+    return keys

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +62,7 @@ class SqliteLedgerStore(LedgerStore):
         self._chunk = max(1, min(2000, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)))
         try:
             with self._guard() as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._switch_to_wal(conn)
                 # NORMAL in WAL: a power loss may drop the last commits, never corrupt the
                 # file; a lost ledger write only means that object is sent again.
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -74,6 +76,23 @@ class SqliteLedgerStore(LedgerStore):
         except LedgerError:
             self.close()
             raise
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        """`PRAGMA journal_mode=WAL`, waiting for other openers of a new file.
+
+        Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once
+        (without its busy timeout) while another process or thread does the same: retry
+        until `busy_timeout`, as any other lock is waited for.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _prepare_file(self) -> None:
         """Create the directory (0700) and file (0600): the ledger is per-user state."""
@@ -236,9 +255,10 @@ class SqliteLedgerStore(LedgerStore):
         workspace: int,
         users: Sequence[tuple[int, int, bytes]],
         events: Sequence[tuple[int, int, int, int]],
+        done_intents: Sequence[int] = (),
     ) -> None:
         """See `LedgerStore.write`."""
-        if not users and not events:
+        if not users and not events and not done_intents:
             return
         # Sorted keys walk the b-tree in order: fewer pages touched per commit.
         user_rows = [(k, chk, workspace, e) for k, chk, e in _last_per_key(users)]
@@ -255,6 +275,29 @@ class SqliteLedgerStore(LedgerStore):
                 "user_k = excluded.user_k, day = excluded.day",
                 event_rows,
             )
+            conn.executemany("DELETE FROM intents WHERE id = ?", [(i,) for i in done_intents])
+
+    @override
+    def add_intent(self, workspace: int, user_keys: Sequence[int]) -> int:
+        """See `LedgerStore.add_intent`."""
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO intents (ws, user_keys) VALUES (?, ?)",
+                (workspace, array("q", user_keys).tobytes()),
+            )
+            return int(cur.lastrowid or 0)
+
+    @override
+    def recover_intents(self, workspace: int) -> int:
+        """See `LedgerStore.recover_intents`."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, user_keys FROM intents WHERE ws = ?", (workspace,)
+            ).fetchall()
+            keys = sorted({key for _, blob in rows for key in _keys_of(blob)})
+            conn.executemany("DELETE FROM users WHERE k = ?", [(k,) for k in keys])
+            conn.executemany("DELETE FROM intents WHERE id = ?", [(row[0],) for row in rows])
+        return len(keys)
 
     @override
     def forget_events_before(self, workspace: int, day: int) -> int:
@@ -314,3 +357,9 @@ class SqliteLedgerStore(LedgerStore):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _keys_of(blob: bytes) -> array[int]:
+    keys = array("q")
+    keys.frombytes(blob)
+    return keys
