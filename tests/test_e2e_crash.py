@@ -164,8 +164,30 @@ def _kill_at_progress(
         process.wait()
 
 
+# Both ways the tap can hand records over: RECORD lines (batch_config {}) and BATCH files
+# (the default in meltano.yml), each file holding what one checkpoint covers.
+MODES = ("records", "batch")
+
+
+def mode_settings(mode: str, directory, checkpoint_every: int) -> dict[str, str]:
+    """The tap's settings for one mode, with a STATE every `checkpoint_every` records."""
+    every = str(checkpoint_every)
+    if mode == "records":
+        return {
+            "TAP_PEAK_ATTRIBUTES_BATCH_CONFIG": "{}",
+            "TAP_PEAK_ATTRIBUTES_STATE_MESSAGE_FREQUENCY": every,
+        }
+    config = {
+        "encoding": {"format": "jsonl", "compression": "none"},
+        "storage": {"root": directory.as_uri()},
+        "batch_size": checkpoint_every,  # one BATCH file, then its STATE, per this many
+    }
+    return {"TAP_PEAK_ATTRIBUTES_BATCH_CONFIG": json.dumps(config)}
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_kill_9_at_random_progress_loses_nothing_and_bookmark_never_passes_braze(
-    start_sandbox, make_pipeline, tmp_path
+    start_sandbox, make_pipeline, tmp_path, mode
 ):
     rng = random.Random(SEED)
     warehouse = generate_warehouse(tmp_path / "warehouse.sqlite", CUSTOMERS, seed=SEED)
@@ -175,9 +197,9 @@ def test_kill_9_at_random_progress_loses_nothing_and_bookmark_never_passes_braze
         sandbox,
         warehouse,
         settings={
-            "TAP_PEAK_ATTRIBUTES_STATE_MESSAGE_FREQUENCY": str(STATE_EVERY_RECORDS),
             "TARGET_BRAZE_MAX_CONCURRENT_REQUESTS": str(MAX_IN_FLIGHT),
             "TARGET_BRAZE_MAX_OBJECTS_PER_REQUEST": str(OBJECTS_PER_REQUEST),
+            **mode_settings(mode, tmp_path / "batches", STATE_EVERY_RECORDS),
         },
     )
     log_path = tmp_path / "killed-runs.log"
@@ -236,10 +258,14 @@ def test_kill_9_at_random_progress_loses_nothing_and_bookmark_never_passes_braze
     assert final.returncode == 0, final.describe()
     problems = mismatches(expected_profiles(warehouse), sandbox_attributes(sandbox))
     assert not problems, summarise(problems)
+    if mode == "batch":  # the killed runs' files were removed, the last run's deleted
+        left = sorted(p.name for p in (tmp_path / "batches").iterdir() if ".jsonl" in p.name)
+        assert left == [], left
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_braze_failing_mid_sync_fails_the_run_and_a_rerun_after_it_heals_completes(
-    start_sandbox, make_pipeline, tmp_path
+    start_sandbox, make_pipeline, tmp_path, mode
 ):
     warehouse = copy_sample_warehouse(tmp_path / "warehouse.sqlite")
     sandbox = start_sandbox(fail_after_requests=FAIL_AFTER_REQUESTS)
@@ -247,7 +273,7 @@ def test_braze_failing_mid_sync_fails_the_run_and_a_rerun_after_it_heals_complet
         sandbox,
         warehouse,
         settings={
-            "TAP_PEAK_ATTRIBUTES_STATE_MESSAGE_FREQUENCY": str(FAILPOINT_STATE_EVERY_RECORDS),
+            **mode_settings(mode, tmp_path / "batches", FAILPOINT_STATE_EVERY_RECORDS),
             "TARGET_BRAZE_MAX_CONCURRENT_REQUESTS": "1",
             "TARGET_BRAZE_MAX_OBJECTS_PER_REQUEST": str(OBJECTS_PER_REQUEST),
             "TARGET_BRAZE_MAX_RETRIES": str(FAILPOINT_MAX_RETRIES),

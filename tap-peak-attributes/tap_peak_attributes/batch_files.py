@@ -66,8 +66,13 @@ class BatchSettings:
 
     @classmethod
     def from_config(cls, raw: t.Mapping[str, t.Any] | None) -> BatchSettings | None:
-        """Read `batch_config` (None or empty: no BATCH messages); one clear error if wrong."""
-        if not raw:
+        """Read `batch_config` (None or empty: no BATCH messages); one clear error if wrong.
+
+        singer-sdk fills in `batch_size`'s default, so `{}` arrives as `{"batch_size": N}`:
+        without `encoding` or `storage` it still means "no BATCH messages" (the way to
+        switch the default BATCH mode of meltano.yml off: `TAP_PEAK_ATTRIBUTES_BATCH_CONFIG='{}'`).
+        """
+        if not raw or not (raw.get("encoding") or raw.get("storage")):
             return None
         encoding = raw.get("encoding") or {}
         fmt = encoding.get("format") or FORMAT

@@ -486,3 +486,13 @@ def test_sigterm_in_the_middle_of_a_batch_ends_at_the_last_announced_batch(tmp_p
     assert [r["customer_id"] for r in delivered] == everyone[: len(delivered)]
     with contextlib.suppress(FileNotFoundError):
         assert not any(p.name == open_file for p in root.iterdir())
+
+
+def test_an_empty_batch_config_means_record_messages(sqlite_url, run_cli):
+    # meltano.yml makes BATCH the default; `{}` (which singer-sdk fills with batch_size's
+    # default) must switch it off, not fail for a missing storage root.
+    sample.generate(sqlite_url, 5)
+    run = run_cli({"sqlalchemy_url": sqlite_url, "batch_config": {}})
+    assert run.returncode == 0, run.stderr
+    assert len(run.records()) == 5
+    assert not [m for m in run.messages if m["type"] == "BATCH"]
