@@ -23,6 +23,7 @@ def main() -> None:
     print(
         f"This run: {report['records_in']} changed customers read, "
         f"{report['records_accepted']} accepted by Braze in {report['requests']} requests, "
+        f"{report['unchanged']} unchanged (Braze already holds their values: not sent), "
         f"{report['rejected']} rejected, {report['data_points']} data points "
         f"(outcome: {report['outcome']})."
     )

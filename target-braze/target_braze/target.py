@@ -95,6 +95,18 @@ class TargetBraze(Target):
 
     @classmethod
     @override
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """singer-sdk's built-in settings, but not `batch_config`.
+
+        The `batch` capability (BATCH messages are read, whatever their files' encoding)
+        makes singer-sdk add `batch_config`, which only a plugin writing batch files uses:
+        declared here it would be a setting that does nothing.
+        """
+        super().append_builtin_config(config_jsonschema)
+        config_jsonschema["properties"].pop("batch_config", None)
+
+    @classmethod
+    @override
     def print_about(cls, output_format: str | None = None) -> None:
         """`--about`, with the markdown header unindented.
 
