@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,11 @@ class ProcessRun:
 
     `cpu_seconds` and `max_rss_mb` include the process's own waited-for children (for
     `meltano run`: the tap and the target), never the sandbox or this runner.
+    `own_cpu_seconds` is the process's alone, children excluded (for `meltano run`:
+    Meltano's relay); None where `/proc` could not tell. `others_cpu_seconds`: CPU the
+    rest of the machine used meanwhile (every core's busy time from /proc/stat, less this
+    runner's, the measured process's and the server's): other people's work competing for
+    the cores, the mark of a number taken on a busy machine.
     """
 
     wall_seconds: float
@@ -34,6 +40,9 @@ class ProcessRun:
     max_rss_mb: float
     returncode: int
     sandbox_cpu_seconds: float | None = None
+    own_cpu_seconds: float | None = None
+    children_cpu_seconds: float | None = None
+    others_cpu_seconds: float | None = None
 
     @property
     def cpu_seconds(self) -> float:
@@ -61,11 +70,17 @@ def run_measured(
     cwd: Path | None = None,
     sandbox_pid: int | None = None,
     check: bool = True,
+    inherit_env: bool = True,
 ) -> ProcessRun:
-    """Run `command` to completion and return its wall time, CPU and peak RSS."""
-    full_env = {**os.environ, **(env or {})}
+    """Run `command` to completion and return its wall time, CPU and peak RSS.
+
+    `env` is added to this process's environment, or with `inherit_env=False` is the whole
+    environment. `sandbox_pid`: a server process whose CPU over the run is reported too.
+    """
+    full_env = {**os.environ, **(env or {})} if inherit_env else dict(env or {})
     sandbox = _process(sandbox_pid)
     sandbox_before = _cpu(sandbox)
+    machine_before, ours_before = machine_busy_seconds(), own_tree_seconds()
     with tempfile.TemporaryDirectory(prefix="bench-spawn-") as tmp:
         result_path = Path(tmp) / "run.json"
         launcher = [sys.executable, "-I", "-S", str(SPAWN), str(result_path), *command]
@@ -88,6 +103,17 @@ def run_measured(
         measured = json.loads(result_path.read_text(encoding="utf-8"))
     returncode = int(measured["returncode"])
     sandbox_after = _cpu(sandbox)
+    machine_after, ours_after = machine_busy_seconds(), own_tree_seconds()
+    server = (
+        sandbox_after - sandbox_before
+        if sandbox_after is not None and sandbox_before is not None
+        else 0.0
+    )
+    others = None
+    if machine_after is not None and machine_before is not None:
+        ours = ours_after - ours_before
+        others = max(0.0, machine_after - machine_before - ours - server)
+    split = measured.get("split") or {}
     run = ProcessRun(
         wall_seconds=measured["wall_seconds"],
         user_seconds=measured["user_seconds"],
@@ -99,6 +125,13 @@ def run_measured(
             if sandbox_after is not None and sandbox_before is not None
             else None
         ),
+        own_cpu_seconds=(
+            split["own_user_seconds"] + split["own_system_seconds"] if split else None
+        ),
+        children_cpu_seconds=(
+            split["children_user_seconds"] + split["children_system_seconds"] if split else None
+        ),
+        others_cpu_seconds=others,
     )
     if check and returncode != 0:
         tail = ""
@@ -139,6 +172,24 @@ def _cpu(process: psutil.Process | None) -> float | None:
     return float(times.user + times.system)
 
 
+def machine_busy_seconds() -> float | None:
+    """Busy CPU seconds of every core since boot (/proc/stat: all but idle and iowait)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_tree_seconds() -> float:
+    """This runner's CPU seconds and its reaped children's (the measured runs among them)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def median(values: Sequence[float | None]) -> float | None:
     """Median of the non-missing values (None when there are none)."""
     present = [v for v in values if v is not None]
@@ -164,4 +215,36 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in load],
+    }
+
+
+def rate_row(run: ProcessRun, records: int) -> dict[str, Any]:
+    """One run's JSON row: its measurement, the records it handled and records/s."""
+    row = run.as_dict()
+    row["records"] = records
+    row["records_per_second"] = round(records / run.wall_seconds, 1)
+    row["cpu_seconds_per_100k"] = round(run.cpu_seconds / max(records, 1) * 100_000, 3)
+    if run.others_cpu_seconds is not None:
+        # Cores' worth of other processes' work during the run (0 = the machine was ours).
+        row["others_cores"] = round(run.others_cpu_seconds / run.wall_seconds, 3)
+    return row
+
+
+def summary(label: str, unit: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A measurement: its label, every run, and each numeric field's median."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [
+            k
+            for k, v in run.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in keys
+        ]
+    keys = [k for k in keys if k != "returncode"]
+    medians = {k: median([r.get(k) for r in runs]) for k in keys}
+    return {
+        "label": label,
+        "unit": unit,
+        "repeats": len(runs),
+        "median": {k: round(v, 4) if isinstance(v, float) else v for k, v in medians.items()},
+        "runs": runs,
     }

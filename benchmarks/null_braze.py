@@ -6,6 +6,9 @@ request body, Content-Length framing only). It counts requests and bytes and pri
 them on SIGTERM. Not a fidelity test: use braze-sandbox for that.
 
     python benchmarks/null_braze.py --port 0 --ready-file /tmp/url
+
+The benchmark starts it with `NullBrazeProcess` (a context manager: its URL, its pid so
+its CPU can be read beside the measured process's, and the counts it printed at exit).
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ import asyncio
 import contextlib
 import json
 import signal
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 _ANSWER = b'{"message":"success"}'
 _RESPONSE = (
@@ -77,6 +85,63 @@ async def _serve(port: int, ready_file: str | None) -> None:
     await stop.wait()
     server.close()
     print(json.dumps({"requests": Counts.requests, "bytes": Counts.bytes}), file=sys.stderr)
+
+
+class NullBrazeProcess:
+    """This stand-in in its own process (its CPU is never the measured process's)."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        """Not started yet; `python` runs it (stdlib only: `-I -S` keeps it small)."""
+        self._python = python
+        self._process: subprocess.Popen[bytes] | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="null-braze-")
+        self.url = ""
+        self.counts: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id."""
+        return self._process.pid if self._process is not None else None
+
+    def __enter__(self) -> NullBrazeProcess:
+        ready = Path(self._tmp.name) / "url"
+        self._stderr = Path(self._tmp.name) / "stderr"
+        with self._stderr.open("wb") as stderr:
+            self._process = subprocess.Popen(
+                [self._python, "-I", "-S", __file__, "--ready-file", str(ready)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + 30
+        while not (ready.exists() and ready.read_text()):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self._stop()
+                msg = f"null_braze did not start: {self._stderr.read_text()[-2000:]}"
+                raise RuntimeError(msg)
+            time.sleep(0.02)
+        self.url = ready.read_text().strip()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        lines = self._stderr.read_text().strip().splitlines() if self._stderr.exists() else []
+        with contextlib.suppress(ValueError, IndexError):
+            self.counts = json.loads(lines[-1])
+        self._tmp.cleanup()
 
 
 def main() -> None:
