@@ -2,26 +2,25 @@
 
     .venv/bin/python -m benchmarks --rows 1000000 --repeat 3
 
-Steps, all in one run so every ratio compares numbers taken on the same machine at the
-same time:
+Stages, all in one run so every ratio compares numbers taken on the same machine at the
+same time (each stage's module says exactly what it runs):
 
 1. generate a Peak warehouse (`peak-sample generate`) of `--rows` customers in SQLite
    (and PostgreSQL when available);
-2. (a) the tap alone, `--repeat` times (the first run records the Singer stream);
-3. (b) target-braze alone from the recorded stream into a sandbox with its rate limit
-   off, interleaved with the framework floor (a discarding singer-sdk target), on the
-   same `--compare-rows` slice; once more on the whole stream (throughput and memory
-   at full size); the naive one-record-per-request target on `--naive-records`;
-4. (d) target-braze against a sandbox enforcing `--rate-limit` requests per
-   `--rate-window` seconds;
-5. levers: target-braze and the floor with one setting changed (validation, reader,
-   concurrency), one run each on the compare slice;
-6. (c) `meltano run tap-peak-attributes target-braze` (when `meltano.yml` exists);
-7. (e) peak memory of target-braze at 100k (compare slice) and at full size;
-8. optional profile of target-braze (`--profile`).
+2. (a) `tap_runs`: the tap alone, RECORD and BATCH mode, full and reading nothing (the
+   first run records the Singer stream later stages read);
+3. (f) `target_alone`: target-braze on the Peak-shaped wide stream into null_braze,
+   interleaved with the strongest singer-sdk floor; the py-spy profile (issue 9);
+4. (g) `ledger_cost`: target-braze with the delivery ledger off, empty, full and
+   unchanged, full and all changed; a 1M first sync and a 10% delta (issue 8);
+5. (c) `pipeline`: `meltano run tap-peak-attributes target-braze`, RECORD and BATCH
+   mode, into null_braze, with Meltano's own share (issue 10);
+6. (b) and (d) `sandbox_runs`: target-braze into braze-sandbox beside the default floor
+   and the naive target, levers, and against the sandbox's rate limit.
 
-Results: `<output-dir>/latest.json` (raw per-repeat numbers), `<output-dir>/throughput.png`
-and the markdown report (`BENCHMARKS.md` at the repository root by default).
+Every tap and target runs from its Meltano venv (`plugins`). Results:
+`<output-dir>/latest.json` (raw per-repeat numbers), `<output-dir>/throughput.png` and
+the markdown report (`BENCHMARKS.md` at the repository root by default).
 """
 
 from __future__ import annotations
@@ -35,27 +34,29 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 if __package__ in {None, ""}:  # `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from braze_sandbox.testing import SandboxProcess
+from benchmarks import (
+    charts,
+    goals,
+    ledger_cost,
+    pipeline,
+    plugins,
+    report,
+    sandbox_runs,
+    tap_runs,
+    target_alone,
+)
+from benchmarks.measure import ProcessRun, machine, run_measured
+from benchmarks.singer_files import count_records, slice_stream
 
-from benchmarks import report
-from benchmarks.measure import ProcessRun, machine, median, run_measured
-from benchmarks.profile import hotspots
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = plugins.ROOT
 BENCH = ROOT / "benchmarks"
-BIN = Path(sys.executable).parent
-STREAM = "customer_attributes"
-API_KEY = "bench-key"
-T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -63,63 +64,15 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def tool(name: str) -> str:
-    """A console script of the venv running this benchmark."""
-    path = BIN / name
-    return str(path) if path.exists() else name
-
-
-def patient(call: Callable[[], T], attempts: int = 20) -> T:
-    """Call the sandbox's admin API, waiting out its journal fold.
-
-    When traffic pauses the sandbox folds its profile journal into SQLite; after a
-    million profiles that blocks it for longer than its client's 30 s timeout.
-    """
-    for attempt in range(attempts):
-        try:
-            return call()
-        except (TimeoutError, OSError):
-            if attempt == attempts - 1:
-                raise
-            log("sandbox busy (folding its journal?), retrying")
-            time.sleep(2)
-    raise AssertionError("unreachable")
-
-
-# --------------------------------------------------------------------------- streams
-
-
-def slice_stream(source: Path, target: Path, records: int) -> int:
-    """Copy the first `records` RECORD messages (with SCHEMA/STATE lines around them)."""
-    count = 0
-    with source.open("rb") as src, target.open("wb") as dst:
-        for line in src:
-            is_record = line.startswith(b'{"type":"RECORD"') or b'"type":"RECORD"' in line[:40]
-            if is_record:
-                if count >= records:
-                    break
-                count += 1
-            dst.write(line)
-    return count
-
-
-def count_records(path: Path) -> int:
-    """RECORD messages in a Singer stream file."""
-    with path.open("rb") as handle:
-        return sum(1 for line in handle if b'"type":"RECORD"' in line[:40])
-
-
-# --------------------------------------------------------------------------- stages
-
-
 class Bench:
     """The state of one benchmark run: options, work files, results."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        """A work directory (`--work-dir` or a temporary one) and empty results."""
         self.args = args
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if args.work_dir:
-            self.work = Path(args.work_dir)
+            self.work = Path(args.work_dir).resolve()
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="peak-bench-")
             self.work = Path(self._tmp.name)
@@ -128,6 +81,7 @@ class Bench:
         self.logs.mkdir(exist_ok=True)
         self.results: dict[str, Any] = {
             "machine": machine(),
+            "tree": plugins.git_tree(),
             "command": shlex.join([".venv/bin/python", "-m", "benchmarks", *sys.argv[1:]]),
             "parameters": {
                 k: v for k, v in vars(args).items() if k not in {"output_dir", "markdown"}
@@ -135,8 +89,11 @@ class Bench:
             "notes": [],
             "warehouses": {},
             "measurements": {},
+            "stages": {},
         }
         self._run_id = 0
+        self.stream = self.work / f"stream-{args.rows}.jsonl"
+        self.stream_records = 0
 
     # -- helpers ------------------------------------------------------------------
 
@@ -144,6 +101,11 @@ class Bench:
     def measurements(self) -> dict[str, Any]:
         """Results by measurement key."""
         return self.results["measurements"]
+
+    @staticmethod
+    def log(message: str) -> None:
+        """Progress on stderr."""
+        log(message)
 
     def note(self, text: str) -> None:
         """A remark for the report."""
@@ -161,18 +123,6 @@ class Bench:
         path.write_text(json.dumps(data), encoding="utf-8")
         return path
 
-    @contextmanager
-    def sandbox(self, **options: Any) -> Iterator[SandboxProcess]:
-        """A braze-sandbox process (never this process: its CPU is not the target's)."""
-        with SandboxProcess(api_key=API_KEY, **options) as sandbox:
-            yield sandbox
-
-    @staticmethod
-    def sandbox_pid(sandbox: SandboxProcess) -> int | None:
-        """The sandbox's process id, to measure its CPU next to the target's."""
-        process = getattr(sandbox, "_process", None)
-        return process.pid if process is not None else None
-
     # -- 1. warehouses ------------------------------------------------------------
 
     def generate(self) -> None:
@@ -188,6 +138,7 @@ class Bench:
             "generate_seconds": round(run.wall_seconds, 2),
             "bytes": sqlite_path.stat().st_size,
         }
+        self.sqlite_path = sqlite_path
         self.sqlite_url = url
         self.postgres_url: str | None = None
         postgres = self.postgres()
@@ -201,9 +152,9 @@ class Bench:
             self.postgres_url = postgres
 
     def _generate(self, url: str, extra: list[str]) -> ProcessRun:
-        log(f"generating {self.args.rows:,} customers into {url.rsplit('@', maxsplit=1)[-1]}")
+        self.log(f"generating {self.args.rows:,} customers into {url.rsplit('@', maxsplit=1)[-1]}")
         command = [
-            tool("peak-sample"),
+            plugins.tool("peak-sample"),
             "generate",
             "--url",
             url,
@@ -247,31 +198,11 @@ class Bench:
         lines = result.stdout.strip().splitlines()
         return lines[-1] if lines else None
 
-    # -- 2. (a) the tap -----------------------------------------------------------
+    # -- 2. (a) the tap, and the slices of its stream ----------------------------------
 
     def tap(self) -> None:
-        """The tap alone, to a file: rows/s. The first SQLite run records the stream."""
-        self.stream = self.work / f"stream-{self.args.rows}.jsonl"
-        sources: list[tuple[str, str, dict[str, str]]] = [("sqlite", self.sqlite_url, {})]
-        if self.postgres_url:
-            sources.append(("postgresql", self.postgres_url, {"schema": self.args.postgres_schema}))
-        for name, url, extra in sources:
-            config = self.write_json(f"tap-{name}.json", {"sqlalchemy_url": url, **extra})
-            runs = []
-            for repeat in range(self.args.repeat):
-                record = name == "sqlite" and repeat == 0
-                out = self.stream if record else self.work / f"tap-{name}-out.jsonl"
-                log(f"(a) tap alone ({name}) {repeat + 1}/{self.args.repeat}")
-                run = run_measured(
-                    [tool("tap-peak-attributes"), "--config", str(config)],
-                    stdout_path=out,
-                    stderr_path=self.logfile(f"tap-{name}"),
-                )
-                records = count_records(out)
-                runs.append(self._rate_row(run, records))
-                if not record:
-                    out.unlink()
-            self.measurements[f"tap_{name}"] = self._summary(f"(a) tap alone, {name}", "rows", runs)
+        """(a); then the slices of the recorded stream the sandbox stages read."""
+        tap_runs.measure(self)
         self.stream_records = count_records(self.stream)
         compare = min(self.args.compare_rows, self.stream_records)
         self.compare_stream = self.work / f"stream-compare-{compare}.jsonl"
@@ -280,385 +211,6 @@ class Bench:
         self.naive_records = slice_stream(
             self.stream, self.naive_stream, min(self.args.naive_records, self.stream_records)
         )
-
-    # -- 3. (b) target-braze vs the floor and the naive target ----------------------
-
-    def braze_config(self, url: str, name: str, **overrides: Any) -> tuple[Path, Path]:
-        """A target-braze config writing its run report next to it."""
-        report_path = self.work / f"report-{name}.json"
-        config = {
-            "api_key": API_KEY,
-            "rest_endpoint": url,
-            "max_requests_per_window": 0,
-            "run_report_path": str(report_path),
-            "progress_interval_seconds": 60,
-            **overrides,
-        }
-        return self.write_json(f"target-braze-{name}.json", config), report_path
-
-    def run_braze(
-        self,
-        sandbox: SandboxProcess,
-        stream: Path,
-        records: int,
-        name: str,
-        **overrides: Any,
-    ) -> dict[str, Any]:
-        """One target-braze run from a recorded stream; the sandbox is reset first."""
-        patient(sandbox.reset)
-        config, report_path = self.braze_config(sandbox.url, name, **overrides)
-        run = run_measured(
-            [tool("target-braze"), "--config", str(config)],
-            stdin_path=stream,
-            stderr_path=self.logfile(f"target-braze-{name}"),
-            sandbox_pid=self.sandbox_pid(sandbox),
-        )
-        run_report = json.loads(report_path.read_text(encoding="utf-8"))
-        stats = patient(sandbox.stats)
-        row = self._rate_row(run, records)
-        requests = int(run_report.get("requests", 0))
-        row.update(
-            requests=requests,
-            requests_per_second=round(requests / run.wall_seconds, 1),
-            cpu_seconds_per_100k=round(run.cpu_seconds / max(records, 1) * 100_000, 3),
-            records_in=run_report.get("records_in"),
-            rate_limited=run_report.get("rate_limited"),
-            retries=run_report.get("retries"),
-            sandbox_objects_applied=stats.get("objects_applied"),
-            sandbox_max_in_flight=stats.get("max_in_flight"),
-        )
-        return row
-
-    def run_discard(self, stream: Path, records: int, name: str, **env: str) -> dict[str, Any]:
-        """One run of the framework floor (a singer-sdk target that discards)."""
-        config = self.write_json(f"discard-{name}.json", json.loads(env.pop("CONFIG", "{}")))
-        run = run_measured(
-            [
-                sys.executable,
-                str(BENCH / "baselines" / "discard_target.py"),
-                "--config",
-                str(config),
-            ],
-            stdin_path=stream,
-            stderr_path=self.logfile(f"discard-{name}"),
-            env=env,
-        )
-        row = self._rate_row(run, records)
-        row["cpu_seconds_per_100k"] = round(run.cpu_seconds / max(records, 1) * 100_000, 3)
-        return row
-
-    def targets_alone(self) -> None:
-        """(b), the floor and the naive target, into one sandbox with its limit off."""
-        with self.sandbox(rate_limit=0) as sandbox:
-            braze_runs: list[dict[str, Any]] = []
-            floor_runs: list[dict[str, Any]] = []
-            for repeat in range(self.args.repeat):
-                log(
-                    f"(b) target-braze vs floor on {self.compare_records:,} records, "
-                    f"{repeat + 1}/{self.args.repeat}"
-                )
-                braze_runs.append(
-                    self.run_braze(sandbox, self.compare_stream, self.compare_records, "compare")
-                )
-                floor_runs.append(
-                    self.run_discard(self.compare_stream, self.compare_records, "floor")
-                )
-            for braze, floor in zip(braze_runs, floor_runs, strict=True):
-                braze["floor_wall_ratio"] = round(floor["wall_seconds"] / braze["wall_seconds"], 3)
-            self.measurements["target_braze_compare"] = self._summary(
-                "(b) target-braze alone, rate limit off", "records", braze_runs
-            )
-            self.measurements["floor_compare"] = self._summary(
-                "baseline: singer-sdk discard target (framework floor)", "records", floor_runs
-            )
-
-            if self.stream_records > self.compare_records:
-                full_runs = []
-                for repeat in range(self.args.full_repeat):
-                    log(
-                        f"(b/e) target-braze on all {self.stream_records:,} records "
-                        f"{repeat + 1}/{self.args.full_repeat}"
-                    )
-                    full_runs.append(
-                        self.run_braze(sandbox, self.stream, self.stream_records, "full")
-                    )
-                self.measurements["target_braze_full"] = self._summary(
-                    "(b) target-braze alone, whole stream", "records", full_runs
-                )
-
-            naive_runs = []
-            for repeat in range(self.args.repeat):
-                log(
-                    f"naive target on {self.naive_records:,} records "
-                    f"{repeat + 1}/{self.args.repeat}"
-                )
-                patient(sandbox.reset)
-                run = run_measured(
-                    [
-                        sys.executable,
-                        str(BENCH / "baselines" / "naive_target.py"),
-                        "--url",
-                        sandbox.url,
-                        "--api-key",
-                        API_KEY,
-                        "--limit",
-                        str(self.naive_records),
-                    ],
-                    stdin_path=self.naive_stream,
-                    stderr_path=self.logfile("naive"),
-                    sandbox_pid=self.sandbox_pid(sandbox),
-                )
-                row = self._rate_row(run, self.naive_records)
-                row["ms_per_record"] = round(run.wall_seconds / self.naive_records * 1000, 3)
-                row["sandbox_objects_applied"] = patient(sandbox.stats).get("objects_applied")
-                naive_runs.append(row)
-            self.measurements["naive"] = self._summary(
-                f"baseline: naive target, one record per request ({self.naive_records:,} "
-                "records only)",
-                "records",
-                naive_runs,
-            )
-            if self.args.levers:
-                self.levers(sandbox)
-
-    def levers(self, sandbox: SandboxProcess) -> None:
-        """One setting changed at a time, one run each, on the compare slice."""
-        stream, records = self.compare_stream, self.compare_records
-        variants: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
-            (
-                "lever_braze_no_validation",
-                "target-braze, validate_records false",
-                lambda: self.run_braze(sandbox, stream, records, "noval", validate_records=False),
-            ),
-            (
-                "lever_braze_concurrency_1",
-                "target-braze, max_concurrent_requests 1",
-                lambda: self.run_braze(sandbox, stream, records, "c1", max_concurrent_requests=1),
-            ),
-            (
-                "lever_braze_concurrency_4",
-                "target-braze, max_concurrent_requests 4",
-                lambda: self.run_braze(sandbox, stream, records, "c4", max_concurrent_requests=4),
-            ),
-            (
-                "lever_floor_no_validation",
-                "floor, validate_records false",
-                lambda: self.run_discard(
-                    stream, records, "noval", CONFIG='{"validate_records": false}'
-                ),
-            ),
-            (
-                "lever_floor_msgspec",
-                "floor, msgspec reader",
-                lambda: self.run_discard(
-                    stream, records, "msgspec", BENCH_DISCARD_READER="msgspec"
-                ),
-            ),
-            (
-                "lever_floor_msgspec_no_validation",
-                "floor, msgspec reader + validate_records false",
-                lambda: self.run_discard(
-                    stream,
-                    records,
-                    "msgspec-noval",
-                    BENCH_DISCARD_READER="msgspec",
-                    CONFIG='{"validate_records": false}',
-                ),
-            ),
-        ]
-        for key, label, measure in variants:
-            log(f"lever: {label}")
-            self.measurements[key] = self._summary(f"lever: {label}", "records", [measure()])
-
-    # -- 4. (d) rate limit ----------------------------------------------------------
-
-    def rate_limited(self) -> None:
-        """target-braze against a sandbox enforcing a scaled Braze limit."""
-        limit, window = self.args.rate_limit, self.args.rate_window
-        per_request = self.args.rate_objects_per_request
-        wanted = limit * per_request * self.args.rate_windows
-        records = min(wanted, self.stream_records)
-        stream = self.work / f"stream-rate-{records}.jsonl"
-        records = slice_stream(self.stream, stream, records)
-        runs = []
-        with self.sandbox(rate_limit=limit, rate_window=window) as sandbox:
-            for repeat in range(self.args.repeat):
-                log(
-                    f"(d) rate limit {limit}/{window}s on {records:,} records "
-                    f"{repeat + 1}/{self.args.repeat}"
-                )
-                row = self.run_braze(
-                    sandbox,
-                    stream,
-                    records,
-                    "rate",
-                    max_requests_per_window=limit,
-                    rate_limit_window_seconds=window,
-                    max_objects_per_request=per_request,
-                )
-                stats = patient(sandbox.stats)
-                arrivals = sorted(
-                    entry["time"]
-                    for entry in patient(sandbox.requests_log)
-                    if entry.get("status") not in {0, "0"}
-                )
-                row.update(
-                    limit_requests_per_second=round(limit / window, 2),
-                    sandbox_requests=stats.get("requests"),
-                    sandbox_429=stats.get("rate_limited"),
-                    max_arrivals_in_window=stats.get("max_arrivals_in_window"),
-                    over_limit=bool((stats.get("max_arrivals_in_window") or 0) > limit),
-                    **steady_state(arrivals, limit, window),
-                )
-                runs.append(row)
-        self.measurements["rate_limited"] = self._summary(
-            f"(d) target-braze vs sandbox limit {limit} requests / {window:g} s "
-            f"({per_request} objects per request)",
-            "records",
-            runs,
-        )
-
-    # -- 6. (c) meltano run ----------------------------------------------------------
-
-    def meltano(self) -> None:
-        """The whole `meltano run`, with the sandbox URL in the environment."""
-        if not (ROOT / "meltano.yml").exists():
-            self.note("(c) not measured: no meltano.yml at the repository root yet.")
-            return
-        meltano = tool("meltano")
-        if not (ROOT / ".meltano" / "loaders" / "target-braze").exists():
-            log("meltano install (plugins not installed yet)")
-            subprocess.run(
-                [meltano, "install"],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
-        runs = []
-        with self.sandbox(rate_limit=0) as sandbox:
-            for repeat in range(self.args.repeat):
-                log(f"(c) meltano run {repeat + 1}/{self.args.repeat}")
-                patient(sandbox.reset)
-                report_path = self.work / "report-meltano.json"
-                env = {
-                    "TAP_PEAK_ATTRIBUTES_SQLALCHEMY_URL": self.sqlite_url,
-                    "TARGET_BRAZE_REST_ENDPOINT": sandbox.url,
-                    "TARGET_BRAZE_API_KEY": API_KEY,
-                    "TARGET_BRAZE_MAX_REQUESTS_PER_WINDOW": "0",
-                    "TARGET_BRAZE_RUN_REPORT_PATH": str(report_path),
-                    "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-                }
-                run = run_measured(
-                    [
-                        meltano,
-                        "--environment",
-                        "dev",
-                        "run",
-                        "--force",
-                        "--state-id-suffix",
-                        f"bench-{uuid.uuid4().hex[:12]}",
-                        "tap-peak-attributes",
-                        "target-braze",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stderr_path=self.logfile("meltano"),
-                    sandbox_pid=self.sandbox_pid(sandbox),
-                )
-                records_in = None
-                if report_path.exists():
-                    records_in = json.loads(report_path.read_text()).get("records_in")
-                    report_path.unlink()
-                applied = int(patient(sandbox.stats).get("objects_applied") or 0)
-                row = self._rate_row(run, int(records_in or applied))
-                row.update(records_in=records_in, sandbox_objects_applied=applied)
-                runs.append(row)
-        self.measurements["meltano_run"] = self._summary(
-            "(c) meltano run tap-peak-attributes target-braze", "rows", runs
-        )
-
-    # -- 8. profile -------------------------------------------------------------------
-
-    def profile(self, output_dir: Path) -> None:
-        """pyinstrument over target-braze on the compare slice (main thread)."""
-        if shutil.which("pyinstrument", path=str(BIN)) is None:
-            self.note("profile skipped: pyinstrument is not installed in this venv.")
-            return
-        with self.sandbox(rate_limit=0) as sandbox:
-            config, _ = self.braze_config(sandbox.url, "profile")
-            session = self.work / "target-braze.pyisession"
-            log(f"profiling target-braze on {self.compare_records:,} records")
-            run_measured(
-                [
-                    str(BIN / "pyinstrument"),
-                    "--renderer",
-                    "session",
-                    "--outfile",
-                    str(session),
-                    "-m",
-                    "target_braze",
-                    "--config",
-                    str(config),
-                ],
-                stdin_path=self.compare_stream,
-                stderr_path=self.logfile("profile"),
-            )
-        text = output_dir / "profile-target-braze.txt"
-        subprocess.run(
-            [
-                str(BIN / "pyinstrument"),
-                "--load",
-                str(session),
-                "--renderer",
-                "text",
-                "--outfile",
-                str(text),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        self.results["profile"] = {
-            "records": self.compare_records,
-            "path": text.name,
-            **hotspots(session),
-        }
-
-    # -- summaries --------------------------------------------------------------------
-
-    @staticmethod
-    def _rate_row(run: ProcessRun, records: int) -> dict[str, Any]:
-        row = run.as_dict()
-        row["records"] = records
-        row["records_per_second"] = round(records / run.wall_seconds, 1)
-        return row
-
-    @staticmethod
-    def _summary(label: str, unit: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "returncode"]
-        medians = {k: median([r.get(k) for r in runs]) for k in keys}
-        return {
-            "label": label,
-            "unit": unit,
-            "repeats": len(runs),
-            "median": {k: round(v, 4) if isinstance(v, float) else v for k, v in medians.items()},
-            "runs": runs,
-        }
-
-
-def steady_state(arrivals: list[float], limit: int, window: float) -> dict[str, Any]:
-    """Requests/s after the first window and before the last request, and its share."""
-    if len(arrivals) < 2:
-        return {"steady_requests_per_second": None, "share_of_limit": None}
-    start = arrivals[0] + window
-    end = arrivals[-1]
-    if end - start < window:
-        return {"steady_requests_per_second": None, "share_of_limit": None}
-    count = sum(1 for t in arrivals if start <= t <= end)
-    rate = count / (end - start)
-    return {
-        "steady_requests_per_second": round(rate, 2),
-        "share_of_limit": round(rate / (limit / window), 4),
-    }
 
 
 # --------------------------------------------------------------------------- CLI
@@ -698,9 +250,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--postgres", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--postgres-schema", default="bench_publish")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--ledger-repeat",
+        type=int,
+        default=None,
+        help="repeats of the ledger measurements (g) (default: --repeat)",
+    )
+    parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     parser.add_argument("--no-levers", dest="levers", action="store_false")
-    parser.add_argument("--no-meltano", dest="meltano", action="store_false")
-    parser.add_argument("--profile", action="store_true", help="pyinstrument target-braze")
+    parser.add_argument("--no-meltano", dest="meltano", action="store_false", help="skip (c)")
+    parser.add_argument("--no-ledger", dest="ledger", action="store_false", help="skip (g)")
+    parser.add_argument(
+        "--no-sandbox", dest="sandbox", action="store_false", help="skip (b) and (d)"
+    )
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="no py-spy")
     parser.add_argument(
         "--output-dir", default=str(BENCH / "results"), help="JSON, PNG (and profile)"
     )
@@ -718,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure nothing: re-render chart and markdown from this results JSON",
     )
     args = parser.parse_args(argv)
+    if args.ledger_repeat is None:
+        args.ledger_repeat = args.repeat
     if args.markdown is None:
         default_output = Path(args.output_dir).resolve() == (BENCH / "results").resolve()
         args.markdown = str(
@@ -733,33 +298,49 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-        results["goals"] = report.goals(results)
+        results["goals"] = goals.evaluate(results)
         write_outputs(results, output_dir, Path(args.markdown))
         return 0
     bench = Bench(args)
     for text in args.note:
         bench.note(text)
     started = time.perf_counter()
-    bench.generate()
-    bench.tap()
     stages: list[tuple[str, Callable[[], None]]] = [
-        ("target-braze alone and baselines", bench.targets_alone),
-        ("rate limit", bench.rate_limited),
+        ("warehouse", bench.generate),
+        ("(a) tap alone", bench.tap),
+        ("(f) target-braze alone, wide stream", lambda: target_alone.measure(bench)),
     ]
-    if args.meltano:
-        stages.append(("meltano run", bench.meltano))
     if args.profile:
-        stages.append(("profile", lambda: bench.profile(output_dir)))
+        stages.append(("(f) profile", lambda: target_alone.profile(bench, output_dir)))
+    if args.ledger:
+        stages.append(("(g) ledger", lambda: ledger_cost.measure(bench)))
+    if args.meltano:
+        stages.append(("(c) meltano run", lambda: pipeline.measure(bench)))
+    if args.sandbox:
+        stages += [
+            ("(b) target-braze and baselines, sandbox", lambda: sandbox_runs.targets_alone(bench)),
+            ("(d) rate limit", lambda: sandbox_runs.rate_limited(bench)),
+        ]
     for name, stage in stages:
+        stage_started = time.perf_counter()
+        load = [round(x, 2) for x in os.getloadavg()]
         try:
             stage()
         except Exception as exc:  # keep what was measured; report the failure
             bench.note(f"stage '{name}' failed: {type(exc).__name__}: {str(exc)[:300]}")
             bench.results.setdefault("failed_stages", []).append(name)
+            if name in {"warehouse", "(a) tap alone"}:
+                break  # every later stage reads what these make
+        finally:
+            bench.results["stages"][name] = {
+                "seconds": round(time.perf_counter() - stage_started, 1),
+                "load_average_at_start": load,
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            }
         (output_dir / "partial.json").write_text(json.dumps(bench.results, indent=2), "utf-8")
     (output_dir / "partial.json").unlink(missing_ok=True)
     bench.results["duration_seconds"] = round(time.perf_counter() - started, 1)
-    bench.results["goals"] = report.goals(bench.results)
+    bench.results["goals"] = goals.evaluate(bench.results)
     write_outputs(bench.results, output_dir, Path(args.markdown))
     log(f"done in {bench.results['duration_seconds']} s")
     return 1 if bench.results.get("failed_stages") else 0
@@ -770,7 +351,7 @@ def write_outputs(results: dict[str, Any], output_dir: Path, markdown: Path) -> 
     json_path = output_dir / "latest.json"
     json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     chart = output_dir / "throughput.png"
-    report.chart(results, chart)
+    charts.draw(results, chart)
     markdown.write_text(report.markdown(results, markdown, chart, json_path), "utf-8")
     log(f"wrote {json_path}, {chart}, {markdown}")
 

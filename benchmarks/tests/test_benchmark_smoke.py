@@ -1,6 +1,7 @@
-"""The benchmark command at a tiny size: it runs end to end and writes its outputs.
+"""The benchmark command at a tiny size: every stage runs end to end and writes its outputs.
 
-No timing assertions: CI machines are noisy; this only keeps the command from rotting.
+No timing assertions: CI machines are noisy; this only keeps the command from rotting, and
+checks what each stage counts (records, requests, data points), which is not noisy.
 """
 
 import json
@@ -42,9 +43,21 @@ def test_benchmark_command_tiny(tmp_path: Path) -> None:
     data = json.loads((out / "latest.json").read_text())
     assert data["machine"]["nproc"] >= 1
     assert data["warehouses"]["sqlite"]["rows"] == 600
+    assert not data.get("failed_stages"), data["notes"]
     measurements = data["measurements"]
     for key in (
         "tap_sqlite",
+        "tap_sqlite_batch",
+        "wide_target_slice",
+        "wide_target_full",
+        "wide_floor_slice",
+        "wide_floor_full",
+        "ledger_off",
+        "ledger_empty",
+        "ledger_full_unchanged",
+        "ledger_full_changed",
+        "ledger_delta_with",
+        "ledger_delta_without",
         "target_braze_compare",
         "target_braze_full",
         "floor_compare",
@@ -60,14 +73,45 @@ def test_benchmark_command_tiny(tmp_path: Path) -> None:
             assert run["cpu_seconds"] > 0, key
             assert run["max_rss_mb"] > 0, key
     assert measurements["tap_sqlite"]["runs"][0]["records"] == 600
+    assert measurements["tap_sqlite_batch"]["runs"][0]["records"] == 600
+    assert measurements["wide_target_full"]["runs"][0]["records_in"] == 600
+    assert measurements["wide_target_full"]["runs"][0]["data_points"] == 600 * 9
+    assert measurements["wide_target_slice"]["runs"][0]["floor_wall_ratio"] > 0
+    assert measurements["wide_target_empty"]["runs"][0]["records"] == 0
+
+    # The ledger: a full ledger and an unchanged stream send nothing; every record
+    # changed sends everything; the delta sends exactly the values that changed.
+    assert measurements["ledger_full_unchanged"]["runs"][0]["requests"] == 0
+    assert measurements["ledger_full_unchanged"]["runs"][0]["unchanged"] == 300
+    assert measurements["ledger_full_changed"]["runs"][0]["data_points"] == 300 * 9
+    ledger = data["ledger"]
+    assert ledger["users"] == 600
+    assert ledger["file_bytes"] > 0
+    assert ledger["delta_records"] == ledger["model_run"]["customers_changed"] == 60
+    assert ledger["delta_data_points_with"] == ledger["model_run"]["values_changed"]
+    assert ledger["delta_data_points_without"] > ledger["delta_data_points_with"]
+
+    # The whole pipeline in both modes, with Meltano's own share apart from its children's.
+    for mode in ("record", "batch"):
+        run = measurements[f"meltano_{mode}"]["runs"][0]
+        assert run["records"] == 600, mode
+        assert 0 < run["meltano_own_cpu_seconds"] < run["cpu_seconds"], mode
+        assert measurements[f"meltano_{mode}_empty"]["runs"][0]["records"] == 0, mode
+    assert measurements["meltano_record_ledger"]["runs"][0]["records"] == 600
+
     assert measurements["target_braze_full"]["runs"][0]["records"] == 600
     assert measurements["target_braze_full"]["runs"][0]["sandbox_objects_applied"] == 600
     assert measurements["target_braze_compare"]["runs"][0]["requests"] > 0
     assert measurements["naive"]["runs"][0]["sandbox_objects_applied"] == 50
     assert measurements["rate_limited"]["runs"][0]["sandbox_429"] == 0
-    if (ROOT / "meltano.yml").exists():
-        assert measurements["meltano_run"]["runs"][0]["records"] == 600
-    assert len(data["goals"]) == 5
+
+    profile = data["profile"]
+    assert profile["samples"] > 0
+    assert profile["self"]
+    assert profile["inclusive"]
+    assert (out / "profile-target-braze.txt").read_text().startswith("py-spy")
+
+    assert {g["issue"] for g in data["goals"]} >= {"8", "9", "10"}
     assert {g["status"] for g in data["goals"]} <= {"pass", "miss", "not measured"}
 
     png = (out / "throughput.png").read_bytes()
@@ -77,5 +121,7 @@ def test_benchmark_command_tiny(tmp_path: Path) -> None:
     markdown = (out / "BENCHMARKS.md").read_text()
     for section in ("# Benchmarks", "## How to run", "## This run", "## Goals", "## Results"):
         assert section in markdown
+    for stage in ("(f) target-braze alone", "(g) The delivery ledger", "(c) The whole pipeline"):
+        assert stage in markdown
     assert "throughput.png" in markdown
     assert data["machine"]["cpu_model"] in markdown

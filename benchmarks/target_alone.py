@@ -1,0 +1,297 @@
+"""(f) target-braze alone on the Peak-shaped wide stream, beside the strongest floor (issue 9).
+
+Into null_braze (a stand-in costing almost nothing, so the Braze side takes no core), the
+rate limit off and the ledger off, target-braze runs from its Meltano venv with its other
+settings as shipped (`validate_records` true among them). Beside it, in the same run and
+interleaved, the floor: singer-sdk's discard target with the msgspec reader and
+`validate_records: false`, from the same venv. Each repeat runs both on the
+`--compare-rows` slice and on an input with the SCHEMA only (start-up and teardown alone,
+for the marginal CPU); then both on the whole `--rows` stream (throughput and peak memory
+at full size). The order alternates between repeats.
+
+Then the profile: py-spy over target-braze on the slice (`--gil`: samples of the thread
+holding the GIL, which is where Python's CPU goes; waits and the kernel's share of socket
+I/O are not in it), and one unprofiled run whose threads' CPU is read from /proc, for the
+split between the main thread and the sender threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks import plugins, wide_stream
+from benchmarks.measure import median, rate_row, run_measured, summary
+from benchmarks.null_braze import NullBrazeProcess
+from benchmarks.profile import hotspots, text
+
+if TYPE_CHECKING:
+    from benchmarks.run import Bench
+
+API_KEY = "bench-key"
+FLOOR = Path(__file__).resolve().parent / "baselines" / "discard_target.py"
+LEDGER_OFF = {"send_only_changes": False, "deduplicate_events": False}
+
+
+def braze_config(bench: Bench, url: str, name: str, **overrides: Any) -> tuple[Path, Path]:
+    """A target-braze config into `url`: rate limit off, a run report next to it."""
+    report_path = bench.work / f"report-{name}.json"
+    config = {
+        "api_key": API_KEY,
+        "rest_endpoint": url,
+        "max_requests_per_window": 0,
+        "run_report_path": str(report_path),
+        "rejected_records_path": str(bench.work / f"rejects-{name}.jsonl"),
+        "progress_interval_seconds": 60,
+        **overrides,
+    }
+    return bench.write_json(f"target-braze-{name}.json", config), report_path
+
+
+def run_target(
+    bench: Bench,
+    url: str,
+    stream: Path,
+    records: int,
+    name: str,
+    server_pid: int | None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """One target-braze run (Meltano venv) from a stream file; its row with the report."""
+    config, report_path = braze_config(bench, url, name, **overrides)
+    report_path.unlink(missing_ok=True)
+    run = run_measured(
+        [plugins.target_braze(), "--config", str(config)],
+        stdin_path=stream,
+        stderr_path=bench.logfile(f"target-braze-{name}"),
+        sandbox_pid=server_pid,
+        env=plugins.clean_environment(),
+        inherit_env=False,
+    )
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    row = rate_row(run, records)
+    requests = int(report.get("requests", 0))
+    row.update(
+        requests=requests,
+        requests_per_second=round(requests / run.wall_seconds, 1),
+        records_in=report.get("records_in"),
+        objects_sent=report.get("objects_sent"),
+        data_points=report.get("data_points"),
+        unchanged=report.get("unchanged"),
+        rejected=report.get("rejected"),
+    )
+    if records and report.get("records_in") != records:
+        msg = f"target-braze read {report.get('records_in')} records of {records} ({name})"
+        raise RuntimeError(msg)
+    return row
+
+
+def run_floor(bench: Bench, stream: Path, records: int, name: str) -> dict[str, Any]:
+    """One run of the strongest floor: discard target, msgspec reader, no validation."""
+    config = bench.write_json("floor-strongest.json", {"validate_records": False})
+    env = plugins.clean_environment()
+    env["BENCH_DISCARD_READER"] = "msgspec"
+    run = run_measured(
+        [plugins.target_python(), str(FLOOR), "--config", str(config)],
+        stdin_path=stream,
+        stderr_path=bench.logfile(f"floor-{name}"),
+        env=env,
+        inherit_env=False,
+    )
+    return rate_row(run, records)
+
+
+def streams(bench: Bench) -> dict[str, tuple[Path, int]]:
+    """The wide streams: the slice, the whole size and SCHEMA only (generated once)."""
+    small = min(bench.args.compare_rows, bench.args.rows)
+    out: dict[str, tuple[Path, int]] = {}
+    for key, count in (("slice", small), ("full", bench.args.rows)):
+        path = bench.work / f"wide-{count}.jsonl"
+        if not path.exists():
+            wide_stream.write_file(path, count, seed=bench.args.seed)
+        out[key] = (path, count)
+    empty = bench.work / "wide-empty.jsonl"
+    wide_stream.write_file(empty, 0)
+    out["empty"] = (empty, 0)
+    return out
+
+
+def measure(bench: Bench) -> None:
+    """Interleaved repeats of target-braze and the floor: slice, empty input, whole stream."""
+    inputs = streams(bench)
+    repeat = bench.args.repeat
+    runs: dict[str, list[dict[str, Any]]] = {
+        f"{who}_{size}": [] for who in ("target", "floor") for size in inputs
+    }
+    with NullBrazeProcess() as null:
+        for index in range(repeat):
+            plan = [(who, size) for size in ("slice", "empty") for who in ("target", "floor")]
+            for who, size in plan if index % 2 == 0 else list(reversed(plan)):
+                stream, records = inputs[size]
+                bench.log(f"(f) wide stream, {who} on {size} ({records:,}) {index + 1}/{repeat}")
+                if who == "target":
+                    row = run_target(
+                        bench, null.url, stream, records, f"wide-{size}", null.pid, **LEDGER_OFF
+                    )
+                else:
+                    row = run_floor(bench, stream, records, size)
+                runs[f"{who}_{size}"].append(row)
+        for index in range(repeat):
+            whole = ["target", "floor"] if index % 2 == 0 else ["floor", "target"]
+            stream, records = inputs["full"]
+            for who in whole:
+                bench.log(f"(f) wide stream, {who} on all {records:,} {index + 1}/{repeat}")
+                if who == "target":
+                    row = run_target(
+                        bench, null.url, stream, records, "wide-full", null.pid, **LEDGER_OFF
+                    )
+                else:
+                    row = run_floor(bench, stream, records, "full")
+                runs[f"{who}_full"].append(row)
+    for size in inputs:
+        for target, floor in zip(runs[f"target_{size}"], runs[f"floor_{size}"], strict=True):
+            target["floor_wall_ratio"] = round(floor["wall_seconds"] / target["wall_seconds"], 3)
+    labels = {
+        "slice": "wide stream, slice",
+        "full": "wide stream, whole",
+        "empty": "SCHEMA only (start-up)",
+    }
+    for size, label in labels.items():
+        bench.measurements[f"wide_target_{size}"] = summary(
+            f"(f) target-braze, {label}, null_braze, ledger off", "records", runs[f"target_{size}"]
+        )
+        bench.measurements[f"wide_floor_{size}"] = summary(
+            f"floor: discard target, msgspec, validate_records false, {label}",
+            "records",
+            runs[f"floor_{size}"],
+        )
+    bench.results["wide_stream"] = {
+        "attributes": wide_stream.ATTRIBUTES,
+        "schema": wide_stream.SCHEMA["schema"]["properties"],
+        **{
+            f"marginal_cpu_per_100k_{who}_{size}": marginal(bench, who, size)
+            for who in ("target", "floor")
+            for size in ("slice", "full")
+        },
+    }
+
+
+def marginal(bench: Bench, who: str, size: str) -> float | None:
+    """CPU per 100k records with start-up excluded: (run - SCHEMA-only run) / records."""
+    full = bench.measurements.get(f"wide_{who}_{size}")
+    empty = bench.measurements.get(f"wide_{who}_empty")
+    if not full or not empty or not full["median"].get("records"):
+        return None
+    cpu = full["median"]["cpu_seconds"] - empty["median"]["cpu_seconds"]
+    return round(cpu / full["median"]["records"] * 100_000, 3)
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile(bench: Bench, output_dir: Path) -> None:
+    """py-spy over target-braze on the wide slice, and its threads' CPU split."""
+    py_spy = Path(plugins.tool("py-spy"))
+    if not py_spy.exists() and shutil.which("py-spy") is None:
+        bench.note("profile skipped: py-spy is not installed in this venv.")
+        return
+    stream, records = streams(bench)["slice"]
+    raw = bench.work / "profile-target-braze.raw.txt"
+    with NullBrazeProcess() as null:
+        config, _ = braze_config(bench, null.url, "profile", **LEDGER_OFF)
+        bench.log(f"(f) profiling target-braze on {records:,} wide records (py-spy)")
+        run = run_measured(
+            [
+                str(py_spy),
+                "record",
+                "--gil",
+                "--function",
+                "--rate",
+                str(bench.args.profile_rate),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--",
+                plugins.target_braze(),
+                "--config",
+                str(config),
+            ],
+            stdin_path=stream,
+            stderr_path=bench.logfile("profile"),
+            env=plugins.clean_environment(),
+            inherit_env=False,
+        )
+        threads = thread_cpu(
+            [plugins.target_braze(), "--config", str(config)],
+            stream,
+            bench.logfile("profile-threads"),
+        )
+    found = hotspots(raw)
+    header = (
+        f"py-spy --gil of target-braze ({plugins.TARGET_VENV}) on {records:,} Peak-shaped wide "
+        f"records into null_braze, ledger off; profiled run {run.wall_seconds:.1f} s wall."
+    )
+    path = output_dir / "profile-target-braze.txt"
+    path.write_text(text(found, header), encoding="utf-8")
+    bench.results["profile"] = {
+        "tool": "py-spy record --gil --function",
+        "records": records,
+        "path": path.name,
+        "profiled_wall_seconds": round(run.wall_seconds, 2),
+        "thread_cpu_seconds": threads,
+        **found,
+    }
+
+
+def thread_cpu(command: list[str], stream: Path, stderr_path: Path) -> dict[str, float]:
+    """CPU seconds per thread kind of one run, from /proc/<pid>/task (polled every 20 ms).
+
+    A thread's last reading before it exits is kept, so the split is slightly low; it is a
+    proportion, not a measurement of record (those come from wait4).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[str, float] = {}
+    with stream.open("rb") as stdin, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=plugins.clean_environment(),
+        )
+        tasks = Path(f"/proc/{process.pid}/task")
+        while process.poll() is None:
+            try:
+                for task in tasks.iterdir():
+                    try:
+                        stat = (task / "stat").read_text()
+                    except OSError:
+                        continue
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    seen[task.name] = (int(fields[11]) + int(fields[12])) / tick
+            except OSError:
+                pass
+            time.sleep(0.02)
+    main = seen.pop(str(process.pid), 0.0)
+    return {
+        "main_thread": round(main, 2),
+        "other_threads": round(sum(seen.values()), 2),
+        "threads_seen": len(seen) + 1,
+    }
+
+
+def ratio_runs(bench: Bench, size: str) -> list[float]:
+    """floor wall / target-braze wall per repeat."""
+    measurement = bench.measurements.get(f"wide_target_{size}") or {"runs": []}
+    return [r["floor_wall_ratio"] for r in measurement["runs"] if "floor_wall_ratio" in r]
+
+
+def median_ratio(bench: Bench, size: str) -> float | None:
+    """The median floor/target wall ratio."""
+    return median(ratio_runs(bench, size))
