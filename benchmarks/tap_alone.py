@@ -140,13 +140,13 @@ def tap_alone(
             )
     summary = {}
     for name, runs in results.items():
-        full, empty = statistics.median(runs["full"]), statistics.median(runs["empty"])
+        full_cpu, empty_cpu = statistics.median(runs["full"]), statistics.median(runs["empty"])
         summary[name] = {
-            "cpu_seconds_median": round(full, 3),
+            "cpu_seconds_median": round(full_cpu, 3),
             "cpu_seconds_runs": [round(x, 3) for x in runs["full"]],
-            "cpu_per_100k_rows": round(full / rows * 100_000, 3),
-            "empty_run_cpu_seconds_median": round(empty, 3),
-            "marginal_cpu_per_100k_rows": round((full - empty) / rows * 100_000, 3),
+            "cpu_per_100k_rows": round(full_cpu / rows * 100_000, 3),
+            "empty_run_cpu_seconds_median": round(empty_cpu, 3),
+            "marginal_cpu_per_100k_rows": round((full_cpu - empty_cpu) / rows * 100_000, 3),
             "wall_seconds_median": round(statistics.median(runs["wall"]), 3),
             "rows_per_second": round(rows / statistics.median(runs["wall"])),
         }
