@@ -236,6 +236,15 @@ def test_a_fresh_container_resumes_from_the_bookmark_in_s3_and_braze_ends_equal_
             "TARGET_BRAZE_REST_ENDPOINT": sandbox.url,
             "TARGET_BRAZE_LEDGER_URL": ledger_database,
             "TAP_PEAK_ATTRIBUTES_STATE_MESSAGE_FREQUENCY": str(STATE_EVERY),
+            # meltano.yml's default BATCH mode, with a checkpoint every STATE_EVERY rows too
+            # (each container's own directory: a path relative to its project).
+            "TAP_PEAK_ATTRIBUTES_BATCH_CONFIG": json.dumps(
+                {
+                    "encoding": {"format": "jsonl", "compression": "none"},
+                    "storage": {"root": "file://batch-files"},
+                    "batch_size": STATE_EVERY,
+                }
+            ),
         }
     )
 
