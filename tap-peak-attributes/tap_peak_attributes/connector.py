@@ -326,10 +326,6 @@ class Warehouse:
             return column, to_utc
         return column, lambda value: to_utc(value).replace(tzinfo=None)
 
-    def dispose(self) -> None:
-        """Close pooled connections."""
-        self.engine.dispose()
-
 
 def _utc_session_postgres(dbapi_connection: t.Any, _record: t.Any) -> None:
     """Run sessions in UTC so casts of text and timestamptz arithmetic agree with Python.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from tap_peak_attributes.timestamps import format_utc, parse_setting
+from tap_peak_attributes.timestamps import parse_setting
 
 REPLICATION_KEY = "updated_at"
 #: Extra key in the stream's STATE bookmark: the id of the last record emitted.
@@ -43,12 +43,6 @@ class Bookmark:
             parse_setting(str(value), "STATE replication_key_value"),
             None if last_id is None else str(last_id),
         )
-
-    def write(self, state: dict[str, t.Any]) -> None:
-        """Store the bookmark in the fixed format singer-sdk compares as text."""
-        state["replication_key"] = REPLICATION_KEY
-        state["replication_key_value"] = format_utc(self.updated_at)
-        state[LAST_ID_KEY] = self.last_id
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import weakref
 
 import msgspec
 from singer_sdk.singerlib.encoding.base import GenericSingerWriter, SingerMessageType
+from typing_extensions import override
 
 from tap_peak_attributes.errors import TapPeakError, TapStopped
 
@@ -89,10 +90,12 @@ class SingerOutput(GenericSingerWriter[bytes, "Message"]):
 
     # --- encoding -------------------------------------------------------------------
 
+    @override
     def serialize_message(self, message: Message) -> bytes:
         """One JSON line; records are written through `write_record`, not this."""
         return ENCODER.encode(message.to_dict()) + b"\n"
 
+    @override
     def write_message(self, message: Message) -> None:
         """Buffer a message; anything but a RECORD is written out at once, with the buffer."""
         self._append(self.serialize_message(message))

@@ -216,6 +216,7 @@ class PeakAttributesStream(Stream):
         """Attribute properties of the record schema, keyed by prefixed name."""
         raise NotImplementedError
 
+    @override
     def get_records(self, context: types.Context | None) -> t.Iterable[dict]:
         """The shape's records; the buffered RECORD lines are written after the last one.
 
@@ -338,6 +339,7 @@ class PeakAttributesStream(Stream):
 
     # --- singer-sdk state hooks -----------------------------------------------------
 
+    @override
     def get_replication_key_signpost(self, context: types.Context | None = None) -> None:
         """No signpost: the query itself caps rows at sync start (see `window`)."""
         return
@@ -434,6 +436,7 @@ class PeakAttributesStream(Stream):
                 writer.write_record(prefix, mapped, suffix)
         self.state_manager.is_flushed = False
 
+    @override
     def generate_child_contexts(
         self, record: types.Record, context: types.Context | None
     ) -> t.Iterable[types.Context | None]:
@@ -442,6 +445,7 @@ class PeakAttributesStream(Stream):
 
     # --- BATCH messages ------------------------------------------------------------
 
+    @override
     def get_batch_config(self, config: t.Mapping) -> BatchConfig | None:
         """The validated `batch_config` (see `batch_files.BatchSettings`), or None."""
         settings = self._tap.batch_settings  # type: ignore[attr-defined]
@@ -527,6 +531,7 @@ class WideAttributesStream(PeakAttributesStream):
 
     primary_keys = ("customer_id",)
 
+    @override
     def discover_attributes(self, conn: sa.Connection) -> dict[str, dict[str, t.Any]]:
         """Every column but id and updated-at, narrowed by `attributes`/`exclude_attributes`."""
         candidates = [c for c in self.table.columns if c not in {self.id_column, self.ts_column}]
@@ -549,6 +554,7 @@ class WideAttributesStream(PeakAttributesStream):
             for key, column in self.attribute_columns.items()
         }
 
+    @override
     def records(self, context: types.Context | None) -> t.Iterator[dict]:
         """Yield one record per row, in (updated_at, customer_id) order."""
         selected = self.selected_attributes()
@@ -581,6 +587,7 @@ class LongAttributesStream(PeakAttributesStream):
 
     primary_keys = ("customer_id", REPLICATION_KEY)
 
+    @override
     def discover_attributes(self, conn: sa.Connection) -> dict[str, dict[str, t.Any]]:
         """Attribute names from `attributes` or the data; types from the map or inferred."""
         self.name_column = self.table.column(
@@ -618,10 +625,12 @@ class LongAttributesStream(PeakAttributesStream):
             properties[key] = ATTRIBUTE_TYPES[kind]
         return properties
 
+    @override
     def unusable_condition(self, source: sa.TableClause, ts: sa.ColumnElement[t.Any]) -> t.Any:
         """Also count rows without an attribute name."""
         return sa.or_(super().unusable_condition(source, ts), source.c[self.name_column].is_(None))
 
+    @override
     def records(self, context: types.Context | None) -> t.Iterator[dict]:
         """Group consecutive rows of one (updated_at, customer) into one record."""
         ts_convert = value_converter({"type": ["string"], "format": "date-time"})

@@ -364,6 +364,7 @@ class TapPeakAttributes(Tap):
             )
             raise TapPeakError(msg)
 
+    @override
     @classmethod
     def cb_config(cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]) -> t.Any:
         """Read the --config files; a missing or malformed one is one clear line."""
@@ -378,6 +379,7 @@ class TapPeakAttributes(Tap):
             msg = f"--config {culprit} is not valid JSON ({_first_line(exc)}); fix it"
             raise TapPeakError(msg) from None
 
+    @override
     @classmethod
     def invoke(  # type: ignore[override]
         cls,
@@ -521,6 +523,7 @@ class TapPeakAttributes(Tap):
             raise TapPeakError(msg)
         return settings
 
+    @override
     def discover_streams(self) -> list[PeakAttributesStream]:
         """One stream per configured table, typed by reflecting it."""
         shapes: dict[str, type[PeakAttributesStream]] = {
