@@ -42,6 +42,29 @@ _SCRUBBED_PREFIXES = ("TAP_", "TARGET_", "MELTANO_")
 RUN_TIMEOUT_SECONDS = 300
 
 
+def postgres_server_url() -> str:
+    """TEST_POSTGRES_URL, or the loopback server scripts/postgres starts (never skipped).
+
+    scripts/test exports TEST_POSTGRES_URL; a test run on its own starts the server here.
+    A failure to start it fails the test: a PostgreSQL test that silently skipped would
+    prove nothing.
+    """
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if url:
+        return url
+    started = subprocess.run(
+        [str(PROJECT_ROOT / "scripts" / "postgres")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if started.returncode != 0 or not started.stdout.strip():
+        msg = f"no PostgreSQL server (scripts/postgres failed): {started.stderr[-2000:]}"
+        raise RuntimeError(msg)
+    return started.stdout.strip().splitlines()[-1]
+
+
 def ensure_plugins_installed() -> None:
     """`meltano install` once, if the project's plugins are not installed yet."""
     if (PROJECT_SYS_DIR / "extractors" / TAP).is_dir() and (

@@ -43,6 +43,7 @@ from pipeline_harness import (
     expected_profiles,
     generate_warehouse,
     mismatches,
+    postgres_server_url,
     read_warehouse,
     rows_up_to,
     sandbox_attributes,
@@ -118,26 +119,10 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
-def postgres_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if url:
-        return url
-    started = subprocess.run(
-        [str(PROJECT_ROOT / "scripts" / "postgres")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if started.returncode != 0 or not started.stdout.strip():
-        pytest.fail(f"no PostgreSQL server (scripts/postgres): {started.stderr[-2000:]}")
-    return started.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture
 def ledger_database() -> Iterator[str]:
     """A fresh PostgreSQL database for the ledger; dropped afterwards. Its URL, no password."""
-    server = sa.make_url(postgres_url())
+    server = sa.make_url(postgres_server_url())
     name = f"deploy_ledger_{uuid.uuid4().hex[:10]}"
     conninfo = server.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as connection:

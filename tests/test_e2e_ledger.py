@@ -21,7 +21,7 @@ from pipeline_harness import (
     sandbox_attributes,
     summarise,
 )
-from test_e2e_reuse import TAP_POSTGRES, _install_tap_postgres
+from test_e2e_reuse import TAP_POSTGRES, _install_tap_postgres, tap_postgres_settings
 
 pytestmark = pytest.mark.e2e
 app_database = test_e2e_reuse.app_database  # the fixture: a fresh schema on the test server
@@ -130,12 +130,7 @@ def test_events_reach_braze_once_across_a_failed_run_its_fix_and_a_full_re_emit(
         sandbox,
         tap=TAP_POSTGRES,
         settings={
-            "TAP_POSTGRES_HOST": db.url.host or "127.0.0.1",
-            "TAP_POSTGRES_PORT": str(db.url.port or 5432),
-            "TAP_POSTGRES_USER": db.url.username or "postgres",
-            "TAP_POSTGRES_PASSWORD": db.url.password or "unused-with-trust-auth",
-            "TAP_POSTGRES_DATABASE": db.url.database or "postgres",
-            "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([db.schema]),
+            **tap_postgres_settings(db),
             "TARGET_BRAZE_STREAM_MAPS": json.dumps(maps),
             "TARGET_BRAZE_STREAM_MAPPINGS": json.dumps(
                 {

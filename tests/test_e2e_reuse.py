@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import subprocess
 import uuid
@@ -16,7 +15,14 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from pipeline_harness import MELTANO, PROJECT_ROOT, PROJECT_SYS_DIR, same_value, summarise
+from pipeline_harness import (
+    MELTANO,
+    PROJECT_ROOT,
+    PROJECT_SYS_DIR,
+    postgres_server_url,
+    same_value,
+    summarise,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -28,22 +34,6 @@ PLANS = ("free", "pro", "team", None)
 EVENT_NAMES = ("signed_in", "invited_teammate", "upgraded_plan", "exported_report")
 SOURCES = ("web", "ios", "android")
 START = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
-
-
-def _postgres_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if url:
-        return url
-    started = subprocess.run(
-        [str(PROJECT_ROOT / "scripts" / "postgres")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if started.returncode != 0 or not started.stdout.strip():
-        pytest.fail(f"no PostgreSQL server (scripts/postgres): {started.stderr[-2000:]}")
-    return started.stdout.strip().splitlines()[-1]
 
 
 def _install_tap_postgres() -> None:
@@ -102,7 +92,7 @@ def _app_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 @pytest.fixture
 def app_database() -> Iterator[AppDatabase]:
-    url = sa.make_url(_postgres_url())
+    url = sa.make_url(postgres_server_url())
     schema = "e2e_reuse_" + uuid.uuid4().hex[:10]
     users, events = _app_rows()
     conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -134,6 +124,20 @@ def app_database() -> Iterator[AppDatabase]:
     finally:
         with psycopg.connect(conninfo, autocommit=True) as connection:
             connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def tap_postgres_settings(db: AppDatabase) -> dict[str, str]:
+    """tap-postgres's settings for the test schema of `db`."""
+    return {
+        "TAP_POSTGRES_HOST": db.url.host or "127.0.0.1",
+        "TAP_POSTGRES_PORT": str(db.url.port or 5432),
+        "TAP_POSTGRES_USER": db.url.username or "postgres",
+        # tap-postgres 0.10.0 insists on a password; the test server trusts loopback
+        # connections and never asks for it.
+        "TAP_POSTGRES_PASSWORD": db.url.password or "unused-with-trust-auth",
+        "TAP_POSTGRES_DATABASE": db.url.database or "postgres",
+        "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([db.schema]),
+    }
 
 
 def _instant(value: Any) -> dt.datetime:
@@ -179,14 +183,7 @@ def test_postgres_users_and_events_arrive_in_braze_through_target_braze(
         sandbox,
         tap=TAP_POSTGRES,
         settings={
-            "TAP_POSTGRES_HOST": db.url.host or "127.0.0.1",
-            "TAP_POSTGRES_PORT": str(db.url.port or 5432),
-            "TAP_POSTGRES_USER": db.url.username or "postgres",
-            # tap-postgres 0.10.0 insists on a password; the test server trusts loopback
-            # connections and never asks for it.
-            "TAP_POSTGRES_PASSWORD": db.url.password or "unused-with-trust-auth",
-            "TAP_POSTGRES_DATABASE": db.url.database or "postgres",
-            "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([db.schema]),
+            **tap_postgres_settings(db),
             "TARGET_BRAZE_STREAM_MAPPINGS": json.dumps(
                 {
                     users_stream: {

@@ -42,6 +42,7 @@ from pipeline_harness import (
     expected_profiles,
     generate_warehouse,
     mismatches,
+    postgres_server_url,
     sandbox_attributes,
     summarise,
 )
@@ -275,22 +276,6 @@ def test_braze_key_from_braze_api_key_is_in_no_file_under_meltano_during_a_run_o
 # The warehouse: PostgreSQL (Redshift's protocol) with a login role that has a password --
 
 
-def _postgres_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if url:
-        return url
-    started = subprocess.run(
-        [str(PROJECT_ROOT / "scripts" / "postgres")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if started.returncode != 0 or not started.stdout.strip():
-        pytest.fail(f"no PostgreSQL server (scripts/postgres): {started.stderr[-2000:]}")
-    return started.stdout.strip().splitlines()[-1]
-
-
 @dataclass
 class PasswordWarehouse:
     """A Peak-like warehouse database readable by a role that logs in with a password."""
@@ -302,7 +287,7 @@ class PasswordWarehouse:
 
 @pytest.fixture
 def password_warehouse() -> Iterator[PasswordWarehouse]:
-    server = sa.make_url(_postgres_url())
+    server = sa.make_url(postgres_server_url())
     name = "secrets_" + uuid.uuid4().hex[:10]
     role = "peak_reader_" + uuid.uuid4().hex[:10]
     password = _new_secret("warehouse-password")

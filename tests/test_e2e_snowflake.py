@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import snowflake.connector
 from pipeline_harness import mismatches, sandbox_attributes, summarise
+from snowflake_emulator import (
+    LEGACY_URL_PARAMS,
+    SnowflakeEmulator,
+    start_snowflake_emulator,
+    stop_snowflake_emulator,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,77 +30,16 @@ CUSTOMERS = 150
 CHANGES = 10
 DATABASE = "PEAK_E2E"
 MODEL_RUN_1 = "2026-11-21 06:00:00"
-_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-
-
-class Emulator:
-    """A `fakesnow -s` server process (Snowflake's HTTP protocol on 127.0.0.1)."""
-
-    def __init__(self, log_path: Path) -> None:
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "fakesnow", "-s"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and self.process.poll() is None:
-            found = _LISTENING.search(log_path.read_text(errors="replace"))
-            if found:
-                self.port = int(found.group(1))
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"fakesnow did not start: {log_path.read_text()[-2000:]}")
-
-    def url(self) -> str:
-        """The URL a user would give, plus the emulator's endpoint (plain http)."""
-        return (
-            f"snowflake://fake:snow@fakesnow/{DATABASE}"
-            f"?host=127.0.0.1&port={self.port}&protocol=http"
-        )
-
-    def execute(self, *statements: str) -> list[list[tuple]]:
-        """Run SQL with the Snowflake connector itself; the rows of each statement."""
-        connection = snowflake.connector.connect(
-            user="fake",
-            password="snow",
-            account="fakesnow",
-            host="127.0.0.1",
-            port=self.port,
-            protocol="http",
-            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        )
-        try:
-            cursor = connection.cursor()
-            results = []
-            for statement in statements:
-                cursor.execute(statement)
-                results.append(cursor.fetchall() if cursor.description else [])
-            return results
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        """SIGINT, which `fakesnow -s` waits for; kill if it lingers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    started = Emulator(tmp_path / "fakesnow.log")
+def emulator(tmp_path: Path) -> Iterator[SnowflakeEmulator]:
+    started = start_snowflake_emulator(tmp_path / "fakesnow.log")
     yield started
-    started.stop()
+    stop_snowflake_emulator(started)
 
 
-def seed_warehouse(emulator: Emulator) -> None:
+def seed_warehouse(emulator: SnowflakeEmulator) -> None:
     """Model run 1 for every customer, in PUBLISH, with unquoted (UPPER-case) names."""
     rows = ", ".join(
         f"('C{n:07d}', {round(n / CUSTOMERS, 4)}, '{'high' if n % 4 == 0 else 'low'}', "
@@ -110,6 +49,7 @@ def seed_warehouse(emulator: Emulator) -> None:
         for n in range(1, CUSTOMERS + 1)
     )
     emulator.execute(
+        None,
         f"CREATE DATABASE {DATABASE}",
         f"CREATE SCHEMA {DATABASE}.PUBLISH",
         f"CREATE TABLE {DATABASE}.PUBLISH.CUSTOMER_ATTRIBUTES (CUSTOMER_ID VARCHAR(16), "
@@ -122,26 +62,28 @@ def seed_warehouse(emulator: Emulator) -> None:
     )
 
 
-def model_run(emulator: Emulator, customers: list[str]) -> None:
+def model_run(emulator: SnowflakeEmulator, customers: list[str]) -> None:
     """A later model run changing `customers`, stamped just before the next sync starts."""
     at = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)).strftime("%Y-%m-%d %H:%M:%S")
     ids = ", ".join(f"'{c}'" for c in customers)
     emulator.execute(
+        None,
         f"UPDATE {DATABASE}.PUBLISH.CUSTOMER_ATTRIBUTES SET CHURN_RISK = 'high', "
         f"LIFETIME_VALUE = LIFETIME_VALUE + 100, UPDATED_AT = '{at}' "
-        f"WHERE CUSTOMER_ID IN ({ids})"
+        f"WHERE CUSTOMER_ID IN ({ids})",
     )
 
 
-def expected_profiles(emulator: Emulator) -> dict[str, dict[str, Any]]:
+def expected_profiles(emulator: SnowflakeEmulator) -> dict[str, dict[str, Any]]:
     """What Braze should hold per customer, read from the warehouse with the connector.
 
     Attribute keys: `peak_` + the lower-case column name; numbers as Braze stores them
     (NUMBER(38,0) whole, the rest floats), VARIANT parsed; NULL is no attribute.
     """
     (rows,) = emulator.execute(
+        None,
         "SELECT CUSTOMER_ID, CHURN_PROBABILITY, CHURN_RISK, LIFETIME_VALUE, ORDERS_LAST_YEAR, "
-        f"IS_HIGH_VALUE, NEXT_BEST_PRODUCTS FROM {DATABASE}.PUBLISH.CUSTOMER_ATTRIBUTES"
+        f"IS_HIGH_VALUE, NEXT_BEST_PRODUCTS FROM {DATABASE}.PUBLISH.CUSTOMER_ATTRIBUTES",
     )
     names = ("churn_probability", "churn_risk", "lifetime_value", "orders_last_year")
     names += ("is_high_value", "next_best_products")
@@ -169,10 +111,10 @@ def test_meltano_run_from_snowflake_sends_every_customer_then_nothing_then_the_c
     pipeline = make_pipeline(
         sandbox,
         settings={
-            "TAP_PEAK_ATTRIBUTES_SQLALCHEMY_URL": emulator.url(),
+            "TAP_PEAK_ATTRIBUTES_SQLALCHEMY_URL": emulator.url(DATABASE),
             # snowflake-sqlalchemy takes host/protocol from a URL only with this opt-in;
             # a real account's URL needs neither.
-            "SNOWFLAKE_SQLALCHEMY_LEGACY_URL_PARAMS": "1",
+            LEGACY_URL_PARAMS: "1",  # the emulator's URL names its host and port
         },
     )
 

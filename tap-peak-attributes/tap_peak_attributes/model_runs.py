@@ -23,10 +23,8 @@ import datetime as dt
 import typing as t
 from dataclasses import dataclass
 
-import requests
-
 from tap_peak_attributes.errors import TapPeakError
-from tap_peak_attributes.peak_api import base_url
+from tap_peak_attributes.peak_api import base_url, get_json
 
 EXECUTIONS_PATH = "/workflows/api/v1/workflows/executions/{workflow_id}"
 SUCCESS = "Success"
@@ -135,38 +133,22 @@ def _get_page(
     key_source: str,
     workflow_id: str | int,
 ) -> dict[str, t.Any]:
-    try:
-        response = requests.get(
-            url,
-            params={"statuses": SUCCESS, "pageSize": str(PAGE_SIZE), "pageNumber": str(page)},
-            headers={"Authorization": api_key, "Accept": "application/json"},
-            timeout=timeout,
-        )
-    except requests.RequestException as exc:
-        msg = f"cannot reach Peak's API at {base}: {type(exc).__name__}"
-        raise TapPeakError(msg) from None
-    if response.status_code in {401, 403}:
-        msg = (
-            f"Peak refused {key_source} (HTTP {response.status_code}) when asked for the runs "
-            f"of workflow {workflow_id}: the key is wrong, expired (tenant API keys last 3 "
-            "months) or lacks access to workflows"
-        )
-        raise TapPeakError(msg)
-    if response.status_code == 404:
-        msg = f"Peak knows no workflow {workflow_id} (HTTP 404): check the model's workflow id"
-        raise TapPeakError(msg)
-    if not response.ok:
-        msg = f"Peak's workflows API answered HTTP {response.status_code} for {url}"
-        raise TapPeakError(msg)
-    try:
-        answer = response.json()
-    except ValueError:
-        msg = f"Peak's workflows API did not answer JSON at {url}"
-        raise TapPeakError(msg) from None
-    if not isinstance(answer, dict):
-        msg = "Peak's workflows API answered an unexpected document (not an object)"
-        raise TapPeakError(msg)
-    return answer
+    return get_json(
+        url,
+        {"statuses": SUCCESS, "pageSize": str(PAGE_SIZE), "pageNumber": str(page)},
+        api_key,
+        api="workflows",
+        base=base,
+        timeout=timeout,
+        refused=(
+            f"Peak refused {key_source} (HTTP {{status}}) when asked for the runs of workflow "
+            f"{workflow_id}: the key is wrong, expired (tenant API keys last 3 months) or "
+            "lacks access to workflows"
+        ),
+        not_found=(
+            f"Peak knows no workflow {workflow_id} (HTTP 404): check the model's workflow id"
+        ),
+    )
 
 
 def _model_run(execution: t.Mapping[str, t.Any], workflow_id: str | int) -> ModelRun:

@@ -72,33 +72,61 @@ def fetch_credentials(
     `source` names where the key came from (a setting, or the variable one names).
     """
     url = base_url(stage, override) + CREDENTIALS_PATH
+    return get_json(
+        url,
+        {"type": "data-warehouse"},
+        api_key,
+        api="connections",
+        base=base_url(stage, override),
+        timeout=timeout,
+        refused=(
+            f"Peak refused {source} (HTTP {{status}}): the key is wrong, expired (tenant API "
+            f"keys last 3 months) or lacks access; create a new API key in Peak and set {source}"
+        ),
+    )
+
+
+def get_json(
+    url: str,
+    params: t.Mapping[str, str],
+    api_key: str,
+    *,
+    api: str,
+    base: str,
+    timeout: float,
+    refused: str,
+    not_found: str | None = None,
+) -> dict[str, t.Any]:
+    """GET one JSON object from Peak's API, the token raw in `Authorization` (no "Bearer").
+
+    Every failure is one `TapPeakError` line: unreachable, refused (`refused`, with
+    `{status}`), unknown (`not_found`, for a 404), any other status, not JSON. The token
+    never appears in a message.
+    """
     try:
         response = requests.get(
             url,
-            params={"type": "data-warehouse"},
+            params=dict(params),
             headers={"Authorization": api_key, "Accept": "application/json"},
             timeout=timeout,
         )
     except requests.RequestException as exc:
-        msg = f"cannot reach Peak's API at {base_url(stage, override)}: {type(exc).__name__}"
+        msg = f"cannot reach Peak's API at {base}: {type(exc).__name__}"
         raise TapPeakError(msg) from None
     if response.status_code in {401, 403}:
-        msg = (
-            f"Peak refused {source} (HTTP {response.status_code}): the key is wrong, "
-            "expired (tenant API keys last 3 months) or lacks access; create a new API key "
-            f"in Peak and set {source}"
-        )
-        raise TapPeakError(msg)
+        raise TapPeakError(refused.format(status=response.status_code))
+    if response.status_code == 404 and not_found:
+        raise TapPeakError(not_found)
     if not response.ok:
-        msg = f"Peak's connections API answered HTTP {response.status_code} for {url}"
+        msg = f"Peak's {api} API answered HTTP {response.status_code} for {url}"
         raise TapPeakError(msg)
     try:
         answer = response.json()
     except ValueError:
-        msg = f"Peak's connections API did not answer JSON at {url}"
+        msg = f"Peak's {api} API did not answer JSON at {url}"
         raise TapPeakError(msg) from None
     if not isinstance(answer, dict):
-        msg = "Peak's connections API answered an unexpected document (not an object)"
+        msg = f"Peak's {api} API answered an unexpected document (not an object)"
         raise TapPeakError(msg)
     return answer
 

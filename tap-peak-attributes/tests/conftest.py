@@ -6,19 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pipeline_harness
 import pytest
-import snowflake.connector
 import sqlalchemy as sa
 from tap_peak_attributes.tap import TapPeakAttributes
 
@@ -99,21 +95,10 @@ def run_cli(tmp_path: Path) -> Callable[..., Run]:
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
     """TEST_POSTGRES_URL, or the server scripts/postgres starts. Never skipped."""
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if not url:
-        done = subprocess.run(
-            [str(REPO / "scripts" / "postgres")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            pytest.fail(
-                "PostgreSQL is required for these tests: set TEST_POSTGRES_URL or make "
-                f"scripts/postgres work (exit {done.returncode}): {done.stderr[-500:]}"
-            )
-        url = done.stdout.strip().splitlines()[-1]
+    try:
+        url = pipeline_harness.postgres_server_url()
+    except RuntimeError as exc:
+        pytest.fail(f"PostgreSQL is required for these tests: {exc}")
     try:
         engine = sa.create_engine(url)
         with engine.connect():
@@ -177,94 +162,12 @@ def execute() -> Callable[..., None]:
 
 # --- Snowflake: the fakesnow emulator in server mode ----------------------------------
 
-#: snowflake-sqlalchemy refuses `host`/`protocol` in a URL's query unless this is set; the
-#: emulator is plain http on loopback, so the tests' URLs need it (see the README's limits).
-LEGACY_URL_PARAMS = "SNOWFLAKE_SQLALCHEMY_LEGACY_URL_PARAMS"
-#: Any password logs in; this one is the emulator's documented default.
-EMULATOR_PASSWORD = "snow"
-_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-
-
-@dataclass
-class SnowflakeEmulator:
-    """A `fakesnow -s` server process: Snowflake's HTTP protocol on 127.0.0.1.
-
-    It accepts any user and password. Its databases live in its memory for the session,
-    so each test works in a database of its own.
-    """
-
-    port: int
-    process: subprocess.Popen[bytes]
-
-    def url(
-        self, database: str, *, schema: str | None = None, password: str | None = None, **query: str
-    ) -> str:
-        """A `snowflake://` URL as a user writes one, with the emulator's endpoint added."""
-        endpoint = {"host": "127.0.0.1", "port": str(self.port), "protocol": "http"}
-        return sa.engine.URL.create(
-            "snowflake",
-            username="fake",
-            password=password or EMULATOR_PASSWORD,
-            host="fakesnow",
-            database=database if schema is None else f"{database}/{schema}",
-            query={**endpoint, **query},
-        ).render_as_string(hide_password=False)
-
-    def execute(self, database: str | None, *statements: str) -> list[list[tuple]]:
-        """Run SQL with the Snowflake connector itself (not through the tap); rows of each."""
-        connection = snowflake.connector.connect(
-            user="fake",
-            password=EMULATOR_PASSWORD,
-            account="fakesnow",
-            host="127.0.0.1",
-            port=self.port,
-            protocol="http",
-            database=database,
-            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        )
-        try:
-            cursor = connection.cursor()
-            results = []
-            for statement in statements:
-                cursor.execute(statement)
-                results.append(cursor.fetchall() if cursor.description else [])
-            return results
-        finally:
-            connection.close()
-
-
-def start_snowflake_emulator(log_path: Path, timeout: float = 60) -> SnowflakeEmulator:
-    """Start `fakesnow -s` on a free port and wait until it listens."""
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fakesnow", "-s"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = _LISTENING.search(log_path.read_text(errors="replace"))
-        if found:
-            return SnowflakeEmulator(int(found.group(1)), process)
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    process.wait()
-    tail = log_path.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"fakesnow server did not start:\n{tail}")
-
-
-def stop_snowflake_emulator(emulator: SnowflakeEmulator) -> None:
-    """SIGINT (what `fakesnow -s` waits for), then kill if it lingers."""
-    emulator.process.send_signal(signal.SIGINT)
-    try:
-        emulator.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        emulator.process.kill()
-        emulator.process.wait()
+from snowflake_emulator import (  # noqa: E402 - the Snowflake section's own imports
+    LEGACY_URL_PARAMS,
+    SnowflakeEmulator,
+    start_snowflake_emulator,
+    stop_snowflake_emulator,
+)
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import pipeline_harness
 import psycopg
 import pytest
 from braze_sandbox.testing import SandboxProcess
@@ -35,17 +33,8 @@ def braze(sandbox_process: SandboxProcess) -> Iterator[SandboxProcess]:
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
-    """TEST_POSTGRES_URL, or the server scripts/postgres starts. Never skipped."""
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if not url:
-        script = Path(__file__).resolve().parents[2] / "scripts" / "postgres"
-        done = subprocess.run(
-            [str(script)], capture_output=True, text=True, timeout=600, check=False
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            pytest.fail(f"PostgreSQL is required: scripts/postgres failed: {done.stderr[-500:]}")
-        url = done.stdout.strip().splitlines()[-1]
-    return url
+    """The test PostgreSQL server (see pipeline_harness.postgres_server_url)."""
+    return pipeline_harness.postgres_server_url()
 
 
 @pytest.fixture

@@ -297,23 +297,6 @@ def test_the_api_key_is_never_printed(ledger_url: str) -> None:
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_server_url() -> str:
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if not url:
-        done = subprocess.run(
-            [str(REPO / "scripts" / "postgres")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            pytest.fail(f"PostgreSQL is required: scripts/postgres failed: {done.stderr[-500:]}")
-        url = done.stdout.strip().splitlines()[-1]
-    return url
-
-
 @pytest.fixture
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh database per test, reached with a password (the test server trusts any)."""

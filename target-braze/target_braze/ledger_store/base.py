@@ -1,15 +1,7 @@
 """The delivery ledger's storage, common part: errors, masking, identities, keys, schema.
 
-The store knows nothing about attributes or events: it keeps rows keyed by 64-bit integers
-(`KeySpace` derives them from a workspace identity and a user or event identity) with an
-opaque `entries` blob, and reads and writes them in large batches. What those blobs mean,
-and when a row may be written (only after Braze confirmed), is the caller's business.
-
-Every failure a user can meet (unreadable, locked or corrupt file, unreachable server,
-refused login, unknown scheme, schema newer than this release) is one `LedgerError` line
-that names the masked `ledger_url` and says what to do. A password never reaches a message:
-URLs are masked and driver messages are scrubbed before they are wrapped, and wrapped
-driver exceptions are not chained (their text could hold what the scrub must remove).
+What the store is and promises is said once, in the package's docstring
+(`target_braze.ledger_store`); this module holds what both backends share.
 """
 
 from __future__ import annotations
