@@ -16,6 +16,8 @@ Delta: the tap's 1M stream (recorded in (a)) through target-braze with an empty 
 --changes N/10` on a copy of the warehouse, the tap's incremental run from the first
 sync's last STATE, and that delta through target-braze with and without the full
 ledger: requests and data points sent, against the values the model run really changed.
+
+With profiling on, a py-spy profile of the dearest state (full, every record changed).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import plugins, wide_stream
+from benchmarks import plugins, profiles, wide_stream
 from benchmarks.measure import median, run_measured, summary
 from benchmarks.null_braze import NullBrazeProcess
 from benchmarks.singer_files import count_records, last_state
-from benchmarks.target_alone import LEDGER_OFF, run_target, streams
+from benchmarks.target_alone import LEDGER_OFF, braze_config, run_target, streams
 
 if TYPE_CHECKING:
     from benchmarks.run import Bench
@@ -107,6 +109,17 @@ def cpu(bench: Bench) -> None:
                     bench, null.url, source, records, f"ledger-{variant}", null.pid, **settings
                 )
                 runs[variant].append(row)
+        if bench.args.profile:
+            # Where the ledger's cost goes, in its dearest state (not a measured run).
+            fresh_copy(template, ledger)
+            config, _ = braze_config(bench, null.url, "profile-ledger", **ledger_settings(ledger))
+            bench.log(f"(g) profiling target-braze, {LABELS['full_changed']} (py-spy)")
+            found = profiles.record(bench, "target-braze-ledger", config, changed)
+            what = (
+                f"target-braze ({plugins.TARGET_VENV}) on {records:,} wide records into "
+                f"null_braze, {LABELS['full_changed']}"
+            )
+            profiles.publish(bench, bench.output_dir, "target-braze-ledger", found, what, records)
     # Each ledger run against the ledger-off run of its own repeat.
     for variant in VARIANTS[1:]:
         for on, off in zip(runs[variant], runs["off"], strict=True):

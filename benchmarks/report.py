@@ -210,36 +210,37 @@ def _target_alone(results: dict[str, Any]) -> list[str]:
 
 
 def _profile(results: dict[str, Any], path: Path, chart_path: Path) -> list[str]:
-    found = results.get("profile")
-    if not found:
-        return []
-    link = os.path.relpath(chart_path.parent / found["path"], path.parent)
-    threads = found.get("thread_cpu_seconds") or {}
-    lines = [
-        "### Profile of target-braze (py-spy)",
-        "",
-        f"`{found['tool']}` at {results['parameters'].get('profile_rate', '?')} Hz on "
-        f"{found['records']:,} wide records ({found['samples']} samples, the GIL holder's "
-        f"stacks: Python's CPU; kernel time in socket I/O is not in it): [`{found['path']}`]"
-        f"({link}). An unprofiled run's threads: main thread "
-        f"{_fmt(threads.get('main_thread'), '.2f')} CPU-s, the other "
-        f"{_fmt(threads.get('threads_seen', 1) - 1, 'd')} threads (senders, STATE writer) "
-        f"{_fmt(threads.get('other_threads'), '.2f')} CPU-s.",
-        "",
-        "| By self samples | % | By inclusive samples | % | By file (self) | % |",
-        "|---|---:|---|---:|---|---:|",
-    ]
-    own, incl, files = found.get("self", []), found.get("inclusive", []), found.get("files", [])
-    blank = {"function": "", "percent": None}
-    for i in range(max(len(own), len(incl), len(files))):
-        a = own[i] if i < len(own) else blank
-        b = incl[i] if i < len(incl) else blank
-        c = files[i] if i < len(files) else blank
-        lines.append(
-            f"| `{a['function']}` | {_fmt(a['percent'], '.1f')} | `{b['function']}` | "
-            f"{_fmt(b['percent'], '.1f')} | `{c['function']}` | {_fmt(c['percent'], '.1f')} |"
-        )
-    return [*lines, ""]
+    lines: list[str] = []
+    for name, found in (results.get("profiles") or {}).items():
+        link = os.path.relpath(chart_path.parent / found["path"], path.parent)
+        threads = found.get("thread_cpu_seconds") or {}
+        split = ", ".join(f"{kind} {seconds:.2f}" for kind, seconds in threads.items())
+        lines += [
+            f"### Profile: {name} (py-spy)",
+            "",
+            f"`{found['tool']}` at {results['parameters'].get('profile_rate', '?')} Hz: "
+            f"{found['what']}; {found['samples']} samples of the GIL holder (Python's CPU; "
+            f"time in C that releases the GIL, such as socket I/O in the kernel and SQLite, is "
+            f"not in it): [`{found['path']}`]({link}). CPU-s by thread in an unprofiled run: "
+            f"{split or 'n/a'}.",
+            "",
+            "| By self samples | % | By inclusive samples | % | By file (self) | % |",
+            "|---|---:|---|---:|---|---:|",
+        ]
+        own, incl = found.get("self", []), found.get("inclusive", [])
+        files = found.get("files", [])
+        blank = {"function": "", "percent": None}
+        for i in range(max(len(own), len(incl), len(files))):
+            a = own[i] if i < len(own) else blank
+            b = incl[i] if i < len(incl) else blank
+            c = files[i] if i < len(files) else blank
+            lines.append(
+                f"| `{a['function']}` | {_fmt(a['percent'], '.1f')} | `{b['function']}` | "
+                f"{_fmt(b['percent'], '.1f')} | `{c['function']}` | "
+                f"{_fmt(c['percent'], '.1f')} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _ledger(results: dict[str, Any]) -> list[str]:

@@ -94,6 +94,7 @@ class Bench:
         self._run_id = 0
         self.stream = self.work / f"stream-{args.rows}.jsonl"
         self.stream_records = 0
+        self.output_dir = Path(args.output_dir)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ("(f) target-braze alone, wide stream", lambda: target_alone.measure(bench)),
     ]
     if args.profile:
-        stages.append(("(f) profile", lambda: target_alone.profile(bench, output_dir)))
+        stages.append(("(f) profile", lambda: target_alone.profile(bench)))
     if args.ledger:
         stages.append(("(g) ledger", lambda: ledger_cost.measure(bench)))
     if args.meltano:

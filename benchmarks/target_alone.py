@@ -9,26 +9,19 @@ interleaved, the floor: singer-sdk's discard target with the msgspec reader and
 for the marginal CPU); then both on the whole `--rows` stream (throughput and peak memory
 at full size). The order alternates between repeats.
 
-Then the profile: py-spy over target-braze on the slice (`--gil`: samples of the thread
-holding the GIL, which is where Python's CPU goes; waits and the kernel's share of socket
-I/O are not in it), and one unprofiled run whose threads' CPU is read from /proc, for the
-split between the main thread and the sender threads.
+Then the profile (`profiles`): py-spy over target-braze on the slice, and one unprofiled
+run whose threads' CPU is read from /proc, per thread name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import plugins, wide_stream
-from benchmarks.measure import median, rate_row, run_measured, summary
+from benchmarks import plugins, profiles, wide_stream
+from benchmarks.measure import rate_row, run_measured, summary
 from benchmarks.null_braze import NullBrazeProcess
-from benchmarks.profile import hotspots, text
 
 if TYPE_CHECKING:
     from benchmarks.run import Bench
@@ -191,107 +184,15 @@ def marginal(bench: Bench, who: str, size: str) -> float | None:
     return round(cpu / full["median"]["records"] * 100_000, 3)
 
 
-# --------------------------------------------------------------------------- profile
-
-
-def profile(bench: Bench, output_dir: Path) -> None:
-    """py-spy over target-braze on the wide slice, and its threads' CPU split."""
-    py_spy = Path(plugins.tool("py-spy"))
-    if not py_spy.exists() and shutil.which("py-spy") is None:
-        bench.note("profile skipped: py-spy is not installed in this venv.")
-        return
+def profile(bench: Bench) -> None:
+    """py-spy over target-braze on the wide slice, ledger off, and its threads' CPU split."""
     stream, records = streams(bench)["slice"]
-    raw = bench.work / "profile-target-braze.raw.txt"
     with NullBrazeProcess() as null:
         config, _ = braze_config(bench, null.url, "profile", **LEDGER_OFF)
         bench.log(f"(f) profiling target-braze on {records:,} wide records (py-spy)")
-        run = run_measured(
-            [
-                str(py_spy),
-                "record",
-                "--gil",
-                "--function",
-                "--rate",
-                str(bench.args.profile_rate),
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-                "--",
-                plugins.target_braze(),
-                "--config",
-                str(config),
-            ],
-            stdin_path=stream,
-            stderr_path=bench.logfile("profile"),
-            env=plugins.clean_environment(),
-            inherit_env=False,
-        )
-        threads = thread_cpu(
-            [plugins.target_braze(), "--config", str(config)],
-            stream,
-            bench.logfile("profile-threads"),
-        )
-    found = hotspots(raw)
+        found = profiles.record(bench, "target-braze", config, stream)
     header = (
-        f"py-spy --gil of target-braze ({plugins.TARGET_VENV}) on {records:,} Peak-shaped wide "
-        f"records into null_braze, ledger off; profiled run {run.wall_seconds:.1f} s wall."
+        f"target-braze ({plugins.TARGET_VENV}) on {records:,} Peak-shaped wide records into "
+        "null_braze, ledger off"
     )
-    path = output_dir / "profile-target-braze.txt"
-    path.write_text(text(found, header), encoding="utf-8")
-    bench.results["profile"] = {
-        "tool": "py-spy record --gil --function",
-        "records": records,
-        "path": path.name,
-        "profiled_wall_seconds": round(run.wall_seconds, 2),
-        "thread_cpu_seconds": threads,
-        **found,
-    }
-
-
-def thread_cpu(command: list[str], stream: Path, stderr_path: Path) -> dict[str, float]:
-    """CPU seconds per thread kind of one run, from /proc/<pid>/task (polled every 20 ms).
-
-    A thread's last reading before it exits is kept, so the split is slightly low; it is a
-    proportion, not a measurement of record (those come from wait4).
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    seen: dict[str, float] = {}
-    with stream.open("rb") as stdin, stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdin=stdin,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=plugins.clean_environment(),
-        )
-        tasks = Path(f"/proc/{process.pid}/task")
-        while process.poll() is None:
-            try:
-                for task in tasks.iterdir():
-                    try:
-                        stat = (task / "stat").read_text()
-                    except OSError:
-                        continue
-                    fields = stat[stat.rindex(")") + 2 :].split()
-                    seen[task.name] = (int(fields[11]) + int(fields[12])) / tick
-            except OSError:
-                pass
-            time.sleep(0.02)
-    main = seen.pop(str(process.pid), 0.0)
-    return {
-        "main_thread": round(main, 2),
-        "other_threads": round(sum(seen.values()), 2),
-        "threads_seen": len(seen) + 1,
-    }
-
-
-def ratio_runs(bench: Bench, size: str) -> list[float]:
-    """floor wall / target-braze wall per repeat."""
-    measurement = bench.measurements.get(f"wide_target_{size}") or {"runs": []}
-    return [r["floor_wall_ratio"] for r in measurement["runs"] if "floor_wall_ratio" in r]
-
-
-def median_ratio(bench: Bench, size: str) -> float | None:
-    """The median floor/target wall ratio."""
-    return median(ratio_runs(bench, size))
+    profiles.publish(bench, bench.output_dir, "target-braze", found, header, records)

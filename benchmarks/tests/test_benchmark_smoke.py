@@ -105,11 +105,13 @@ def test_benchmark_command_tiny(tmp_path: Path) -> None:
     assert measurements["naive"]["runs"][0]["sandbox_objects_applied"] == 50
     assert measurements["rate_limited"]["runs"][0]["sandbox_429"] == 0
 
-    profile = data["profile"]
-    assert profile["samples"] > 0
-    assert profile["self"]
-    assert profile["inclusive"]
-    assert (out / "profile-target-braze.txt").read_text().startswith("py-spy")
+    for name in ("target-braze", "target-braze-ledger"):
+        profile = data["profiles"][name]
+        assert profile["samples"] > 0, name
+        assert profile["self"], name
+        assert profile["inclusive"], name
+        assert "main thread" in profile["thread_cpu_seconds"], name
+        assert (out / f"profile-{name}.txt").read_text().startswith("py-spy"), name
 
     assert {g["issue"] for g in data["goals"]} >= {"8", "9", "10"}
     assert {g["status"] for g in data["goals"]} <= {"pass", "miss", "not measured"}
