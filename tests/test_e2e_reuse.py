@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -171,8 +172,9 @@ def _differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     return problems
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["records", "sdk-batch-files"])
 def test_postgres_users_and_events_arrive_in_braze_through_target_braze(
-    app_database, start_sandbox, make_pipeline
+    app_database, start_sandbox, make_pipeline, tmp_path, batch
 ):
     _install_tap_postgres()
     db = app_database
@@ -184,6 +186,19 @@ def test_postgres_users_and_events_arrive_in_braze_through_target_braze(
         tap=TAP_POSTGRES,
         settings={
             **tap_postgres_settings(db),
+            # singer-sdk's own BATCH writer: gzipped JSON lines, read by target-braze.
+            **(
+                {
+                    "TAP_POSTGRES_BATCH_CONFIG": json.dumps(
+                        {
+                            "encoding": {"format": "jsonl", "compression": "gzip"},
+                            "storage": {"root": (tmp_path / "sdk-batches").as_uri()},
+                        }
+                    )
+                }
+                if batch
+                else {}
+            ),
             "TARGET_BRAZE_STREAM_MAPPINGS": json.dumps(
                 {
                     users_stream: {
@@ -237,3 +252,10 @@ def test_postgres_users_and_events_arrive_in_braze_through_target_braze(
     assert report["outcome"] == "success"
     assert report["records_in"] == USERS + EVENTS
     assert report["rejected"] == 0
+    manifests = re.search(r"(\d+) batch manifests", result.output)
+    assert manifests is not None, result.describe()
+    if batch:  # the records came in singer-sdk's files, deleted once settled
+        assert int(manifests.group(1)) >= 2, result.describe()
+        assert not list((tmp_path / "sdk-batches").rglob("*.gz"))
+    else:
+        assert int(manifests.group(1)) == 0
