@@ -27,9 +27,8 @@ from target_braze.values import (
 MAX_EXTERNAL_ID_BYTES = 987
 # What the attribute loop does with a value, by its Python type (see `ObjectBuilder._rule`).
 _COPY, _STRING, _FLOAT, _NULL, _DATETIME, _CONVERT = "copy", "str", "float", "null", "dt", "convert"
-# A property's rule: None = never sent; else (action by type, the types the schema allows).
-_Rule = tuple[dict[type, str], tuple[type, ...] | None] | None
-_UNSEEN: _Rule = ({}, None)  # sentinel: no rule decided yet for this name
+# A property's rule: what is done with a value, by its Python type; `_SKIP`: never sent.
+_SKIP: dict[type, str] = {}
 
 
 class ObjectBuilder:
@@ -49,7 +48,9 @@ class ObjectBuilder:
         )
         self._datetimes = frozenset(name for name, prop in properties.items() if _is_datetime(prop))
         self._required = frozenset(schema.get("required") or []) if validate else frozenset()
-        self._rules: dict[str, _Rule] = {}
+        self._rules: dict[str, dict[type, str]] = {}
+        # Keys `_identify` puts in every body: not attributes, not data points.
+        self._identity_keys = 1 + (settings.update_existing_only is not None)
         self._skip_nulls = settings.null_values == "skip"
         self._key_properties = settings.key_properties
 
@@ -78,17 +79,18 @@ class ObjectBuilder:
                 key_values = tuple(record.get(name) for name in self._key_properties) or None
         except UnsendableValue as exc:
             return Rejection(self.stream, identifier, record, str(exc), line)
+        # Positional: for each of the run's records, keyword arguments cost measurably more.
         return BrazeObject(
-            array=settings.object_type,
-            user_key=(settings.identifier_type, identifier),
-            body=body,
-            data_points=data_points,
-            seqs=[seq],
-            records=[record],
-            lines=[line],
-            stream=self.stream,
-            identifier=identifier,
-            key_values=key_values,
+            settings.object_type,
+            (settings.identifier_type, identifier),
+            body,
+            data_points,
+            [seq],
+            [record],
+            [line],
+            self.stream,
+            identifier,
+            key_values,
         )
 
     def _identify(self, identifier: str) -> dict[str, Any]:
@@ -111,74 +113,68 @@ class ObjectBuilder:
             body["_update_existing_only"] = settings.update_existing_only
         return body
 
-    def _rule(self, name: str) -> _Rule:
+    def _rule(self, name: str) -> dict[type, str]:
         """Decide, once per property name, whether and how it is sent as an attribute.
 
         The rule maps each Python type the property may hold to what is done with it, so
         the hot loop decides with one lookup; a type outside it is a schema mismatch
-        (with validate_records) or goes through `to_braze`.
+        (with validate_records) or goes through `to_braze`. `_SKIP`: never sent.
         """
         settings = self.settings
-        rule: _Rule
         if (
             name in settings.excluded
             or name.startswith("_sdc_")
             or (settings.included is not None and name not in settings.included)
         ):
-            rule = None
-        elif name.startswith("$"):
+            self._rules[name] = _SKIP
+            return _SKIP
+        if name.startswith("$"):
             raise UnsendableValue(
                 f"attribute name '{name[:40]}' starts with '$', which Braze forbids"
             )
-        elif len(name) > MAX_STRING_LENGTH:
+        if len(name) > MAX_STRING_LENGTH:
             raise UnsendableValue(
                 f"attribute name '{name[:40]}...' is longer than {MAX_STRING_LENGTH} characters"
             )
-        else:
-            allowed = self._types.get(name)
-            actions = {
-                int: _COPY,
-                bool: _COPY,
-                float: _FLOAT,
-                type(None): _NULL,
-                str: _DATETIME if name in self._datetimes else _STRING,
-            }
-            if allowed is not None:
-                actions = {kind: actions.get(kind, _CONVERT) for kind in allowed}
-            rule = (actions, allowed)
-        self._rules[name] = rule
-        return rule
+        actions = {
+            int: _COPY,
+            bool: _COPY,
+            float: _FLOAT,
+            type(None): _NULL,
+            str: _DATETIME if name in self._datetimes else _STRING,
+        }
+        allowed = self._types.get(name)
+        if allowed is not None:
+            actions = {kind: actions.get(kind, _CONVERT) for kind in allowed}
+        self._rules[name] = actions
+        return actions
 
     def _attributes(self, record: dict[str, Any], body: dict[str, Any]) -> int:
         # The hot loop of the target: one pass, one lookup per value, plain values copied.
-        points = 0
         rules = self._rules
-        skip_nulls = self._skip_nulls
         for name, value in record.items():
-            rule = rules.get(name, _UNSEEN)
-            if rule is _UNSEEN:
-                rule = self._rule(name)
-            if rule is None:
+            actions = rules.get(name)
+            if actions is None:
+                actions = self._rule(name)
+            if actions is _SKIP:
                 continue
-            action = rule[0].get(type(value))
-            if action is _COPY:
-                body[name] = value
+            action = actions.get(type(value))
+            if action is _FLOAT:
+                body[name] = value if value - value == 0 else to_braze(value, name)  # finite
             elif action is _STRING:
                 body[name] = value if len(value) <= MAX_STRING_LENGTH else to_braze(value, name)
-            elif action is _FLOAT:
-                body[name] = value if value - value == 0 else to_braze(value, name)  # finite
+            elif action is _COPY:
+                body[name] = value
             elif action is _NULL:
-                if skip_nulls:
-                    continue
-                body[name] = None
+                if not self._skip_nulls:
+                    body[name] = None
             elif action is _DATETIME:
                 body[name] = normalise_datetime_string(value, name)
-            elif action is None and rule[1] is not None:
-                raise _type_mismatch(name, value, rule[1])
+            elif action is None and name in self._types:
+                raise _type_mismatch(name, value, self._types[name])
             else:
                 body[name] = to_braze(value, name)
-            points += 1
-        return points
+        return len(body) - self._identity_keys
 
     def _value(self, name: str, value: Any, is_datetime: bool) -> Any:
         if is_datetime and type(value) is str:
