@@ -21,10 +21,10 @@ from pipeline_harness import (
     expected_profiles,
     generate_warehouse,
     mismatches,
+    postgres_server_url,
     sandbox_attributes,
     summarise,
 )
-from test_e2e_reuse import _postgres_url
 from werkzeug import Response
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +77,7 @@ def test_the_warehouse_url_is_read_from_peak_warehouse_url_which_meltano_never_w
 def postgres_warehouse() -> Iterator[sa.URL]:
     from tap_peak_attributes import sample
 
-    server = sa.make_url(_postgres_url())
+    server = sa.make_url(postgres_server_url())
     name = f"e2e_tap_key_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
