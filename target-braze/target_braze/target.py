@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import signal
@@ -140,6 +141,7 @@ class TargetBraze(Target):
     ) -> None:
         """Run; on a signal drain what Braze can still confirm, on failure report it."""
         cls._active = None
+        _tune_garbage_collector()
         try:
             super().invoke(
                 about=about, about_format=about_format, config=config, file_input=file_input
@@ -160,6 +162,20 @@ class TargetBraze(Target):
             if cls._active is not None:
                 cls._active.run.fail()
             raise
+
+
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper garbage collections for a long stream of short-lived records.
+
+    What is alive once everything is imported (singer-sdk, jsonschema, our modules) lives
+    as long as the process: `gc.freeze` stops every full collection from walking it again.
+    The young generation's threshold goes from 700 allocations to 50,000: records and
+    objects are freed by reference counting, not by the collector, which only ever finds
+    the rare cycle. Measured on 100k wide records: about 8% less CPU, ledger on or off,
+    peak memory unchanged (BENCHMARKS.md).
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _raise_termination(signum: int, _frame: FrameType | None) -> None:

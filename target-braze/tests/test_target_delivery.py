@@ -542,3 +542,24 @@ def wait_until(condition, attempts: int = 600) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the condition never came true")
+
+
+def test_the_cli_freezes_start_up_objects_and_collects_garbage_less_often():
+    # The CLI's garbage-collector tuning (target._tune_garbage_collector) in a process of
+    # its own: in this one it would freeze pytest's objects.
+    probe = (
+        "import gc\n"
+        "from target_braze.target import TargetBraze\n"
+        "import sys\n"
+        "before = gc.get_threshold()\n"
+        "try:\n"
+        "    TargetBraze.invoke(about=True, about_format='json')\n"
+        "finally:\n"
+        "    print(before[0], gc.get_threshold()[0], gc.get_freeze_count(), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    before, after, frozen = (int(n) for n in done.stderr.split()[-3:])
+    assert (before, after) == (700, 50_000)
+    assert frozen > 10_000  # singer-sdk, jsonschema and our modules: never walked again
