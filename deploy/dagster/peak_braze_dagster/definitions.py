@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dagster import Definitions, PipesSubprocessClient
 
+from peak_braze_dagster.pipes_reader import CompleteLineFileMessageReader
 from peak_braze_dagster.schedules import meltano_schedules, workspace_schedules
 from peak_braze_dagster.sensors import model_run_sensor
 from peak_braze_dagster.sync import sync_job
@@ -29,8 +30,13 @@ def build_definitions(settings: Settings) -> Definitions:
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,
-        # Meltano's own output goes to Dagster's captured stdout as well as to its log.
-        resources={"pipes_subprocess_client": PipesSubprocessClient(forward_stdio=True)},
+        resources={
+            # Meltano's own output goes to Dagster's captured stdout as well as to its log;
+            # messages are read whole lines only (Dagster's default reader tears them).
+            "pipes_subprocess_client": PipesSubprocessClient(
+                forward_stdio=True, message_reader=CompleteLineFileMessageReader()
+            )
+        },
     )
 
 
