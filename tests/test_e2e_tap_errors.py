@@ -12,7 +12,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from pipeline_harness import copy_sample_warehouse
+from pipeline_harness import (
+    SAMPLE_WAREHOUSE,
+    copy_sample_warehouse,
+    expected_profiles,
+    mismatches,
+    sandbox_attributes,
+    summarise,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -102,3 +109,39 @@ def test_two_warehouse_variables_end_meltano_run_with_one_line_and_no_secret(
     assert key not in result.output
     assert "Traceback" not in result.output
     assert pipeline.stored_state() == {}
+
+
+def test_a_production_run_with_no_warehouse_stops_instead_of_reading_the_sample(
+    start_sandbox, make_pipeline
+):
+    sandbox = start_sandbox()
+    # A forgotten PEAK_WAREHOUSE_URL in production: no warehouse setting at all.
+    pipeline = make_pipeline(sandbox, None)
+
+    result = pipeline.run(extra_env={"MELTANO_ENVIRONMENT": "prod"})
+
+    assert result.returncode == 1, result.describe()
+    assert tap_error_lines(result.output) == [
+        "no warehouse configured (none of sqlalchemy_url, peak_api_key, PEAK_WAREHOUSE_URL, "
+        "PEAK_API_KEY is set): export the warehouse URL in PEAK_WAREHOUSE_URL (or Peak's API "
+        "key in PEAK_API_KEY); for the sample warehouse bundled with the tap (a demo), set "
+        "allow_sample_warehouse to true"
+    ], result.describe()
+    assert "Traceback" not in result.output, result.describe()
+    assert sandbox.stats()["requests"] == 0
+
+
+def test_the_dev_environment_reads_the_bundled_sample_when_no_warehouse_is_set(
+    start_sandbox, make_pipeline
+):
+    sandbox = start_sandbox()
+    pipeline = make_pipeline(sandbox, None)
+
+    result = pipeline.run()
+
+    assert result.returncode == 0, result.describe()
+    assert "allow_sample_warehouse is true: reading the sample warehouse" in result.output
+    expected = expected_profiles(SAMPLE_WAREHOUSE)
+    assert len(expected) == 1200
+    problems = mismatches(expected, sandbox_attributes(sandbox))
+    assert not problems, summarise(problems)

@@ -34,7 +34,7 @@ class WarehouseSecret:
 
     @property
     def is_configured(self) -> bool:
-        """False when nothing names a warehouse (the tap then reads its bundled sample)."""
+        """False when nothing names a warehouse (the tap then stops, or reads its sample)."""
         return bool(self.url or self.peak_api_key)
 
 
@@ -51,7 +51,7 @@ def resolve(
     if config.get("peak_model_workflow_id"):
         # With the model-run guard the Peak key is needed anyway: a URL then names the
         # warehouse, and the key only asks Peak when the model last finished.
-        key = None if url or environ.get(_url_variable(config)) else key
+        key = None if url or environ.get(url_variable_of(config)) else key
     if url and key:
         msg = "set either sqlalchemy_url or peak_api_key, not both"
         raise TapPeakError(msg)
@@ -59,8 +59,7 @@ def resolve(
         return WarehouseSecret(url=url, source="sqlalchemy_url")
     if key:
         return WarehouseSecret(peak_api_key=key, source="peak_api_key")
-    url_variable = _url_variable(config)
-    key_variable = config.get("peak_api_key_env") or DEFAULT_KEY_VARIABLE
+    url_variable, key_variable = url_variable_of(config), key_variable_of(config)
     url, key = environ.get(url_variable), environ.get(key_variable)
     if url and config.get("peak_model_workflow_id"):
         key = None
@@ -80,8 +79,14 @@ def resolve(
     )
 
 
-def _url_variable(config: t.Mapping[str, t.Any]) -> str:
+def url_variable_of(config: t.Mapping[str, t.Any]) -> str:
+    """The variable the warehouse URL is read from (`sqlalchemy_url_env`)."""
     return str(config.get("sqlalchemy_url_env") or DEFAULT_URL_VARIABLE)
+
+
+def key_variable_of(config: t.Mapping[str, t.Any]) -> str:
+    """The variable Peak's API key is read from (`peak_api_key_env`)."""
+    return str(config.get("peak_api_key_env") or DEFAULT_KEY_VARIABLE)
 
 
 def peak_key(
@@ -94,7 +99,7 @@ def peak_key(
     environ = os.environ if environ is None else environ
     if config.get("peak_api_key"):
         return str(config["peak_api_key"]), "peak_api_key"
-    variable = str(config.get("peak_api_key_env") or DEFAULT_KEY_VARIABLE)
+    variable = key_variable_of(config)
     key = environ.get(variable)
     if not key:
         msg = (

@@ -39,7 +39,7 @@ from tap_peak_attributes.streams import (
 if t.TYPE_CHECKING:
     from types import FrameType
 
-#: The bundled sample warehouse: the tap's default source, so it runs with no config.
+#: The bundled sample warehouse, read only with `allow_sample_warehouse` and no warehouse.
 SAMPLE_DATABASE = Path(__file__).parent / "data" / "peak_warehouse.sqlite"
 DEFAULT_STREAMS = [{"name": "customer_attributes", "table": "customer_attributes", "shape": "wide"}]
 
@@ -201,8 +201,7 @@ class TapPeakAttributes(Tap):
             description="Any SQLAlchemy URL of the warehouse (postgresql+psycopg://, "
             "snowflake://, sqlite:///). Meltano writes it to disk during a run: prefer the "
             "variable `sqlalchemy_url_env` names, or a URL without its password plus "
-            "PGPASSWORD (PostgreSQL/Redshift). Without any: the sample warehouse bundled in "
-            "the package. Do not combine with `peak_api_key`.",
+            "PGPASSWORD (PostgreSQL/Redshift). Do not combine with `peak_api_key`.",
         ),
         th.Property(
             "peak_api_key",
@@ -232,6 +231,17 @@ class TapPeakAttributes(Tap):
             description="Name of the environment variable the tap reads Peak's API key from "
             "when neither `sqlalchemy_url` nor `peak_api_key` is set (never written to disk "
             "by Meltano).",
+        ),
+        th.Property(
+            "allow_sample_warehouse",
+            th.BooleanType,
+            default=False,
+            title="Allow the sample warehouse",
+            description="When no warehouse is configured (no `sqlalchemy_url`, "
+            "`peak_api_key` or the variables their `*_env` settings name), read the sample "
+            "warehouse bundled with the tap (1,200 made-up customers) instead of stopping "
+            "with an error. For demos and development only: a configured warehouse always "
+            "wins, and production must never fall back to made-up customers.",
         ),
         th.Property(
             "peak_stage",
@@ -472,9 +482,17 @@ class TapPeakAttributes(Tap):
             return Warehouse(peak_api.warehouse_url(answer), connect_timeout=timeout)
         if secret.url:
             return Warehouse(secret.url, connect_timeout=timeout, source=secret.source)
+        if not self.config.get("allow_sample_warehouse"):
+            msg = (
+                f"no warehouse configured ({secret.source} is set): export the warehouse "
+                f"URL in {credentials.url_variable_of(self.config)} (or Peak's API key in "
+                f"{credentials.key_variable_of(self.config)}); for the sample warehouse "
+                "bundled with the tap (a demo), set allow_sample_warehouse to true"
+            )
+            raise TapPeakError(msg)
         self.logger.warning(
-            "No warehouse configured (%s is set): reading the sample warehouse bundled with "
-            "the tap",
+            "No warehouse configured (%s is set) and allow_sample_warehouse is true: "
+            "reading the sample warehouse bundled with the tap (made-up customers)",
             secret.source,
         )
         return Warehouse(f"sqlite:///{SAMPLE_DATABASE}", connect_timeout=timeout)

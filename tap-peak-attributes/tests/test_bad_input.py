@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from tap_peak_attributes import sample
 
+#: The bundled sample warehouse, as Meltano's dev environment allows it.
+DEMO = {"allow_sample_warehouse": True}
+
 
 def _assert_one_error_line(run, *expected: str) -> str:
     assert run.returncode == 1
@@ -19,12 +22,14 @@ def _assert_one_error_line(run, *expected: str) -> str:
 
 
 def test_missing_table_is_named_and_existing_tables_listed(run_cli):
-    run = run_cli({"streams": [{"name": "x", "table": "churn_scores"}]}, None, "--discover")
+    config = {**DEMO, "streams": [{"name": "x", "table": "churn_scores"}]}
+    run = run_cli(config, None, "--discover")
     _assert_one_error_line(run, "'churn_scores' not found", "customer_attributes")
 
 
 def test_missing_column_is_named_and_existing_columns_listed(run_cli):
-    config = {"streams": [{"name": "x", "table": "customer_attributes", "id_column": "cust_no"}]}
+    stream = {"name": "x", "table": "customer_attributes", "id_column": "cust_no"}
+    config = {**DEMO, "streams": [stream]}
     run = run_cli(config)
     _assert_one_error_line(run, "id_column", "'cust_no' not found", "customer_id", "lifetime_value")
 
@@ -62,7 +67,7 @@ def test_bad_stream_settings_are_explained(run_tap, stream, expected):
     from tap_peak_attributes.errors import TapPeakError
 
     with pytest.raises(TapPeakError, match=expected):
-        run_tap({"streams": [stream]})
+        run_tap({**DEMO, "streams": [stream]})
 
 
 def test_a_value_not_matching_its_declared_type_names_the_attribute(sqlite_url, run_tap):

@@ -15,6 +15,8 @@ from tap_peak_attributes import sample
 
 TAP_CLI = Path(sys.executable).with_name("tap-peak-attributes")
 PREFIX = "tap-peak-attributes: error: "
+#: The bundled sample warehouse, as Meltano's dev environment allows it.
+DEMO = {"allow_sample_warehouse": True}
 
 
 def run_tap(tmp_path: Path, *args: str, env: dict[str, str] | None = None, config=None):
@@ -75,12 +77,12 @@ CONFIG_CASES = {
         "batch_config.encoding.compression: 'zstd' is not allowed; use one of: none, gzip",
     ),
     "a stream map naming no stream": (
-        {"stream_maps": {"customer_atributes": {"peak_segment": "__NULL__"}}},
+        {**DEMO, "stream_maps": {"customer_atributes": {"peak_segment": "__NULL__"}}},
         "stream_maps: 'customer_atributes' matches no stream of the tap (customer_attributes) "
         "and has no __source__; use a stream's name",
     ),
     "a stream map that does not parse": (
-        {"stream_maps": {"customer_attributes": {"x": "int(((peak_segment)"}}},
+        {**DEMO, "stream_maps": {"customer_attributes": {"x": "int(((peak_segment)"}}},
         "stream_maps: Failed to parse expression int(((peak_segment).",
     ),
 }
@@ -103,7 +105,7 @@ def test_a_wrong_type_from_an_environment_variable_is_one_line(tmp_path):
 
 
 def test_a_stream_map_failing_on_a_record_names_the_stream_and_customer(tmp_path):
-    config = {"stream_maps": {"customer_attributes": {"x": "int(peak_segment)"}}}
+    config = {**DEMO, "stream_maps": {"customer_attributes": {"x": "int(peak_segment)"}}}
     assert_one_line(
         run_tap(tmp_path, config=config),
         "stream_maps: the map of stream customer_attributes failed on customer C0000001: "
@@ -136,20 +138,41 @@ def test_config_state_and_catalog_files_that_are_not_json(tmp_path):
 
 
 def test_the_traceback_is_shown_at_log_level_debug(tmp_path):
-    config = {"stream_maps": {"customer_attributes": {"x": "int(peak_segment)"}}}
+    config = {**DEMO, "stream_maps": {"customer_attributes": {"x": "int(peak_segment)"}}}
     done = run_tap(tmp_path, config=config, env={"TAP_PEAK_ATTRIBUTES_LOGLEVEL": "debug"})
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr
     assert done.stderr.splitlines()[-1].startswith(PREFIX + "stream_maps: the map of stream")
 
 
-def test_without_a_warehouse_the_sample_is_read_and_that_is_said(tmp_path):
-    done = run_tap(tmp_path, config={})
+def test_without_a_warehouse_the_tap_stops_saying_what_to_set(tmp_path):
+    assert_one_line(
+        run_tap(tmp_path, config={"sqlalchemy_url_env": "ACME_WAREHOUSE_URL"}),
+        "no warehouse configured (none of sqlalchemy_url, peak_api_key, ACME_WAREHOUSE_URL, "
+        "PEAK_API_KEY is set): export the warehouse URL in ACME_WAREHOUSE_URL (or Peak's API "
+        "key in PEAK_API_KEY); for the sample warehouse bundled with the tap (a demo), set "
+        "allow_sample_warehouse to true",
+    )
+
+
+def test_without_a_warehouse_the_sample_is_read_only_when_allowed_and_that_is_said(tmp_path):
+    done = run_tap(tmp_path, config=DEMO)
     assert done.returncode == 0, done.stderr
     assert (
         "No warehouse configured (none of sqlalchemy_url, peak_api_key, PEAK_WAREHOUSE_URL, "
-        "PEAK_API_KEY is set): reading the sample warehouse bundled with the tap"
+        "PEAK_API_KEY is set) and allow_sample_warehouse is true: reading the sample warehouse "
+        "bundled with the tap"
     ) in done.stderr
+    assert done.stdout.count('"type":"RECORD"') == 1200
+
+
+def test_a_configured_warehouse_wins_over_the_sample(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    sample.generate(url, 3)
+    done = run_tap(tmp_path, config={**DEMO, "sqlalchemy_url": url})
+    assert done.returncode == 0, done.stderr
+    assert "sample warehouse" not in done.stderr
+    assert done.stdout.count('"type":"RECORD"') == 3
 
 
 def test_a_file_that_is_not_a_database_is_one_line(tmp_path):
