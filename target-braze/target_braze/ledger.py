@@ -81,6 +81,27 @@ def decode_entries(blob: bytes) -> Entries:
     return dict(zip(slots, zip(days, digests, strict=True), strict=True))
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The attributes of objects with one sequence of keys, as the ledger stores them.
+
+    A wide table's objects all have the same keys in the same order, and a user's stored
+    entries keep the order in which they were first written: so the stored slots of a
+    user written from this layout are exactly `slot_bytes`, and the user's entries can be
+    compared and rewritten as three arrays, without a dict per user.
+    """
+
+    names: tuple[str, ...]  # the attributes (not the control keys), in the body's order
+    seeds: tuple[int, ...]
+    slots: tuple[int, ...]
+    slot_bytes: bytes
+
+    @property
+    def count(self) -> int:
+        """How many attributes."""
+        return len(self.names)
+
+
 @dataclass(slots=True)
 class UserWrite:
     """What the ledger records for one attributes object once Braze confirmed it.
@@ -193,6 +214,7 @@ class Ledger:
                         retention,
                     )
         self._slots: dict[str, tuple[int, int]] = {}
+        self._layouts: dict[tuple[str, ...], _Layout] = {}
         self._lock = threading.Lock()
         self._pending_users: dict[int, tuple[int, dict[int, int]]] = {}  # key -> (count, digests)
         self._pending_events: dict[int, int] = {}  # key -> count
@@ -224,6 +246,18 @@ class Ledger:
         slot = self._slots[name] = (seed & 0xFFFFFFFF, seed)
         return slot
 
+    def _layout(self, keys: tuple[str, ...]) -> _Layout:
+        """The layout of objects whose body has these keys, in this order."""
+        names = tuple(name for name in keys if name not in CONTROL_KEYS)
+        pairs = [self._slots.get(name) or self._slot(name) for name in names]
+        slots = tuple(slot for slot, _ in pairs)
+        layout = _Layout(
+            names, tuple(seed for _, seed in pairs), slots, array("I", slots).tobytes()
+        )
+        if len(self._layouts) < 1024:  # a tap whose records vary in shape gets no cache
+            self._layouts[keys] = layout
+        return layout
+
     def select(self, objects: list[BrazeObject]) -> Selection:
         """Drop what Braze already holds; the rest is trimmed to what changed, in order."""
         users = [o for o in objects if o.array == "attributes"] if self.send_only_changes else []
@@ -245,8 +279,7 @@ class Ledger:
         for obj, (key, check) in zip(users, user_keys, strict=True):
             row = stored.get(key)
             known = row is not None and row[0] == check
-            entries = decode_entries(row[1]) if known else {}  # type: ignore[index]
-            sent = self._trim(obj, key, check, entries, known, pending)
+            sent = self._trim(obj, key, check, row[1] if known else b"", known, pending)  # type: ignore[index]
             if sent is None:
                 verdict[id(obj)] = "unchanged"
             else:
@@ -274,20 +307,91 @@ class Ledger:
         obj: BrazeObject,
         key: int,
         check: int,
-        entries: Entries,
+        blob: bytes,
         known: bool,
         pending: dict[int, dict[int, int]],
     ) -> dict[int, int] | None:
         """Keep only changed attributes in `obj`: the digests sent, or None if none is left.
 
         Pass an attribute only if both what Braze confirmed (fresh, within the retention)
-        and what is on its way to Braze for this user equal the new value.
+        and what is on its way to Braze for this user equal the new value. `blob` is the
+        user's stored entries (b"" if none).
         """
         in_flight = pending.get(key)
-        if not entries and in_flight is None:
-            sent = self._first_write(obj, key, check)
-            pending[key] = sent
-            return sent
+        if in_flight is None:
+            body = obj.body
+            keys = tuple(body)
+            layout = self._layouts.get(keys) or self._layout(keys)
+            if not blob:
+                sent = self._first_write(obj, key, check, layout)
+                pending[key] = sent
+                return sent
+            count = layout.count
+            if count and len(blob) == 14 * count and blob[: 4 * count] == layout.slot_bytes:
+                sent_or_none = self._trim_layout(obj, key, check, blob, layout)
+                if sent_or_none is not None:
+                    pending[key] = sent_or_none
+                return sent_or_none
+        return self._trim_entries(obj, key, check, decode_entries(blob), known, in_flight, pending)
+
+    def _trim_layout(
+        self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout
+    ) -> dict[int, int] | None:
+        """`_trim` of a user stored in the object's layout (the hot case of a wide table).
+
+        The same decisions as `_trim_entries`, on arrays: nothing is in flight for the user
+        and the stored slots are the layout's, in its order.
+        """
+        body = obj.body
+        count = layout.count
+        days = array("H")
+        days.frombytes(blob[4 * count : 6 * count])
+        confirmed = array("Q")
+        confirmed.frombytes(blob[6 * count :])
+        digests = array(
+            "Q",
+            [
+                _digest(_dumps(body[name], None, _SORT_KEYS), seed)
+                for name, seed in zip(layout.names, layout.seeds, strict=True)
+            ],
+        )
+        changed: Sequence[int]
+        if self.full_resync:
+            changed = range(count)
+        else:
+            cutoff = self._cutoff
+            changed = [
+                i
+                for i, (digest, was, day) in enumerate(zip(digests, confirmed, days, strict=True))
+                if digest != was or day <= cutoff
+            ]
+            if not changed:
+                return None
+        slots = layout.slots
+        today_ = self._today
+        for i in changed:
+            days[i] = today_
+        if len(changed) != count:
+            names = {layout.names[i] for i in changed}
+            kept = {
+                name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
+            }
+            obj.replace_body(kept, len(changed))
+        blob = layout.slot_bytes + days.tobytes() + digests.tobytes()
+        obj.ledger = UserWrite(key, check, blob, partial=False)
+        return {slots[i]: digests[i] for i in changed}
+
+    def _trim_entries(
+        self,
+        obj: BrazeObject,
+        key: int,
+        check: int,
+        entries: Entries,
+        known: bool,
+        in_flight: dict[int, int] | None,
+        pending: dict[int, dict[int, int]],
+    ) -> dict[int, int] | None:
+        """`_trim` in general: entries in any order, or an earlier object still in flight."""
         partial = in_flight is not None
         slots = self._slots
         day = self._today
@@ -325,18 +429,21 @@ class Ledger:
         obj.ledger = UserWrite(key, check, written if partial else encode_entries(written), partial)
         return sent
 
-    def _first_write(self, obj: BrazeObject, key: int, check: int) -> dict[int, int]:
-        """A user the ledger has never seen: every attribute is sent (the hot case)."""
-        slots = self._slots
-        sent: dict[int, int] = {}
-        for name, value in obj.body.items():
-            if name not in CONTROL_KEYS:
-                slot, seed = slots.get(name) or self._slot(name)
-                sent[slot] = _digest(_dumps(value, None, _SORT_KEYS), seed)
-        days = array("H", [self._today]).tobytes() * len(sent)
-        blob = array("I", sent).tobytes() + days + array("Q", sent.values()).tobytes()
-        obj.ledger = UserWrite(key, check, blob, partial=False)
-        return sent
+    def _first_write(
+        self, obj: BrazeObject, key: int, check: int, layout: _Layout
+    ) -> dict[int, int]:
+        """A user the ledger has never seen: every attribute is sent (a first sync)."""
+        body = obj.body
+        digests = array(
+            "Q",
+            [
+                _digest(_dumps(body[name], None, _SORT_KEYS), seed)
+                for name, seed in zip(layout.names, layout.seeds, strict=True)
+            ],
+        )
+        days = array("H", [self._today]).tobytes() * layout.count
+        obj.ledger = UserWrite(key, check, layout.slot_bytes + days + digests.tobytes(), False)
+        return dict(zip(layout.slots, digests, strict=True))
 
     @staticmethod
     def _event_identity(obj: BrazeObject) -> bytes:

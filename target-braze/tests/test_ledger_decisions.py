@@ -110,3 +110,68 @@ def test_a_settled_request_leaves_no_intent_behind(tmp_path):
     first.close()
 
     assert open_ledger(tmp_path).select(objects({"a": 1})).unchanged
+
+
+def test_users_stored_in_the_record_s_layout_get_the_same_decisions_as_any_other(
+    tmp_path, monkeypatch
+):
+    """The array path (keys in the stored order) decides exactly as the general one.
+
+    Two ledgers get the same values: `fast` always in one key order (after a user's first
+    write its records match the stored layout), `general` in a new random order each time
+    (almost never the stored layout). Both send the same attributes, settle the same
+    records as unchanged, and end up storing the same entries; rejected requests and a
+    user twice in one batch (the first still in flight) included.
+    """
+    import random
+
+    from target_braze.ledger import decode_entries
+
+    ledgers = {}
+    for name in ("fast", "general"):
+        (tmp_path / name).mkdir()
+        ledgers[name] = open_ledger(tmp_path / name)
+    owner = {id(ledger): name for name, ledger in ledgers.items()}
+    calls = {"fast": 0, "general": 0}
+    original = Ledger._trim_layout
+
+    def counting(self: Ledger, *args):  # type: ignore[no-untyped-def]
+        calls[owner[id(self)]] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(Ledger, "_trim_layout", counting)
+    names = [f"a{i}" for i in range(6)]
+    # Two of them equal in canonical form: the same digest whichever is sent.
+    choices = [1, 2, None, "x", ["x", "y"], {"b": 2, "c": "x"}, {"c": "x", "b": 2}]
+    rng, shuffles = random.Random(11), random.Random(12)
+    for _ in range(40):
+        users = rng.sample([f"u{i}" for i in range(12)], 5)
+        users.append(rng.choice(users))
+        values = [{n: rng.choice(choices) for n in names} for _ in users]
+        verdicts = {}
+        rejected = rng.random() < 0.2
+        for name, ledger in ledgers.items():
+            built = []
+            for user, record in zip(users, values, strict=True):
+                order = names if name == "fast" else shuffles.sample(names, len(names))
+                body = {"customer_id": user, **{n: record[n] for n in order}}
+                built.append(BUILDER.build(body, 0, 1))
+            selection = ledger.select(built)  # type: ignore[arg-type]
+            verdicts[name] = (
+                [dict(obj.body) for obj in selection.send],
+                [obj.body["external_id"] for obj in selection.unchanged],
+            )
+            if rejected:
+                ledger.forget_pending(selection.send)
+            else:
+                confirm(ledger, selection.send)
+        assert verdicts["fast"] == verdicts["general"]
+    assert calls["fast"] > 100
+    assert calls["general"] < calls["fast"] // 10
+    stored = {}
+    for name, ledger in ledgers.items():
+        keys = [ledger._keys.user("external_id", f"u{i}")[0] for i in range(12)]
+        rows = ledger._reader.read_users(keys)  # type: ignore[union-attr]
+        stored[name] = {k: (chk, decode_entries(blob)) for k, (chk, blob) in rows.items()}
+    assert len(stored["fast"]) == 12
+    assert stored["fast"] == stored["general"]
