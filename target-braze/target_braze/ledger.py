@@ -101,6 +101,16 @@ class _Layout:
         """How many attributes."""
         return len(self.names)
 
+    def digests(self, body: Mapping[str, Any]) -> array[int]:
+        """The digest of each attribute's value in canonical form, in the layout's order."""
+        return array(
+            "Q",
+            [
+                _digest(_dumps(body[name], None, _SORT_KEYS), seed)
+                for name, seed in zip(self.names, self.seeds, strict=True)
+            ],
+        )
+
 
 @dataclass(slots=True)
 class UserWrite:
@@ -348,13 +358,7 @@ class Ledger:
         days.frombytes(blob[4 * count : 6 * count])
         confirmed = array("Q")
         confirmed.frombytes(blob[6 * count :])
-        digests = array(
-            "Q",
-            [
-                _digest(_dumps(body[name], None, _SORT_KEYS), seed)
-                for name, seed in zip(layout.names, layout.seeds, strict=True)
-            ],
-        )
+        digests = layout.digests(body)
         changed: Sequence[int]
         if self.full_resync:
             changed = range(count)
@@ -433,14 +437,7 @@ class Ledger:
         self, obj: BrazeObject, key: int, check: int, layout: _Layout
     ) -> dict[int, int]:
         """A user the ledger has never seen: every attribute is sent (a first sync)."""
-        body = obj.body
-        digests = array(
-            "Q",
-            [
-                _digest(_dumps(body[name], None, _SORT_KEYS), seed)
-                for name, seed in zip(layout.names, layout.seeds, strict=True)
-            ],
-        )
+        digests = layout.digests(obj.body)
         days = array("H", [self._today]).tobytes() * layout.count
         obj.ledger = UserWrite(key, check, layout.slot_bytes + days + digests.tobytes(), False)
         return dict(zip(layout.slots, digests, strict=True))
