@@ -117,6 +117,28 @@ def json_schema_for(sql_type: sa.types.TypeEngine) -> dict[str, t.Any]:
     return {"type": ["string", "null"]}
 
 
+def is_semi_structured(sql_type: sa.types.TypeEngine) -> bool:
+    """Whether values of this column arrive as JSON text (Snowflake VARIANT/OBJECT/ARRAY)."""
+    return type(sql_type).__name__.upper() in SEMI_STRUCTURED
+
+
+def json_scalar(value: t.Any) -> t.Any:
+    """The value a semi-structured column's JSON text holds, as a long table's value.
+
+    A string, number or boolean becomes itself (`"low"` is `low`, not its quoted text);
+    an object or array stays JSON text (a long table's values are scalars); null is None.
+    """
+    if value.__class__ is not str:
+        return value  # None, or a driver that decoded it already
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    if isinstance(decoded, dict | list):
+        return json.dumps(decoded, separators=(",", ":"), sort_keys=True)
+    return decoded
+
+
 def is_timezone_aware(sql_type: sa.types.TypeEngine) -> bool:
     """Whether a timestamp column stores an instant (timestamptz, TIMESTAMP_TZ/LTZ)."""
     name = type(sql_type).__name__.upper()

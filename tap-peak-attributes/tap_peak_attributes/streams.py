@@ -28,6 +28,8 @@ from tap_peak_attributes.batch_files import BatchDirectory, BatchFile
 from tap_peak_attributes.connector import (
     Warehouse,
     attribute_key,
+    is_semi_structured,
+    json_scalar,
     json_schema_for,
     resolve_name,
     value_converter,
@@ -148,7 +150,14 @@ def map_record(stream_map: StreamMap, record: types.Record) -> dict | None:
         raise TapPeakError(msg) from exc
 
 
-def infer_attribute_type(values: t.Iterable[str]) -> str:
+def _text_of(value: t.Any) -> str | None:
+    """A value as a text column would hold it (a decoded JSON `true` is `true`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return None if value is None else str(value)
+
+
+def infer_attribute_type(values: t.Iterable[str | None]) -> str:
     """Narrowest of integer, number, boolean, string that fits every sampled value."""
     texts = [v.strip() for v in values if v is not None and v.strip()]
     if not texts:
@@ -596,6 +605,8 @@ class LongAttributesStream(PeakAttributesStream):
         self.value_column = self.table.column(
             self.settings.attribute_value_column, "attribute_value_column"
         )
+        # A Snowflake VARIANT value column holds JSON: its text is decoded before typing.
+        self.decode_value = is_semi_structured(self.table.columns[self.value_column])
         source = self.table.sql(self.name_column, self.value_column)
         names_col, values_col = source.c[self.name_column], source.c[self.value_column]
         if self.settings.attributes:
@@ -619,7 +630,9 @@ class LongAttributesStream(PeakAttributesStream):
                     .distinct()
                     .limit(INFERENCE_SAMPLE)
                 )
-                kind = infer_attribute_type(str(v) for v in conn.execute(sample).scalars())
+                found = conn.execute(sample).scalars()
+                texts = (_text_of(json_scalar(v) if self.decode_value else v) for v in found)
+                kind = infer_attribute_type(texts)
             key = attribute_key(self.settings.attribute_prefix, name)
             self.attribute_keys[name.lower()] = key
             properties[key] = ATTRIBUTE_TYPES[kind]
@@ -635,6 +648,7 @@ class LongAttributesStream(PeakAttributesStream):
         """Group consecutive rows of one (updated_at, customer) into one record."""
         ts_convert = value_converter({"type": ["string"], "format": "date-time"})
         selected = self.selected_attributes()
+        decode = self.decode_value
         unknown: set[str] = set()
         rows = itertools.chain.from_iterable(
             self.row_chunks([self.name_column, self.value_column], order_after=[self.name_column])
@@ -656,6 +670,8 @@ class LongAttributesStream(PeakAttributesStream):
                     continue
                 if key not in selected:
                     continue
+                if decode:
+                    value = json_scalar(value)
                 try:
                     record[key] = self.converters[key](value)
                 except (ValueError, ArithmeticError) as exc:

@@ -417,6 +417,59 @@ def test_variant_attribute_is_emitted_as_a_json_object(
     assert products == [{"top": ["backpack", "p1"], "score": 0.5}, None]
 
 
+def test_a_long_table_s_variant_values_are_sent_as_the_values_they_hold(
+    snowflake_emulator, snowflake_database, run_cli
+):
+    # Peak's long tables hold every attribute's value in one column: on Snowflake a VARIANT.
+    values = [
+        ("C0000001", "churn_risk", '"low"'),
+        ("C0000001", "churn_probability", "0.25"),
+        ("C0000001", "orders_last_year", "3"),
+        ("C0000001", "is_high_value", "true"),
+        ("C0000001", "next_best_product", '"backpack"'),
+        ("C0000002", "churn_risk", '"high"'),
+        ("C0000002", "churn_probability", "0.5"),
+        ("C0000002", "orders_last_year", "12"),
+        ("C0000002", "is_high_value", "false"),
+        ("C0000002", "next_best_product", "null"),
+    ]
+    rows = ", ".join(f"('{c}', '{n}', '{v}', '{MODEL_RUN_1}')" for c, n, v in values)
+    snowflake_emulator.execute(
+        snowflake_database,
+        "CREATE TABLE PUBLISH.SCORES (CUSTOMER_ID VARCHAR(16), ATTRIBUTE_NAME VARCHAR(64), "
+        "ATTRIBUTE_VALUE VARIANT, UPDATED_AT TIMESTAMP_NTZ)",
+        "INSERT INTO PUBLISH.SCORES SELECT column1, column2, PARSE_JSON(column3), "
+        f"column4::TIMESTAMP_NTZ FROM VALUES {rows}",
+    )
+    config = {
+        "sqlalchemy_url": snowflake_emulator.url(snowflake_database),
+        "streams": [{"name": "scores", "table": "scores", "shape": "long"}],
+    }
+
+    run = run_cli(config)
+
+    assert run.returncode == 0, run.stderr
+    schema = next(m for m in run.messages if m["type"] == "SCHEMA")["schema"]["properties"]
+    assert {name: schema[name]["type"][0] for name in schema if name.startswith("peak_")} == {
+        "peak_churn_risk": "string",
+        "peak_churn_probability": "number",
+        "peak_orders_last_year": "integer",
+        "peak_is_high_value": "boolean",
+        "peak_next_best_product": "string",
+    }
+    records = {r["customer_id"]: r for r in run.records()}
+    assert {k: v for k, v in records["C0000001"].items() if k.startswith("peak_")} == {
+        "peak_churn_risk": "low",
+        "peak_churn_probability": 0.25,
+        "peak_orders_last_year": 3,
+        "peak_is_high_value": True,
+        "peak_next_best_product": "backpack",
+    }
+    assert records["C0000002"]["peak_churn_risk"] == "high"
+    assert records["C0000002"]["peak_is_high_value"] is False
+    assert records["C0000002"]["peak_next_best_product"] is None
+
+
 # --- bad input ----------------------------------------------------------------------
 
 
