@@ -91,12 +91,12 @@ def json_schema_for(sql_type: sa.types.TypeEngine) -> dict[str, t.Any]:
     """JSON Schema (nullable) for a reflected column type, for any of the three dialects.
 
     Snowflake's TIMESTAMP_NTZ/LTZ/TZ types are not SQLAlchemy DateTime subclasses, hence
-    the fallback on the type's name; its VARIANT, OBJECT and ARRAY columns are JSON
-    (objects, arrays), not text.
+    the fallback on the type's name; its VARIANT, OBJECT and ARRAY columns, like
+    PostgreSQL's json and jsonb, are JSON (objects, arrays, any JSON value), not text.
     """
     name = type(sql_type).__name__.upper()
-    if name in SEMI_STRUCTURED:
-        return {"type": list(SEMI_STRUCTURED[name])}
+    if is_semi_structured(sql_type):
+        return {"type": list(SEMI_STRUCTURED.get(name, SEMI_STRUCTURED["VARIANT"]))}
     if isinstance(sql_type, sa.Boolean):
         return {"type": ["boolean", "null"]}
     if isinstance(sql_type, sa.Integer):
@@ -118,8 +118,12 @@ def json_schema_for(sql_type: sa.types.TypeEngine) -> dict[str, t.Any]:
 
 
 def is_semi_structured(sql_type: sa.types.TypeEngine) -> bool:
-    """Whether values of this column arrive as JSON text (Snowflake VARIANT/OBJECT/ARRAY)."""
-    return type(sql_type).__name__.upper() in SEMI_STRUCTURED
+    """Whether a column holds any JSON value, arriving as its JSON text.
+
+    Snowflake's VARIANT, OBJECT and ARRAY; PostgreSQL's json and jsonb (read as text, see
+    `_prepare_postgres_session`).
+    """
+    return isinstance(sql_type, sa.JSON) or type(sql_type).__name__.upper() in SEMI_STRUCTURED
 
 
 def json_scalar(value: t.Any) -> t.Any:
@@ -277,7 +281,7 @@ class Warehouse:
             msg = f"cannot use {self.masked_url}: {scrub(str(exc), self.secrets)}{hint}"
             raise TapPeakError(msg) from exc
         if self.dialect_name == "postgresql":
-            sa.event.listen(self.engine, "connect", _utc_session_postgres)
+            sa.event.listen(self.engine, "connect", _prepare_postgres_session)
 
     def _connect_args(self, timeout: int) -> dict[str, t.Any]:
         if self.dialect_name == "postgresql":
@@ -349,10 +353,12 @@ class Warehouse:
         return column, lambda value: to_utc(value).replace(tzinfo=None)
 
 
-def _utc_session_postgres(dbapi_connection: t.Any, _record: t.Any) -> None:
-    """Run sessions in UTC so casts of text and timestamptz arithmetic agree with Python.
+def _prepare_postgres_session(dbapi_connection: t.Any, _record: t.Any) -> None:
+    """Sessions in UTC, and json/jsonb values as text.
 
-    A SET (not the `options` startup parameter) also works on Redshift.
+    UTC: casts of text and timestamptz arithmetic agree with Python; a SET (not the
+    `options` startup parameter) also works on Redshift. Text: psycopg decodes json and
+    jsonb itself, Snowflake's connector returns JSON text; one decoding serves both.
     """
     cursor = dbapi_connection.cursor()
     try:
@@ -360,6 +366,12 @@ def _utc_session_postgres(dbapi_connection: t.Any, _record: t.Any) -> None:
     finally:
         cursor.close()
     dbapi_connection.commit()
+    adapters = getattr(dbapi_connection, "adapters", None)
+    if adapters is not None:
+        from psycopg.types.string import TextLoader  # noqa: PLC0415 - PostgreSQL only
+
+        for name in ("json", "jsonb"):
+            adapters.register_loader(name, TextLoader)
 
 
 _IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]+")

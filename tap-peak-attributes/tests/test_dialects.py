@@ -81,6 +81,61 @@ def test_postgres_discovery_types_and_mixed_case_config(postgres_url, run_tap):
     assert len(run.records()) == 3
 
 
+def test_postgres_json_and_jsonb_columns_are_emitted_as_the_json_they_hold(
+    postgres_url, run_tap, execute
+):
+    execute(
+        postgres_url,
+        "CREATE SCHEMA publish",
+        "CREATE TABLE publish.customer_attributes (customer_id text, updated_at timestamptz, "
+        "products jsonb, tags json, label jsonb)",
+        "INSERT INTO publish.customer_attributes VALUES "
+        """('C1', '2026-11-21 06:00:00+00', '{"top": ["a"], "n": 1}', '["x", "y"]', '"123"'), """
+        "('C2', '2026-11-21 06:00:00+00', NULL, 'null', 'true')",
+    )
+
+    run = run_tap({"sqlalchemy_url": postgres_url})
+
+    schema = next(m for m in run.messages if m["type"] == "SCHEMA")["schema"]["properties"]
+    assert schema["peak_products"]["type"][:2] == ["object", "array"]
+    assert schema["peak_tags"]["type"][:2] == ["object", "array"]
+    records = {r["customer_id"]: r for r in run.records()}
+    assert records["C1"]["peak_products"] == {"top": ["a"], "n": 1}
+    assert records["C1"]["peak_tags"] == ["x", "y"]
+    assert records["C1"]["peak_label"] == "123"  # a JSON string stays a string
+    assert records["C2"]["peak_products"] is None
+    assert records["C2"]["peak_tags"] is None
+    assert records["C2"]["peak_label"] is True
+
+
+def test_a_long_table_s_jsonb_values_are_sent_as_the_values_they_hold(
+    postgres_url, run_tap, execute
+):
+    execute(
+        postgres_url,
+        "CREATE SCHEMA publish",
+        "CREATE TABLE publish.scores (customer_id text, attribute_name text, "
+        "attribute_value jsonb, updated_at timestamptz)",
+        "INSERT INTO publish.scores VALUES "
+        """('C1', 'churn_risk', '"low"', '2026-11-21 06:00:00+00'), """
+        "('C1', 'churn_probability', '0.25', '2026-11-21 06:00:00+00'), "
+        "('C1', 'is_high_value', 'true', '2026-11-21 06:00:00+00')",
+    )
+    config = {
+        "sqlalchemy_url": postgres_url,
+        "streams": [{"name": "scores", "table": "scores", "shape": "long"}],
+    }
+
+    run = run_tap(config)
+
+    (record,) = run.records()
+    assert {k: v for k, v in record.items() if k.startswith("peak_")} == {
+        "peak_churn_risk": "low",
+        "peak_churn_probability": 0.25,
+        "peak_is_high_value": True,
+    }
+
+
 def test_masking_hides_passwords_and_tokens():
     masked = mask_url("snowflake://u:pw1@acct/db?token=tok1&warehouse=wh")
     assert "pw1" not in masked
