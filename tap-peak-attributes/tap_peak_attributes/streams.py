@@ -605,10 +605,16 @@ class LongAttributesStream(PeakAttributesStream):
         self.value_column = self.table.column(
             self.settings.attribute_value_column, "attribute_value_column"
         )
-        # A Snowflake VARIANT value column holds JSON: its text is decoded before typing.
-        self.decode_value = is_semi_structured(self.table.columns[self.value_column])
+        # A VARIANT (Snowflake) or json/jsonb (PostgreSQL) value column holds JSON: its
+        # text is decoded before typing.
+        value_type = self.table.columns[self.value_column]
+        self.decode_value = is_semi_structured(value_type)
         source = self.table.sql(self.name_column, self.value_column)
         names_col, values_col = source.c[self.name_column], source.c[self.value_column]
+        # PostgreSQL's json has no equality, so no DISTINCT: its samples are compared as text.
+        distinct_values = (
+            sa.cast(values_col, sa.Text) if isinstance(value_type, sa.JSON) else values_col
+        )
         if self.settings.attributes:
             names = list(self.settings.attributes)
         else:
@@ -625,7 +631,7 @@ class LongAttributesStream(PeakAttributesStream):
             kind = self.settings.attribute_types.get(name.lower())
             if kind is None:
                 sample = (
-                    sa.select(values_col)
+                    sa.select(distinct_values)
                     .where(names_col == name, values_col.is_not(None))
                     .distinct()
                     .limit(INFERENCE_SAMPLE)

@@ -108,14 +108,15 @@ def test_postgres_json_and_jsonb_columns_are_emitted_as_the_json_they_hold(
     assert records["C2"]["peak_label"] is True
 
 
-def test_a_long_table_s_jsonb_values_are_sent_as_the_values_they_hold(
-    postgres_url, run_tap, execute
+@pytest.mark.parametrize("json_type", ["jsonb", "json"])
+def test_a_long_table_s_json_values_are_sent_as_the_values_they_hold(
+    postgres_url, run_tap, execute, json_type
 ):
     execute(
         postgres_url,
         "CREATE SCHEMA publish",
-        "CREATE TABLE publish.scores (customer_id text, attribute_name text, "
-        "attribute_value jsonb, updated_at timestamptz)",
+        f"CREATE TABLE publish.scores (customer_id text, attribute_name text, "
+        f"attribute_value {json_type}, updated_at timestamptz)",
         "INSERT INTO publish.scores VALUES "
         """('C1', 'churn_risk', '"low"', '2026-11-21 06:00:00+00'), """
         "('C1', 'churn_probability', '0.25', '2026-11-21 06:00:00+00'), "
