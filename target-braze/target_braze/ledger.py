@@ -54,6 +54,7 @@ _digest = xxhash.xxh3_64_intdigest
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 Entries = dict[int, tuple[int, int]]  # slot -> (day, digest)
+_ENTRY_BYTES = 4 + 2 + 8  # a slot, a day, a digest
 
 
 def today() -> int:
@@ -71,13 +72,20 @@ def encode_entries(entries: Entries) -> bytes:
     )
 
 
-def decode_entries(blob: bytes) -> Entries:
-    """A user's entries from their stored form."""
-    count = len(blob) // 14
-    slots, days, digests = array("I"), array("H"), array("Q")
-    slots.frombytes(blob[: 4 * count])
+def split_entries(blob: bytes) -> tuple[bytes, array[int], array[int]]:
+    """A user's stored entries as their three parts: slots (raw bytes), days, digests."""
+    count = len(blob) // _ENTRY_BYTES
+    days, digests = array("H"), array("Q")
     days.frombytes(blob[4 * count : 6 * count])
     digests.frombytes(blob[6 * count :])
+    return blob[: 4 * count], days, digests
+
+
+def decode_entries(blob: bytes) -> Entries:
+    """A user's entries from their stored form."""
+    slot_bytes, days, digests = split_entries(blob)
+    slots = array("I")
+    slots.frombytes(slot_bytes)
     return dict(zip(slots, zip(days, digests, strict=True), strict=True))
 
 
@@ -100,6 +108,13 @@ class _Layout:
     def count(self) -> int:
         """How many attributes."""
         return len(self.names)
+
+    def stored_in(self, blob: bytes) -> bool:
+        """Whether a user's stored entries hold exactly this layout's slots, in its order."""
+        count = self.count
+        return (
+            bool(count) and len(blob) == _ENTRY_BYTES * count and blob.startswith(self.slot_bytes)
+        )
 
     def digests(self, body: Mapping[str, Any]) -> array[int]:
         """The digest of each attribute's value in canonical form, in the layout's order."""
@@ -336,8 +351,7 @@ class Ledger:
                 sent = self._first_write(obj, key, check, layout)
                 pending[key] = sent
                 return sent
-            count = layout.count
-            if count and len(blob) == 14 * count and blob[: 4 * count] == layout.slot_bytes:
+            if layout.stored_in(blob):
                 sent_or_none = self._trim_layout(obj, key, check, blob, layout)
                 if sent_or_none is not None:
                     pending[key] = sent_or_none
@@ -354,10 +368,7 @@ class Ledger:
         """
         body = obj.body
         count = layout.count
-        days = array("H")
-        days.frombytes(blob[4 * count : 6 * count])
-        confirmed = array("Q")
-        confirmed.frombytes(blob[6 * count :])
+        _, days, confirmed = split_entries(blob)
         digests = layout.digests(body)
         changed: Sequence[int]
         if self.full_resync:
