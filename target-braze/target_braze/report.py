@@ -30,6 +30,7 @@ COUNTERS = (
     "data_points",
     "bytes_sent",
     "states_emitted",
+    "sender_threads",
 )
 
 

@@ -1,9 +1,10 @@
 """`UsersTrackSender`: sends batches concurrently and settles every record with Braze's answer.
 
 The flow of one batch: `submit` (main thread) waits until no in-flight request touches
-the same users (so one user's updates reach Braze in order), takes one of
-`max_concurrent_requests` slots (back-pressure: memory stays flat), and hands the batch
-to a sender thread. There `client.send` gets Braze's final answer; 400/413 split the
+the same users (so one user's updates reach Braze in order), takes one of the in-flight
+slots (back-pressure: memory stays flat; `InFlightSlots` opens them, up to
+`max_concurrent_requests`, as Braze's latency needs), and hands the batch to a sender
+thread. There `client.send` gets Braze's final answer; 400/413 split the
 batch; `errors[]` entries are mapped back to their objects; each object is then accepted
 or rejected through the `Settlement`, which settles its records in the checkpoint.
 """
@@ -11,12 +12,14 @@ or rejected through the `Settlement`, which settles its records in the checkpoin
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from target_braze.batching import UsersTrackBatch
 from target_braze.client import Outcome, Sends
 from target_braze.errors import TargetBrazeError
+from target_braze.in_flight import InFlightSlots
 from target_braze.objects import BrazeObject
 from target_braze.report import RunStats
 from target_braze.settlement import Settlement
@@ -30,6 +33,7 @@ PERMANENT_ERROR_HINTS = {
     "EMAIL_BAD_FORMAT": "Braze rejects the email address format",
 }
 UNINDEXED_RESENDS = 2
+_Work = tuple[Future[None], UsersTrackBatch] | None  # None: the thread ends
 
 
 class UsersTrackSender:
@@ -47,8 +51,9 @@ class UsersTrackSender:
         self._client = client
         self._settlement = settlement
         self._stats = stats
-        self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="braze-send")
-        self._slots = threading.Semaphore(max_concurrent)
+        self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._slots = InFlightSlots(max_concurrent, self._start_thread)
         self._lock = threading.Lock()
         self._users_in_flight: dict[tuple[str, str], Future[None]] = {}
         self._futures: set[Future[None]] = set()
@@ -66,19 +71,35 @@ class UsersTrackSender:
         keys = list(batch.user_keys)
         with self._lock:
             blockers = {
-                future for key in keys if (future := self._users_in_flight.get(key)) is not None
+                busy for key in keys if (busy := self._users_in_flight.get(key)) is not None
             }
         if blockers:
             wait(blockers)
-        while not self._slots.acquire(timeout=0.5):
-            self.raise_if_failed()
+        self._slots.take(self.raise_if_failed)
         self.raise_if_failed()
-        future = self._executor.submit(self._deliver, batch)
+        future: Future[None] = Future()
         with self._lock:
             self._futures.add(future)
             for key in keys:
                 self._users_in_flight[key] = future
         future.add_done_callback(lambda done: self._finished(done, keys))
+        self._work.put((future, batch))
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._serve, name=f"braze-send_{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        self._stats.add(sender_threads=1)
+        thread.start()
+
+    def _serve(self) -> None:
+        """A sender thread: deliver batches until told to end."""
+        while (work := self._work.get()) is not None:
+            future, batch = work
+            if future.set_running_or_notify_cancel():
+                self._deliver(batch)  # never raises: failures are recorded for the main thread
+                future.set_result(None)
 
     def _finished(self, future: Future[None], keys: list[tuple[str, str]]) -> None:
         with self._lock:
@@ -99,8 +120,23 @@ class UsersTrackSender:
         self.raise_if_failed()
 
     def shutdown(self) -> None:
-        """Stop the sender threads (after `wait_all`, or when failing)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the sender threads (after `wait_all`, or when failing).
+
+        Queued batches are cancelled; a request in flight ends at its next retry, as
+        `stop` is set by then.
+        """
+        while True:
+            try:
+                work = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if work is not None:
+                work[0].cancel()
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     def _deliver(self, batch: UsersTrackBatch) -> None:
         try:

@@ -236,7 +236,12 @@ CONFIG_SCHEMA = th.PropertiesList(
         th.IntegerType,
         default=16,
         title="Max concurrent requests",
-        description="Requests in flight at once. Two in-flight requests never share a user.",
+        description=(
+            "The most requests in flight at once. Slots open as Braze's latency needs them "
+            "(one or two when Braze answers at once, all of them at tens of milliseconds); "
+            "the run report's sender_threads says how many opened. Two in-flight requests "
+            "never share a user."
+        ),
     ),
     th.Property(
         "request_timeout_seconds",
