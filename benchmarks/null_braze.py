@@ -2,7 +2,8 @@
 
 For measuring a target's own CPU and wall time without a sandbox taking a core: no
 profile storage, no checks, keep-alive HTTP/1.1 on asyncio (one `data_received` per
-request body, Content-Length framing only). It counts requests and bytes and prints
+request body, Content-Length framing only). `--latency-ms N` answers each request N ms
+after it arrived, as a distant Braze would (0: at once). It counts requests and bytes and prints
 them on SIGTERM. Not a fidelity test: use braze-sandbox for that.
 
     python benchmarks/null_braze.py --port 0 --ready-file /tmp/url
@@ -42,6 +43,8 @@ class Counts:
 
 
 class _Protocol(asyncio.Protocol):
+    latency = 0.0  # seconds before each answer
+
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -69,7 +72,11 @@ class _Protocol(asyncio.Protocol):
             Counts.requests += 1
             Counts.bytes += length
             assert self.transport is not None
-            self.transport.write(_RESPONSE)
+            if self.latency:
+                # Equal delays fire in arrival order: answers stay in request order.
+                asyncio.get_running_loop().call_later(self.latency, self.transport.write, _RESPONSE)
+            else:
+                self.transport.write(_RESPONSE)
 
 
 async def _serve(port: int, ready_file: str | None) -> None:
@@ -90,9 +97,10 @@ async def _serve(port: int, ready_file: str | None) -> None:
 class NullBrazeProcess:
     """This stand-in in its own process (its CPU is never the measured process's)."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, latency_ms: float = 0.0) -> None:
         """Not started yet; `python` runs it (stdlib only: `-I -S` keeps it small)."""
         self._python = python
+        self.latency_ms = latency_ms
         self._process: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="null-braze-")
         self.url = ""
@@ -108,7 +116,10 @@ class NullBrazeProcess:
         self._stderr = Path(self._tmp.name) / "stderr"
         with self._stderr.open("wb") as stderr:
             self._process = subprocess.Popen(
-                [self._python, "-I", "-S", __file__, "--ready-file", str(ready)],
+                [
+                    *(self._python, "-I", "-S", __file__, "--ready-file", str(ready)),
+                    *("--latency-ms", str(self.latency_ms)),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
@@ -149,7 +160,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
+    _Protocol.latency = args.latency_ms / 1000
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.port, args.ready_file))
 

@@ -46,6 +46,11 @@ PIPELINE_COLUMNS: list[Column] = [
     ("Peak RSS MB", "max_rss_mb", ".0f"),
     ("Others' cores", "others_cores", ".2f"),
 ]
+TARGET_ALONE_COLUMNS: list[Column] = [
+    *RATE_COLUMNS[:-1],
+    ("Sender threads", "sender_threads", ".0f"),
+    RATE_COLUMNS[-1],
+]
 SANDBOX_COLUMNS: list[Column] = [*RATE_COLUMNS[:-1], ("Sandbox CPU share", "sandbox_share", ".0%")]
 
 HOW_TO_RUN = """\
@@ -172,7 +177,11 @@ def _target_alone(results: dict[str, Any]) -> list[str]:
     keys = [
         f"wide_{who}_{size}" for size in ("slice", "full", "empty") for who in ("target", "floor")
     ]
-    rows = table(results, keys, RATE_COLUMNS)
+    keys += sorted(
+        (k for k in results["measurements"] if k.startswith("wide_target_slice_latency")),
+        key=lambda k: int(k.removeprefix("wide_target_slice_latency")),
+    )
+    rows = table(results, keys, TARGET_ALONE_COLUMNS)
     if not rows:
         return []
     wide = results.get("wide_stream", {})
@@ -183,7 +192,9 @@ def _target_alone(results: dict[str, Any]) -> list[str]:
         f"{wide.get('attributes', 9)} attributes (3 floats, 3 strings, a boolean, an integer, a "
         "date-time), into null_braze, rate limit off, ledger off, other settings as shipped "
         "(`validate_records` true). Floor: singer-sdk's discard target, msgspec reader, "
-        "`validate_records: false`. Interleaved, alternating order.",
+        "`validate_records: false`. Interleaved, alternating order. Last, target-braze on "
+        "the slice into null_braze answering each request after a delay, as a distant Braze "
+        "would ('Sender threads': how many the latency made it open).",
         "",
         *rows,
     ]

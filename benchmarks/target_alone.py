@@ -9,6 +9,9 @@ interleaved, the floor: singer-sdk's discard target with the msgspec reader and
 for the marginal CPU); then both on the whole `--rows` stream (throughput and peak memory
 at full size). The order alternates between repeats.
 
+On the slice too, target-braze into null_braze answering after 5 ms and after 30 ms (as a
+distant Braze would): how many sender threads the latency needs, and what they cost.
+
 Then the profile (`profiles`): py-spy over target-braze on the slice, and one unprofiled
 run whose threads' CPU is read from /proc, per thread name.
 """
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 API_KEY = "bench-key"
 FLOOR = Path(__file__).resolve().parent / "baselines" / "discard_target.py"
 LEDGER_OFF = {"send_only_changes": False, "deduplicate_events": False}
+LATENCIES_MS = (5, 30)
 
 
 def braze_config(bench: Bench, url: str, name: str, **overrides: Any) -> tuple[Path, Path]:
@@ -77,6 +81,7 @@ def run_target(
         data_points=report.get("data_points"),
         unchanged=report.get("unchanged"),
         rejected=report.get("rejected"),
+        sender_threads=report.get("sender_threads"),
     )
     if records and report.get("records_in") != records:
         msg = f"target-braze read {report.get('records_in')} records of {records} ({name})"
@@ -121,6 +126,22 @@ def measure(bench: Bench) -> None:
     runs: dict[str, list[dict[str, Any]]] = {
         f"{who}_{size}": [] for who in ("target", "floor") for size in inputs
     }
+    for latency in LATENCIES_MS:
+        stream, records = inputs["slice"]
+        key = f"target_slice_latency{latency}"
+        with NullBrazeProcess(latency_ms=latency) as slow:
+            for index in range(repeat):
+                bench.log(f"(f) wide stream, target, {latency} ms latency {index + 1}/{repeat}")
+                runs.setdefault(key, []).append(
+                    run_target(
+                        bench, slow.url, stream, records, f"wide-{key}", slow.pid, **LEDGER_OFF
+                    )
+                )
+        bench.measurements[f"wide_{key}"] = summary(
+            f"(f) target-braze, wide stream, slice, null_braze answering after {latency} ms",
+            "records",
+            runs[key],
+        )
     with NullBrazeProcess() as null:
         for index in range(repeat):
             plan = [(who, size) for size in ("slice", "empty") for who in ("target", "floor")]
