@@ -33,6 +33,7 @@ from target_braze.messages import (
 )
 
 _generic_decoder = msgspec.json.Decoder()
+_STDIN_BUFFER = 1 << 20
 
 
 class MessageReader(GenericSingerReader[Any]):
@@ -47,8 +48,12 @@ class MessageReader(GenericSingerReader[Any]):
     @property
     @override
     def default_input(self) -> IO[Any]:
-        """Standard input, as bytes where it can be."""
-        return getattr(sys.stdin, "buffer", sys.stdin)
+        """Standard input, as bytes where it can be, read 1 MiB at a time."""
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):
+            return getattr(sys.stdin, "buffer", sys.stdin)
+        return open(fd, "rb", buffering=_STDIN_BUFFER, closefd=False)
 
     @override
     def deserialize_json(self, line: Any) -> dict:
