@@ -101,6 +101,10 @@ class Sends(Protocol):
         """Release connections or files."""
         ...
 
+    def answers_pending(self) -> tuple[int, int]:
+        """Requests sent with no answer yet, and those whose answer is arriving (any thread)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -199,6 +203,13 @@ class _Connections:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()
+
+    def answers_pending(self) -> tuple[int, int]:
+        """Connections that sent a request and see no answer yet; those seeing one arrive."""
+        with self._lock:
+            connections = list(self._all)
+        states = [connection.answer_state() for connection in connections]
+        return states.count(1), states.count(2)
 
     def close_all(self) -> None:
         """Close every thread's connection."""
@@ -340,6 +351,10 @@ class BrazeClient:
             in_flight,
         )
 
+    def answers_pending(self) -> tuple[int, int]:
+        """Requests sent to Braze with no answer yet, and those whose answer is arriving."""
+        return self._connections.answers_pending()
+
     def close(self) -> None:
         """Close the keep-alive connections."""
         self._connections.close_all()
@@ -367,6 +382,10 @@ class DryRunClient:
         self._output.write_line(body)
         self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
         return Outcome(201)
+
+    def answers_pending(self) -> tuple[int, int]:
+        """None: a dry run answers every request at once."""
+        return 0, 0
 
     def close(self) -> None:
         """Close the output."""

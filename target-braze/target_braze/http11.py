@@ -85,19 +85,30 @@ class Http11Connection:
         # Everything up to the length, encoded once: a request is then one concatenation.
         self._head = "\r\n".join(lines).encode("latin-1")
         self.sock: socket.socket | None = None
+        self._sent = False  # a request is sent and its answer not read yet
+
+    def answer_state(self) -> int:
+        """0: no request out; 1: one sent, no answer yet; 2: its answer is arriving (any thread)."""
+        sock = self.sock
+        if not self._sent or sock is None:
+            return 0
+        return 2 if _readable(sock) else 1
 
     def post(self, body: bytes) -> Response:
         """Send `body` and return the final answer; the connection closes on any error."""
-        if self.sock is not None and _closed_by_peer(self.sock):
+        if self.sock is not None and _readable(self.sock):
             self.close()  # the server closed it while idle: reconnect, nothing was sent
         if self.sock is None:
             self.sock = self._connect()
         try:
             self.sock.sendall(self._head + str(len(body)).encode() + _HEAD_END + body)
+            self._sent = True
             response = _read_response(self.sock)
         except BaseException:
             self.close()
             raise
+        finally:
+            self._sent = False
         if response.will_close:
             self.close()
         return response
@@ -136,8 +147,12 @@ def _tunnel(sock: socket.socket, endpoint: Endpoint) -> None:
         raise ConnectionRefusedError(f"the proxy answered {status} {reason} to CONNECT")
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """An idle keep-alive socket is readable only if the server closed it (or sent junk)."""
+def _readable(sock: socket.socket) -> bool:
+    """Whether the socket is readable.
+
+    An idle keep-alive socket is readable only if the server closed it (or sent junk); one
+    awaiting an answer, once the answer begins to arrive.
+    """
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):

@@ -1,65 +1,64 @@
 """`InFlightSlots`: how many requests are in flight at once, opened as Braze's latency needs.
 
 Each slot is served by one sender thread. Up to `max_concurrent_requests` slots exist,
-but each runnable sender thread costs the main thread GIL hand-overs, so slots are opened
-only while they pay: measured on 100k records into a stand-in that answers at once, 16
-busy senders used 1.6 CPU-s where two used 1.05, for the same wall time.
+but every runnable sender thread costs the main thread GIL hand-overs, so slots open only
+while they pay: measured on 100k records into a stand-in that answers at once, 16 busy
+senders used 1.6 CPU-s where one or two used 1.05, for no shorter a run.
 
-The rule (`SlotDecider`) is Little's law seen from the main thread, which builds the
-requests. Per request it spends `built` seconds building and `waited` seconds waiting
-for a free slot. While it waits more than a quarter of its building time (smoothed over
-recent requests), the slots are all busy with Braze's latency: one more is opened, so
-the main thread keeps building (at least 80% of the rate it could reach). When it has
-not waited at all for a while, a slot is idle: one is retired (its thread sleeps). A
-request held up only by the GIL ends as soon as the main thread waits and releases it,
-so that wait is short and opens nothing. Against a Braze that answers in 30 ms, all 16
-open within the first few dozen requests; against one that answers at once, one or two
-serve the run.
+The rule (`SlotDecider`) looks at what the main thread, which builds the requests, finds
+when it needs a slot. If every slot is busy, and busy requests are out waiting for
+Braze's answer while no answer sits unread, Braze's latency is what holds the run up:
+another slot lets the main thread build on. If an answer has arrived and its thread
+waits for the GIL, we are what holds the run up, and another slot would only add a
+thread (a request still being sent, or waiting for the rate limit or a retry, says
+neither). It looks after a millisecond of waiting, which gives the senders the GIL: a
+request handed over just before is sent by then, and one that Braze answers at once has
+ended, so the wait was not Braze's. If a slot was free at every request of a while, one is
+retired (its thread sleeps). The decision is by what the sockets and slots are doing,
+not by how long anything took. Slots double while every wait is Braze's (as TCP's slow start), so
+against a Braze 30 ms away all 16 open within the first few dozen requests.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
-#: Requests between two changes of the slot count (the averages settle in between).
-SETTLE_REQUESTS = 16
-#: Weight of the newest request in the smoothed times.
-_SMOOTHING = 1 / 8
-#: Waiting more than this share of the building time opens a slot.
-_OPEN_ABOVE = 1 / 4
-#: Waiting less than this share of it retires one.
-_RETIRE_BELOW = 1 / 64
+#: Requests between two decisions.
+SETTLE_REQUESTS = 8
+#: How long a wait lasts before the main thread looks at what the busy requests are doing.
+LOOK_AFTER_SECONDS = 0.001
 
 
 class SlotDecider:
-    """The rule alone: after each request, open (+1), retire (-1) or keep (0) a slot."""
+    """The rule alone: after each request, how many slots to open (or retire: -1)."""
 
     def __init__(self, maximum: int) -> None:
         """One slot to begin with; never more than `maximum`."""
         self.maximum = max(1, maximum)
         self.slots = 1
-        self._built = 0.0
-        self._waited = 0.0
-        self._since_change = 0
+        self._requests = 0
+        self._braze_waits = 0  # the main thread waited, and only for Braze's answers
+        self._free_at_once = 0  # a slot was free when the main thread asked
 
-    def after_request(self, built: float, waited: float) -> int:
-        """Seconds the main thread spent building a request and waiting for its slot."""
-        self._built += (built - self._built) * _SMOOTHING
-        self._waited += (waited - self._waited) * _SMOOTHING
-        self._since_change += 1
-        if self._since_change < SETTLE_REQUESTS:
+    def after_request(self, *, waited: bool, for_braze: bool) -> int:
+        """What the main thread found: it had to wait; every busy request awaited Braze."""
+        self._requests += 1
+        if not waited:
+            self._free_at_once += 1
+        elif for_braze:
+            self._braze_waits += 1
+        if self._requests < SETTLE_REQUESTS:
             return 0
         change = 0
-        if self._waited > self._built * _OPEN_ABOVE and self.slots < self.maximum:
-            change = 1
-        elif self._waited < self._built * _RETIRE_BELOW and self.slots > 1:
+        if self._braze_waits == self._requests:
+            change = min(self.slots, self.maximum - self.slots)  # double, up to the maximum
+        elif self._braze_waits * 4 >= self._requests:
+            change = min(1, self.maximum - self.slots)
+        elif self._free_at_once == self._requests and self.slots > 1:
             change = -1
-        if change:
-            self.slots += change
-            self._since_change = 0
-            self._waited = self._built * (_OPEN_ABOVE + _RETIRE_BELOW) / 2  # start afresh
+        self.slots += change
+        self._requests = self._braze_waits = self._free_at_once = 0
         return change
 
 
@@ -70,18 +69,22 @@ class InFlightSlots:
         self,
         maximum: int,
         open_thread: Callable[[], None],
-        clock: Callable[[], float] = time.perf_counter,
+        answers_pending: Callable[[], tuple[int, int]],
     ) -> None:
-        """`open_thread` starts one more sender thread, when a slot opens for the first time."""
+        """Start with no slot.
+
+        `open_thread` starts one more sender thread, when a slot opens for the first time;
+        `answers_pending` counts requests sent with no answer yet, and those whose answer
+        is arriving but not read.
+        """
         self._decider = SlotDecider(maximum)
         self._free = threading.Semaphore(0)
         self._open_thread = open_thread
-        self._clock = clock
+        self._answers_pending = answers_pending
         self._lock = threading.Lock()
         self._held = 0  # retired slots, kept here (free, but not handed out)
-        self._to_retire = 0  # retirements waiting for a slot to come back
+        self._to_retire = 0  # retirements waiting for a busy slot to come back
         self.threads = 0
-        self._last = clock()
 
     @property
     def slots(self) -> int:
@@ -90,18 +93,23 @@ class InFlightSlots:
 
     def take(self, while_waiting: Callable[[], None]) -> None:
         """Block until a slot is free and take it; `while_waiting` runs every 0.5 s of waiting."""
-        started = self._clock()
         if self.threads == 0:
             self._add_thread()  # the first slot, taken by this request
-        elif not self._free.acquire(blocking=False):
-            while not self._free.acquire(timeout=0.5):
-                while_waiting()
-        now = self._clock()
-        change = self._decider.after_request(started - self._last, now - started)
-        self._last = now
-        if change > 0:
+            return
+        waited = for_braze = False
+        if not self._free.acquire(blocking=False):
+            waited = True
+            # First a moment for the senders (this wait releases the GIL): a request just
+            # handed over is sent by then, and one Braze answers at once is done.
+            if not self._free.acquire(timeout=LOOK_AFTER_SECONDS):
+                awaiting, unread = self._answers_pending()
+                for_braze = awaiting > 0 and unread == 0
+                while not self._free.acquire(timeout=0.5):
+                    while_waiting()
+        change = self._decider.after_request(waited=waited, for_braze=for_braze)
+        for _ in range(change):
             self._open()
-        elif change < 0:
+        if change < 0:
             self._retire()
 
     def release(self) -> None:

@@ -53,7 +53,7 @@ class UsersTrackSender:
         self._stats = stats
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._slots = InFlightSlots(max_concurrent, self._start_thread)
+        self._slots = InFlightSlots(max_concurrent, self._start_thread, client.answers_pending)
         self._lock = threading.Lock()
         self._users_in_flight: dict[tuple[str, str], Future[None]] = {}
         self._futures: set[Future[None]] = set()

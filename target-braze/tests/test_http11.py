@@ -86,6 +86,7 @@ class _Scripted(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
     def __init__(self, answers: list[bytes | None], tls: ssl.SSLContext | None = None):
+        self.gate: threading.Event | None = None  # set: answers may go
         self.answers = list(answers)
         self.requests: list[bytes] = []
         self.connections = 0
@@ -127,6 +128,8 @@ class _ScriptedHandler(socketserver.BaseRequestHandler):
             self.server.requests.append(head + b"\r\n\r\n" + buffer[:length])
             buffer = buffer[length:]
             answer = self.server.answers.pop(0)
+            if self.server.gate is not None:
+                self.server.gate.wait(30)
             if answer is None:  # drop the connection without an answer
                 return
             sock.sendall(answer)
@@ -389,3 +392,40 @@ def test_a_dropped_answer_is_retried_by_the_client(serve):
     braze = client(server.url, max_retries=1)
     assert braze.send(b"{}", 1).status == 201
     assert len(server.requests) == 2
+
+
+def test_answer_state_says_whether_a_request_waits_for_its_answer_or_its_reader(serve):
+    server = serve([created()])
+    server.gate = threading.Event()
+    connection = connection_to(server)
+    assert connection.answer_state() == 0  # nothing out
+    poster = threading.Thread(target=connection.post, args=(b"{}",))
+    poster.start()
+    for _ in range(3000):  # until the request is out (progress, not a deadline)
+        if connection.answer_state() == 1:
+            break
+        threading.Event().wait(0.01)
+    assert connection.answer_state() == 1  # sent; Braze has not answered
+    server.gate.set()
+    poster.join(30)
+    assert connection.answer_state() == 0  # answered and read
+
+
+def test_an_answer_arrived_but_unread_is_state_2():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        connection = connection_to_nowhere()
+        connection.sock = ours
+        connection._sent = True  # as post() leaves it between sendall and reading
+        assert connection.answer_state() == 1
+        theirs.sendall(created())
+        for _ in range(3000):
+            if connection.answer_state() == 2:
+                break
+            threading.Event().wait(0.01)
+        assert connection.answer_state() == 2
+        connection.sock = None
+
+
+def connection_to_nowhere() -> Http11Connection:
+    return Http11Connection(Endpoint("127.0.0.1", 9, "/users/track", timeout=5.0), {})

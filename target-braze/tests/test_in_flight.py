@@ -9,63 +9,88 @@ from braze_target_harness import run_target, target_config
 from target_braze.in_flight import SETTLE_REQUESTS, InFlightSlots, SlotDecider
 from test_target_delivery import stream_of
 
-BUILD = 0.001  # seconds the main thread spends building one request, in these rules
 
-
-def slots_after(decider: SlotDecider, requests: int, waited: float) -> int:
+def slots_after(decider: SlotDecider, requests: int, *, waited: bool, for_braze: bool) -> int:
     for _ in range(requests):
-        decider.after_request(BUILD, waited)
+        decider.after_request(waited=waited, for_braze=for_braze)
     return decider.slots
 
 
-def test_a_slow_braze_opens_slots_one_settling_period_apart_up_to_the_maximum():
-    decider = SlotDecider(maximum=4)
+def test_while_every_wait_is_for_braze_slots_double_one_settling_period_apart():
+    decider = SlotDecider(maximum=12)
     assert decider.slots == 1
-    assert slots_after(decider, SETTLE_REQUESTS - 1, waited=0.05) == 1  # not before settling
-    assert slots_after(decider, 1, waited=0.05) == 2
-    assert slots_after(decider, SETTLE_REQUESTS, waited=0.05) == 3
-    assert slots_after(decider, 10 * SETTLE_REQUESTS, waited=0.05) == 4  # never past it
+    assert slots_after(decider, SETTLE_REQUESTS - 1, waited=True, for_braze=True) == 1
+    assert slots_after(decider, 1, waited=True, for_braze=True) == 2
+    assert slots_after(decider, SETTLE_REQUESTS, waited=True, for_braze=True) == 4
+    assert slots_after(decider, SETTLE_REQUESTS, waited=True, for_braze=True) == 8
+    assert slots_after(decider, SETTLE_REQUESTS, waited=True, for_braze=True) == 12
+    assert slots_after(decider, 10 * SETTLE_REQUESTS, waited=True, for_braze=True) == 12
 
 
-def test_short_waits_for_our_own_threads_open_nothing():
-    # A request held up by the GIL ends as soon as the main thread waits: a short wait.
+def test_some_waits_for_braze_open_one_slot_at_a_time():
     decider = SlotDecider(maximum=16)
-    assert slots_after(decider, 20 * SETTLE_REQUESTS, waited=BUILD / 10) == 1
+    for _ in range(3):
+        slots_after(decider, 2, waited=True, for_braze=True)
+        slots_after(decider, SETTLE_REQUESTS - 2, waited=False, for_braze=False)
+    assert decider.slots == 4
 
 
-def test_slots_nobody_waits_for_are_retired_down_to_one():
+def test_waits_for_our_own_threads_open_nothing():
+    # The answer arrived but its thread waits for the GIL, the rate limit or a retry:
+    # another slot would only add a thread.
     decider = SlotDecider(maximum=16)
-    slots_after(decider, 40 * SETTLE_REQUESTS, waited=0.05)
+    assert slots_after(decider, 20 * SETTLE_REQUESTS, waited=True, for_braze=False) == 1
+
+
+def test_a_slot_free_at_every_request_of_a_period_is_retired_down_to_one():
+    decider = SlotDecider(maximum=16)
+    slots_after(decider, 40 * SETTLE_REQUESTS, waited=True, for_braze=True)
     assert decider.slots == 16
-    # The long waits fade from the average first; then one slot goes per settling period.
-    first = next(n for n in range(1, 200) if slots_after(decider, 1, waited=0.0) < 16)
-    assert first > SETTLE_REQUESTS
-    seen = [slots_after(decider, 1, waited=0.0) for _ in range(20 * SETTLE_REQUESTS)]
-    assert seen == sorted(seen, reverse=True)  # only ever fewer
-    assert seen[-1] == 1
-    # At most one slot per settling period: the run keeps slots while the averages adapt.
-    assert seen.count(15) >= SETTLE_REQUESTS
+    assert slots_after(decider, SETTLE_REQUESTS, waited=False, for_braze=False) == 15
+    assert slots_after(decider, SETTLE_REQUESTS - 1, waited=False, for_braze=False) == 15
+    slots_after(decider, 1, waited=True, for_braze=False)  # one wait: that period keeps all
+    assert decider.slots == 15
+    assert slots_after(decider, 20 * SETTLE_REQUESTS, waited=False, for_braze=False) == 1
+
+
+class FakeSenders:
+    """Stands in for the sender threads and their sockets.
+
+    When the main thread, having waited, looks at the busy requests, every one is out
+    waiting for Braze; Braze then answers one of them (its slot is released).
+    """
+
+    def __init__(self, unread: int = 0) -> None:
+        self.threads = 0
+        self.unread = unread  # answers arrived that their threads have not read yet
+        self.slots: InFlightSlots | None = None
+
+    def open(self) -> None:
+        self.threads += 1
+
+    def answers_pending(self) -> tuple[int, int]:
+        assert self.slots is not None
+        self.slots.release()
+        return self.slots.slots - self.unread, self.unread
 
 
 def test_retired_slots_are_held_back_and_come_back_before_a_new_thread_opens():
-    opened: list[int] = []
-    ticks = iter(range(10**6))
-    slots = InFlightSlots(4, lambda: opened.append(1), clock=lambda: next(ticks) * 1.0)
+    senders = FakeSenders()
+    slots = senders.slots = InFlightSlots(4, senders.open, senders.answers_pending)
     slots.take(lambda: None)  # the first slot opens its thread
-    assert len(opened) == 1
-    # Every request waits longer than it took to build (the fake clock ticks 1 s a call),
-    # and each one's slot is released at once by a "sender".
-    for _ in range(5 * SETTLE_REQUESTS):
-        slots.release()
+    assert senders.threads == 1
+    # Every slot stays busy until Braze answers: each take waits, for Braze.
+    for _ in range(4 * SETTLE_REQUESTS):
         slots.take(lambda: None)
     assert slots.slots == 4
-    assert len(opened) == 4
-    # Now building takes a second and no request waits at all: slots are retired...
-    now = [0.0]
-    slots._clock = lambda: now[0]
-    slots.release()
-    for _ in range(20 * SETTLE_REQUESTS):
-        now[0] += 1.0
+    assert senders.threads == 4
+    # Every request ends: all four slots are free.
+    while slots._free.acquire(blocking=False):
+        pass
+    for _ in range(4):
+        slots.release()
+    # Now a slot is always free when asked: slots are retired...
+    for _ in range(4 * SETTLE_REQUESTS):
         slots.take(lambda: None)
         slots.release()
     assert slots.slots == 1
@@ -73,19 +98,25 @@ def test_retired_slots_are_held_back_and_come_back_before_a_new_thread_opens():
     while slots._free.acquire(blocking=False):
         free += 1
     assert free == 1  # only the one slot in use is ever handed out
-    slots.release()
-    # ...and when requests wait again, the retired slots come back, with no new thread.
-    slots._clock = lambda: next(ticks) * 1.0
-    slots._last = slots._clock()
-    for _ in range(5 * SETTLE_REQUESTS):
+    # ...and when requests wait for Braze again, they come back, with no new thread.
+    slots.take(lambda: None)  # the one slot (acquired above): busy from here on
+    for _ in range(4 * SETTLE_REQUESTS):
         slots.take(lambda: None)
-        slots.release()
     assert slots.slots == 4
-    assert len(opened) == 4
+    assert senders.threads == 4
+
+
+def test_an_answer_waiting_for_its_thread_opens_no_slot():
+    # The wait is ours (the GIL), not Braze's: another thread would make it worse.
+    senders = FakeSenders(unread=1)
+    slots = senders.slots = InFlightSlots(4, senders.open, senders.answers_pending)
+    for _ in range(10 * SETTLE_REQUESTS):
+        slots.take(lambda: None)
+    assert (slots.slots, senders.threads) == (1, 1)
 
 
 def test_a_release_from_another_thread_ends_a_wait():
-    slots = InFlightSlots(1, lambda: None)
+    slots = InFlightSlots(1, lambda: None, lambda: (0, 0))
     slots.take(lambda: None)  # the one slot, now busy
     threading.Timer(0.05, slots.release).start()
     waits: list[int] = []
