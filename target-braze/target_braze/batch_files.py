@@ -22,7 +22,7 @@ import msgspec
 from target_braze.checkpoint import Checkpoint
 from target_braze.errors import InputError
 from target_braze.message_path import MessagePath
-from target_braze.messages import BatchMessage
+from target_braze.messages import READ_BUFFER_BYTES, BatchMessage
 
 _decode = msgspec.json.Decoder().decode
 _COMPRESSIONS = ("none", "gzip")
@@ -105,4 +105,4 @@ def _open(file: Path, compression: str) -> IO[bytes]:
     # Opened here and closed by the caller's `with`, so an open failure is told apart.
     if compression == "gzip":
         return cast("IO[bytes]", gzip.open(file, "rb"))
-    return file.open("rb")
+    return file.open("rb", buffering=READ_BUFFER_BYTES)

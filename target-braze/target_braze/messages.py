@@ -12,6 +12,11 @@ from typing import Any
 
 import msgspec
 
+#: Input (standard input, BATCH files) is read this much at a time. Each read is a system
+#: call that releases the GIL, and a sender thread waiting for it takes it and has to
+#: hand it back: at 8 KiB (Python's default) that was 11 context switches per request.
+READ_BUFFER_BYTES = 1 << 20
+
 
 class SchemaMessage(msgspec.Struct, tag_field="type", tag="SCHEMA"):
     """A stream's JSON Schema and keys."""

@@ -24,6 +24,7 @@ from target_braze.errors import InputError
 from target_braze.message_path import MessagePath
 from target_braze.messages import (
     MESSAGE_TYPES,
+    READ_BUFFER_BYTES,
     ActivateVersionMessage,
     BatchMessage,
     RecordMessage,
@@ -33,7 +34,6 @@ from target_braze.messages import (
 )
 
 _generic_decoder = msgspec.json.Decoder()
-_STDIN_BUFFER = 1 << 20
 
 
 class MessageReader(GenericSingerReader[Any]):
@@ -48,12 +48,12 @@ class MessageReader(GenericSingerReader[Any]):
     @property
     @override
     def default_input(self) -> IO[Any]:
-        """Standard input, as bytes where it can be, read 1 MiB at a time."""
+        """Standard input, as bytes where it can be, read `READ_BUFFER_BYTES` at a time."""
         try:
             fd = sys.stdin.fileno()
         except (AttributeError, OSError, ValueError):
             return getattr(sys.stdin, "buffer", sys.stdin)
-        return open(fd, "rb", buffering=_STDIN_BUFFER, closefd=False)
+        return open(fd, "rb", buffering=READ_BUFFER_BYTES, closefd=False)
 
     @override
     def deserialize_json(self, line: Any) -> dict:
