@@ -6,7 +6,7 @@ import json
 import threading
 
 from braze_target_harness import run_target, target_config
-from target_braze.in_flight import SETTLE_REQUESTS, InFlightSlots, SlotDecider
+from target_braze.in_flight import MINIMUM_SLOTS, SETTLE_REQUESTS, InFlightSlots, SlotDecider
 from test_target_delivery import stream_of
 
 
@@ -42,7 +42,7 @@ def test_waits_for_our_own_threads_open_nothing():
     assert slots_after(decider, 20 * SETTLE_REQUESTS, waited=True, for_braze=False) == 1
 
 
-def test_a_slot_free_at_every_request_of_a_period_is_retired_down_to_one():
+def test_a_slot_free_at_every_request_of_a_period_is_retired_down_to_the_minimum():
     decider = SlotDecider(maximum=16)
     slots_after(decider, 40 * SETTLE_REQUESTS, waited=True, for_braze=True)
     assert decider.slots == 16
@@ -51,6 +51,9 @@ def test_a_slot_free_at_every_request_of_a_period_is_retired_down_to_one():
     slots_after(decider, 1, waited=True, for_braze=False)  # one wait: that period keeps all
     assert decider.slots == 15
     assert slots_after(decider, 20 * SETTLE_REQUESTS, waited=False, for_braze=False) == 1
+    decider = SlotDecider(maximum=16, minimum=4)
+    slots_after(decider, 40 * SETTLE_REQUESTS, waited=True, for_braze=True)
+    assert slots_after(decider, 40 * SETTLE_REQUESTS, waited=False, for_braze=False) == 4
 
 
 class FakeSenders:
@@ -74,45 +77,52 @@ class FakeSenders:
         return self.slots.slots - self.unread, self.unread
 
 
-def test_retired_slots_are_held_back_and_come_back_before_a_new_thread_opens():
+def test_the_first_slots_open_as_requests_need_them_without_waiting():
     senders = FakeSenders()
-    slots = senders.slots = InFlightSlots(4, senders.open, senders.answers_pending)
-    slots.take(lambda: None)  # the first slot opens its thread
-    assert senders.threads == 1
+    slots = senders.slots = InFlightSlots(16, senders.open, senders.answers_pending)
+    for opened in range(1, MINIMUM_SLOTS + 1):
+        slots.take(lambda: None)  # every slot busy: one more opens, nobody waits
+        assert senders.threads == opened
+    assert slots.slots == MINIMUM_SLOTS
+
+
+def test_retired_slots_are_held_back_and_come_back_before_a_new_thread_opens():
+    most = 2 * MINIMUM_SLOTS
+    senders = FakeSenders()
+    slots = senders.slots = InFlightSlots(most, senders.open, senders.answers_pending)
     # Every slot stays busy until Braze answers: each take waits, for Braze.
     for _ in range(4 * SETTLE_REQUESTS):
         slots.take(lambda: None)
-    assert slots.slots == 4
-    assert senders.threads == 4
-    # Every request ends: all four slots are free.
+    assert (slots.slots, senders.threads) == (most, most)
+    # Every request ends: all slots are free.
     while slots._free.acquire(blocking=False):
         pass
-    for _ in range(4):
+    for _ in range(most):
         slots.release()
-    # Now a slot is always free when asked: slots are retired...
-    for _ in range(4 * SETTLE_REQUESTS):
+    # Now a slot is always free when asked: slots are retired, down to the minimum...
+    for _ in range(4 * most * SETTLE_REQUESTS):
         slots.take(lambda: None)
         slots.release()
-    assert slots.slots == 1
+    assert slots.slots == MINIMUM_SLOTS
     free = 0
     while slots._free.acquire(blocking=False):
         free += 1
-    assert free == 1  # only the one slot in use is ever handed out
+    assert free == MINIMUM_SLOTS  # retired slots are never handed out
     # ...and when requests wait for Braze again, they come back, with no new thread.
-    slots.take(lambda: None)  # the one slot (acquired above): busy from here on
-    for _ in range(4 * SETTLE_REQUESTS):
+    for _ in range(MINIMUM_SLOTS):
+        slots._free.release()
+    for _ in range(MINIMUM_SLOTS + 4 * SETTLE_REQUESTS):
         slots.take(lambda: None)
-    assert slots.slots == 4
-    assert senders.threads == 4
+    assert (slots.slots, senders.threads) == (most, most)
 
 
 def test_an_answer_waiting_for_its_thread_opens_no_slot():
     # The wait is ours (the GIL), not Braze's: another thread would make it worse.
     senders = FakeSenders(unread=1)
-    slots = senders.slots = InFlightSlots(4, senders.open, senders.answers_pending)
+    slots = senders.slots = InFlightSlots(16, senders.open, senders.answers_pending)
     for _ in range(10 * SETTLE_REQUESTS):
         slots.take(lambda: None)
-    assert (slots.slots, senders.threads) == (1, 1)
+    assert (slots.slots, senders.threads) == (MINIMUM_SLOTS, MINIMUM_SLOTS)
 
 
 def test_a_release_from_another_thread_ends_a_wait():
@@ -126,13 +136,13 @@ def test_a_release_from_another_thread_ends_a_wait():
 
 def test_in_flight_requests_grow_with_brazes_latency_and_never_past_the_maximum(braze, tmp_path):
     braze.configure(latency_ms=[100, 100])
-    config = target_config(braze, tmp_path, max_concurrent_requests=4, max_objects_per_request=2)
+    config = target_config(braze, tmp_path, max_concurrent_requests=6, max_objects_per_request=2)
     run = run_target(config, stream_of(160), tmp_path)  # 80 requests
     assert run.returncode == 0, run.stderr
     stats = braze.stats()
     assert stats["requests"] == 80
     # Each request waits ~100 ms for Braze while building one takes far less: slots open,
     # one settling period apart, up to the maximum and never beyond it.
-    assert stats["max_in_flight"] == 4
+    assert stats["max_in_flight"] == 6
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["sender_threads"] == 4
+    assert report["sender_threads"] == 6
