@@ -237,10 +237,10 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=16,
         title="Max concurrent requests",
         description=(
-            "The most requests in flight at once. Slots open as Braze's latency needs them "
-            "(one or two when Braze answers at once, all of them at tens of milliseconds); "
-            "the run report's sender_threads says how many opened. Two in-flight requests "
-            "never share a user."
+            "The most requests in flight at once. Up to 4 open as requests need them, more "
+            "only while Braze's latency keeps them all waiting (all of them at tens of "
+            "milliseconds); the run report's sender_threads says how many opened. Two "
+            "in-flight requests never share a user."
         ),
     ),
     th.Property(
