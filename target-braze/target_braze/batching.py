@@ -7,7 +7,6 @@ would break a limit, and says when no further object can fit by count.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from target_braze.objects import OBJECT_TYPES, BrazeObject
@@ -46,11 +45,6 @@ class UsersTrackBatch:
         return len(self.objects)
 
     @property
-    def user_keys(self) -> Iterator[tuple[str, str]]:
-        """Every user this batch touches."""
-        return (obj.user_key for obj in self.objects)
-
-    @property
     def record_count(self) -> int:
         """How many records the batch carries (merged records count each)."""
         return sum(len(obj.seqs) for obj in self.objects)
@@ -61,7 +55,8 @@ class UsersTrackBatch:
         True: added. None: added, and now the batch is full by count. False: refused, the
         batch unchanged, because `obj` would break a limit.
         """
-        if obj.array == "attributes":
+        array = obj.array
+        if array == "attributes":
             existing = self._by_user.get(obj.user_key)
             if existing is not None:
                 old_size = len(existing.encoded)
@@ -70,20 +65,21 @@ class UsersTrackBatch:
                 return True
         size = len(obj.encoded) + 1
         objects = self.objects
-        if objects and self._bytes + size > self.limits.max_bytes:
-            return False
         limits = self.limits
-        if limits.per_array:
-            if self._counts[obj.array] >= limits.max_objects:
+        if objects:
+            if self._bytes + size > limits.max_bytes:
                 return False
-        elif len(objects) >= limits.max_objects:
-            return False
-        if not objects:
+        else:
             self.first_added_at = time.monotonic()
+        if limits.per_array:
+            if self._counts[array] >= limits.max_objects:
+                return False
+            self._append(obj, size)
+            return True
+        if len(objects) >= limits.max_objects:
+            return False
         self._append(obj, size)
-        if not limits.per_array and len(objects) >= limits.max_objects:
-            return None
-        return True
+        return None if len(objects) >= limits.max_objects else True
 
     def _append(self, obj: BrazeObject, size: int) -> None:
         self.objects.append(obj)
@@ -94,6 +90,8 @@ class UsersTrackBatch:
 
     def body(self) -> bytes:
         """The request body, assembled from each object's cached JSON."""
+        if self._counts["attributes"] == len(self.objects):  # the usual: one array
+            return b'{"attributes":[' + b",".join([o.encoded for o in self.objects]) + b"]}"
         parts: list[bytes] = []
         for array in OBJECT_TYPES:
             items = [obj.encoded for obj in self.objects if obj.array == array]

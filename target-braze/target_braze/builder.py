@@ -25,6 +25,8 @@ from target_braze.values import (
 )
 
 MAX_EXTERNAL_ID_BYTES = 987
+# No identifier this long or shorter can exceed it in UTF-8 (4 bytes a character at most).
+_SHORT_IDENTIFIER = MAX_EXTERNAL_ID_BYTES // 4
 # What the attribute loop does with a value, by its Python type (see `ObjectBuilder._rule`).
 _COPY, _STRING, _FLOAT, _NULL, _DATETIME, _CONVERT = "copy", "str", "float", "null", "dt", "convert"
 # A property's rule: what is done with a value, by its Python type; `_SKIP`: never sent.
@@ -53,14 +55,24 @@ class ObjectBuilder:
         self._identity_keys = 1 + (settings.update_existing_only is not None)
         self._skip_nulls = settings.null_values == "skip"
         self._key_properties = settings.key_properties
+        # Read once per record, so kept here rather than looked up on the settings.
+        self._identifier_property = settings.identifier_property
+        self._object_type = settings.object_type
+        self._attributes_only = settings.object_type == "attributes"
+        self._identifier_type = settings.identifier_type
+        # The identity is one key (external_id, braze_id, email, phone) unless it is an
+        # alias or `_update_existing_only` is set: that common body is built inline.
+        self._plain_identity = (
+            settings.identifier_type != "user_alias" and settings.update_existing_only is None
+        )
 
     def build(self, record: dict[str, Any], seq: int, line: Origin) -> BrazeObject | Rejection:
         """Turn one record into a Braze object, or a rejection naming what is wrong."""
-        settings = self.settings
-        raw_id = record.get(settings.identifier_property)
-        identifier = None if raw_id is None else str(raw_id)
+        raw_id = record.get(self._identifier_property)
+        identifier = raw_id if type(raw_id) is str else None if raw_id is None else str(raw_id)
         try:
-            if identifier is None or identifier == "":
+            if not identifier:
+                settings = self.settings
                 raise UnsendableValue(
                     f"'{settings.identifier_property}' is empty; every Braze object needs an "
                     f"identifier ({settings.identifier_type})"
@@ -70,8 +82,12 @@ class ObjectBuilder:
                 raise UnsendableValue(
                     f"does not match the stream's schema: required {missing} missing"
                 )
-            body = self._identify(identifier)
-            if settings.object_type == "attributes":
+            body = (
+                {self._identifier_type: identifier}
+                if self._plain_identity and len(identifier) <= _SHORT_IDENTIFIER
+                else self._identify(identifier)  # checks an external_id's length
+            )
+            if self._attributes_only:
                 data_points = self._attributes(record, body)
                 key_values = None
             else:
@@ -81,8 +97,8 @@ class ObjectBuilder:
             return Rejection(self.stream, identifier, record, str(exc), line)
         # Positional: for each of the run's records, keyword arguments cost measurably more.
         return BrazeObject(
-            settings.object_type,
-            (settings.identifier_type, identifier),
+            self._object_type,
+            (self._identifier_type, identifier),
             body,
             data_points,
             [seq],

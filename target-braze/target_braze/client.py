@@ -317,12 +317,12 @@ class BrazeClient:
             with self._lock:
                 self._in_flight -= 1
             self._limiter.release()
-        self._stats.add(requests=1)
         self._observe_limits(headers, in_flight)
         if status in (201, 202):
             payload = _json(data)
-            self._stats.add(objects_sent=objects, bytes_sent=len(body))
+            self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
             return None, "", Outcome(status, errors=list(payload.get("errors") or []))
+        self._stats.add(requests=1)
         message = str(_json(data).get("message", "") or reason or "")[:200]
         if status == 429:
             self._stats.add(rate_limited=1)

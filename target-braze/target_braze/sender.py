@@ -68,11 +68,11 @@ class UsersTrackSender:
     def submit(self, batch: UsersTrackBatch) -> None:
         """Queue a batch for delivery (blocks while all slots are busy)."""
         self.raise_if_failed()
-        keys = list(batch.user_keys)
+        keys = [obj.user_key for obj in batch.objects]
+        in_flight = self._users_in_flight
         with self._lock:
-            blockers = {
-                busy for key in keys if (busy := self._users_in_flight.get(key)) is not None
-            }
+            # A set intersection (in C): mostly empty, then no per-key lookups at all.
+            blockers = {in_flight[key] for key in in_flight.keys() & keys}
         if blockers:
             wait(blockers)
         self._slots.take(self.raise_if_failed)
@@ -80,12 +80,13 @@ class UsersTrackSender:
         future: Future[None] = Future()
         with self._lock:
             self._futures.add(future)
-            for key in keys:
-                self._users_in_flight[key] = future
+            in_flight.update(dict.fromkeys(keys, future))
         future.add_done_callback(lambda done: self._finished(done, keys))
         self._work.put((future, batch))
 
     def _start_thread(self) -> None:
+        # Daemon: a run that ends abnormally without `shutdown` must still exit; what the
+        # thread had in flight was never confirmed, so STATE stays before it.
         thread = threading.Thread(
             target=self._serve, name=f"braze-send_{len(self._threads)}", daemon=True
         )
@@ -98,8 +99,10 @@ class UsersTrackSender:
         while (work := self._work.get()) is not None:
             future, batch = work
             if future.set_running_or_notify_cancel():
-                self._deliver(batch)  # never raises: failures are recorded for the main thread
-                future.set_result(None)
+                try:
+                    self._deliver(batch)  # failures are recorded for the main thread
+                finally:
+                    future.set_result(None)  # wait_all and per-user order wait for it
 
     def _finished(self, future: Future[None], keys: list[tuple[str, str]]) -> None:
         with self._lock:
