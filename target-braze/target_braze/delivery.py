@@ -11,6 +11,7 @@ one user reach Braze in the order the tap sent them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from target_braze.batching import RequestLimits, UsersTrackBatch
@@ -43,12 +44,11 @@ class Delivery:
         self._staged: list[BrazeObject] = []
         self._staged_at: float | None = None
         self._batch = UsersTrackBatch(limits)
+        #: Take one object (main thread); a full request goes to the sender. Without the
+        #: ledger, nothing is staged: chosen once, not asked for every object.
+        self.add: Callable[[BrazeObject], None] = self._pack if ledger is None else self._stage
 
-    def add(self, obj: BrazeObject) -> None:
-        """Take one object (main thread); a full request goes to the sender."""
-        if self._ledger is None:
-            self._pack(obj)
-            return
+    def _stage(self, obj: BrazeObject) -> None:
         if not self._staged:
             self._staged_at = time.monotonic()
         self._staged.append(obj)

@@ -19,12 +19,19 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from typing_extensions import override
 
 _HEAD_END = b"\r\n\r\n"
+#: A connection idle this long is checked before reuse (has the server closed it?). One
+#: used just before is not: servers close idle keep-alive connections after seconds
+#: (Braze's load balancers, aiohttp 75 s), and the check is a system call that lets
+#: another thread take the GIL, on every request. A close in between still fails the
+#: request as a dropped connection, which is retried.
+IDLE_CHECK_SECONDS = 1.0
 _MAX_HEAD_BYTES = 64 * 1024
 _RECV_BYTES = 64 * 1024
 
@@ -85,6 +92,7 @@ class Http11Connection:
         # Everything up to the length, encoded once: a request is then one concatenation.
         self._head = "\r\n".join(lines).encode("latin-1")
         self.sock: socket.socket | None = None
+        self._last_used = 0.0
         self._sent = False  # a request is sent and its answer not read yet
 
     def answer_state(self) -> int:
@@ -96,8 +104,14 @@ class Http11Connection:
 
     def post(self, body: bytes) -> Response:
         """Send `body` and return the final answer; the connection closes on any error."""
-        if self.sock is not None and _readable(self.sock):
+        now = time.monotonic()
+        if (
+            self.sock is not None
+            and now - self._last_used >= IDLE_CHECK_SECONDS
+            and _readable(self.sock)
+        ):
             self.close()  # the server closed it while idle: reconnect, nothing was sent
+        self._last_used = now
         if self.sock is None:
             self.sock = self._connect()
         try:

@@ -59,6 +59,9 @@ class MessagePath:
         self._batch_size = int(config.get("batch_size_rows") or 0)
         self._since_drain = 0
         self._activate_version_noted: set[str] = set()
+        # Called for every record: bound once.
+        self._register = run.checkpoint.register_record
+        self._add = run.delivery.add
         self.batch_reader: Callable[[BatchMessage, int], None] | None = None
 
     def schema(self, message: SchemaMessage, line: int) -> None:
@@ -120,12 +123,12 @@ class MessagePath:
             transformed = record if transform is None else transform(record)
             if transformed is None:  # filtered out by a stream map
                 continue
-            seq = run.checkpoint.register_record()
+            seq = self._register()
             built = route.builder.build(transformed, seq, origin)
             if isinstance(built, Rejection):
                 run.settlement.reject_record(built, seq)
             else:
-                run.delivery.add(built)
+                self._add(built)
             route.uncounted += 1
             if not seq & 1023:
                 route.counter.increment(route.uncounted)

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import datetime as dt
 import ipaddress
+import select
 import socket
 import socketserver
 import ssl
@@ -18,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from target_braze import http11
 from target_braze.client import BrazeClient, RetryPolicy
 from target_braze.errors import BrazeFatalError
 from target_braze.http11 import Endpoint, Http11Connection, ProtocolError
@@ -134,7 +136,7 @@ class _ScriptedHandler(socketserver.BaseRequestHandler):
                 return
             sock.sendall(answer)
             framed = b"Content-Length" in answer or b"chunked" in answer
-            if b"Connection: close" in answer or not framed:
+            if b"Connection: close" in answer or b"X-Then: close" in answer or not framed:
                 return
 
 
@@ -373,6 +375,37 @@ def test_an_answer_without_length_is_read_to_the_close_and_the_next_request_reco
     assert connection.post(b"{}").body == ANSWER
     assert connection.post(b"{}").body == ANSWER
     assert server.connections == 3
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_before_a_request(serve, monkeypatch):
+    closing = created(extra=b"X-Then: close\r\n")
+    server = serve([closing, created()])
+    connection = connection_to(server)
+    assert connection.post(b"{}").status == 201
+    # The scripted server answered without "Connection: close", then dropped the connection
+    # (as a server's idle timeout does): wait until the socket shows it.
+    for _ in range(3000):
+        if select.select([connection.sock], [], [], 0.01)[0]:
+            break
+    monkeypatch.setattr(http11, "IDLE_CHECK_SECONDS", 0.0)  # idle "long enough"
+    assert connection.post(b"{}").status == 201  # not a dropped-connection error
+    assert server.connections == 2
+
+
+def test_a_connection_used_just_before_is_not_checked_and_a_close_then_fails_the_request(
+    serve,
+):
+    server = serve([created(extra=b"X-Then: close\r\n"), created()])
+    connection = connection_to(server)
+    assert connection.post(b"{}").status == 201
+    for _ in range(3000):
+        if select.select([connection.sock], [], [], 0.01)[0]:
+            break
+    # Within IDLE_CHECK_SECONDS: sent on the closed connection, and failed as dropped (the
+    # client retries that, as any dropped connection).
+    with pytest.raises(ConnectionError):
+        connection.post(b"{}")
+    assert connection.sock is None
 
 
 def test_a_dropped_connection_or_a_non_http_answer_is_an_oserror_and_closes(serve):
