@@ -10,20 +10,22 @@ import logging
 import threading
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from target_braze.batching import RequestLimits
 from target_braze.checkpoint import Checkpoint, StateOutput
 from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
 from target_braze.delivery import Delivery
 from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
-from target_braze.ledger import Ledger
 from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
 from target_braze.sender import UsersTrackSender
 from target_braze.settings import resolve_api_key
 from target_braze.settlement import Settlement
+
+if TYPE_CHECKING:
+    from target_braze.ledger import Ledger
 
 logger = logging.getLogger("target_braze")
 
@@ -132,6 +134,9 @@ class Run:
                 "as to be sent"
             )
             return None
+        # Imported here: a run with the ledger off does not load it (or SQLite, or xxhash).
+        from target_braze.ledger import Ledger  # noqa: PLC0415
+
         return Ledger(config, endpoint, api_key, dry_run=self.dry_run)
 
     def _ratio_allows_release(self) -> bool:
