@@ -140,20 +140,31 @@ class _ScriptedHandler(socketserver.BaseRequestHandler):
                 return
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., _Scripted]]:
-    servers: list[_Scripted] = []
+@contextlib.contextmanager
+def running() -> Iterator[Callable[[socketserver.BaseServer], None]]:
+    """Serve each server handed over in a thread of its own; stop them all at the end."""
+    servers: list[socketserver.BaseServer] = []
 
-    def start(answers: list[bytes | None], tls: ssl.SSLContext | None = None) -> _Scripted:
-        server = _Scripted(answers, tls)
+    def run(server: socketserver.BaseServer) -> None:
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
-        return server
 
-    yield start
+    yield run
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., _Scripted]]:
+    with running() as run:
+
+        def start(answers: list[bytes | None], tls: ssl.SSLContext | None = None) -> _Scripted:
+            server = _Scripted(answers, tls)
+            run(server)
+            return server
+
+        yield start
 
 
 def tls_context(pem: Path) -> ssl.SSLContext:
@@ -267,18 +278,14 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 @pytest.fixture
 def proxy() -> Iterator[Callable[..., _ConnectProxy]]:
-    proxies: list[_ConnectProxy] = []
+    with running() as run:
 
-    def start(refuse: bytes | None = None) -> _ConnectProxy:
-        server = _ConnectProxy(refuse)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        proxies.append(server)
-        return server
+        def start(refuse: bytes | None = None) -> _ConnectProxy:
+            server = _ConnectProxy(refuse)
+            run(server)
+            return server
 
-    yield start
-    for server in proxies:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 def test_https_goes_through_the_environments_proxy_in_a_verified_tunnel(
