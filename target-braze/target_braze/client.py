@@ -198,12 +198,6 @@ class _Connections:
                 self._all.append(connection)
         return connection
 
-    def discard(self) -> None:
-        """Close this thread's connection after a failure; the next request reconnects."""
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-
     def answers_pending(self) -> tuple[int, int]:
         """Connections that sent a request and see no answer yet; those seeing one arrive."""
         with self._lock:
@@ -309,8 +303,7 @@ class BrazeClient:
             in_flight = self._in_flight
         try:
             status, reason, headers, data = self._post(body)
-        except OSError as exc:
-            self._connections.discard()
+        except OSError as exc:  # the connection closed itself: the next request reconnects
             self._stats.add(requests=1, connection_errors=1)
             return None, f"{type(exc).__name__} talking to {self.url}", None
         finally:
