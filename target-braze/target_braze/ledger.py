@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import operator
 import queue
 import threading
 import time
@@ -46,14 +47,27 @@ logger = logging.getLogger("target_braze")
 
 # A user's entries are stored as three arrays: name slots (32 bits of the name's hash),
 # days confirmed (16 bits: days since 1970, good until 2149) and value digests (64 bits).
+# A row written from one whole attributes object ends in the 64-bit digest of that
+# object's JSON (schema 3): the next record with the very same bytes is unchanged without
+# a digest per attribute, the common case of a model run that rewrote equal values.
 _EPOCH = dt.date(1970, 1, 1)
 # The writer commits once this many objects wait, or once the oldest waited this long.
 _GROUP_OBJECTS = 20_000
+# Confirmations wait for the writer once this many objects are queued for it: a sender
+# thread then waits too, and so in turn does the main thread (its in-flight slots are
+# taken), so a ledger slower than Braze slows the run instead of filling memory.
+_QUEUED_OBJECTS = _GROUP_OBJECTS
 _GROUP_SECONDS = 0.25
 _digest = xxhash.xxh3_64_intdigest
+_whole_digest = xxhash.xxh3_64_digest
+_differs = operator.ne
+_WHOLE_BYTES = 8
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 Entries = dict[int, tuple[int, int]]  # slot -> (day, digest)
+# The digests an object sends, by slot: a dict, or (slots, digests) as a first write has
+# them, turned into a dict only if another object of the user comes while it is pending.
+Sent = dict[int, int] | tuple[tuple[int, ...], "array[int]"]
 _ENTRY_BYTES = 4 + 2 + 8  # a slot, a day, a digest
 
 
@@ -77,8 +91,25 @@ def split_entries(blob: bytes) -> tuple[bytes, array[int], array[int]]:
     count = len(blob) // _ENTRY_BYTES
     days, digests = array("H"), array("Q")
     days.frombytes(blob[4 * count : 6 * count])
-    digests.frombytes(blob[6 * count :])
+    digests.frombytes(blob[6 * count : _ENTRY_BYTES * count])
     return blob[: 4 * count], days, digests
+
+
+def unchanged_whole(blob: bytes, whole: bytes, cutoff: int) -> bool:
+    """Whether a user's stored row was written from an object of exactly `whole`'s JSON.
+
+    `whole` is the new object's `_whole_digest`. Equal bytes mean every attribute equals
+    what Braze confirmed; the object is unchanged if none was confirmed on `cutoff` or
+    before (the retention).
+    """
+    count = len(blob) // _ENTRY_BYTES
+    if len(blob) != _ENTRY_BYTES * count + _WHOLE_BYTES or not blob.endswith(whole):
+        return False
+    if cutoff < 0 or not count:
+        return True
+    days = array("H")
+    days.frombytes(blob[4 * count : 6 * count])
+    return min(days) > cutoff
 
 
 def decode_entries(blob: bytes) -> Entries:
@@ -103,6 +134,7 @@ class _Layout:
     seeds: tuple[int, ...]
     slots: tuple[int, ...]
     slot_bytes: bytes
+    fresh_days: bytes  # every entry confirmed today (a layout lives for one run)
 
     @property
     def count(self) -> int:
@@ -113,7 +145,10 @@ class _Layout:
         """Whether a user's stored entries hold exactly this layout's slots, in its order."""
         count = self.count
         return (
-            bool(count) and len(blob) == _ENTRY_BYTES * count and blob.startswith(self.slot_bytes)
+            bool(count)
+            and len(blob) // _ENTRY_BYTES == count
+            and len(blob) % _ENTRY_BYTES in (0, _WHOLE_BYTES)
+            and blob.startswith(self.slot_bytes)
         )
 
     def digests(self, body: Mapping[str, Any]) -> array[int]:
@@ -142,7 +177,8 @@ class UserWrite:
     check: int
     entries: Entries | bytes
     partial: bool
-    intent: int = 0  # the intent of the request carrying it (0: none yet)
+    intent: int = 0  # the intent written for it (0: none)
+    first: bool = False  # the ledger held nothing for the user, and nothing was on its way
 
     def merge(self, later: UserWrite) -> UserWrite:
         """The write of this object with a later one of the same user folded in."""
@@ -151,6 +187,10 @@ class UserWrite:
             stored: Entries | bytes = merged if self.partial else encode_entries(merged)
             return UserWrite(self.key, self.check, stored, self.partial)
         return later
+
+
+def _sent_dict(sent: Sent) -> dict[int, int]:
+    return dict(zip(*sent, strict=True)) if isinstance(sent, tuple) else sent
 
 
 def _as_entries(entries: Entries | bytes) -> Entries:
@@ -241,10 +281,12 @@ class Ledger:
         self._slots: dict[str, tuple[int, int]] = {}
         self._layouts: dict[tuple[str, ...], _Layout] = {}
         self._lock = threading.Lock()
-        self._pending_users: dict[int, tuple[int, dict[int, int]]] = {}  # key -> (count, digests)
+        self._pending_users: dict[int, tuple[int, Sent]] = {}  # key -> (objects, digests)
         self._pending_events: dict[int, int] = {}  # key -> count
         self._open_intents: dict[int, int] = {}  # intent id -> objects not yet settled
         self._queue: queue.SimpleQueue[_Confirmation | None] = queue.SimpleQueue()
+        self._queued = 0  # objects confirmed and not yet through the writer
+        self._room = threading.Condition()
         self.failure: TargetBrazeError | None = None
         self._thread = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -277,7 +319,11 @@ class Ledger:
         pairs = [self._slots.get(name) or self._slot(name) for name in names]
         slots = tuple(slot for slot, _ in pairs)
         layout = _Layout(
-            names, tuple(seed for _, seed in pairs), slots, array("I", slots).tobytes()
+            names,
+            tuple(seed for _, seed in pairs),
+            slots,
+            array("I", slots).tobytes(),
+            array("H", [self._today] * len(slots)).tobytes(),
         )
         if len(self._layouts) < 1024:  # a tap whose records vary in shape gets no cache
             self._layouts[keys] = layout
@@ -292,15 +338,19 @@ class Ledger:
         event_keys = [self._keys.event(self._event_identity(obj)) for obj in events]
         with self._lock:
             pending_users = self._pending_users
-            pending = {
-                key: dict(pending_users[key][1]) for key, _ in user_keys if key in pending_users
+            pending: dict[int, Sent] = {
+                # A copy: `_trim` adds to it, outside the lock.
+                key: dict(_sent_dict(pending_users[key][1]))
+                for key, _ in user_keys
+                if key in pending_users
             }
             pending_events = {key for key, _ in event_keys if key in self._pending_events}
         reader = self._reader
         stored = reader.read_users([key for key, _ in user_keys]) if users and reader else {}
         seen_events = reader.read_events([k for k, _ in event_keys]) if events and reader else {}
         verdict: dict[int, str] = {}
-        sent_digests: list[tuple[int, dict[int, int]]] = []
+        sent_digests: list[tuple[int, Sent]] = []
+        sent_users: list[BrazeObject] = []
         for obj, (key, check) in zip(users, user_keys, strict=True):
             row = stored.get(key)
             known = row is not None and row[0] == check
@@ -309,6 +359,7 @@ class Ledger:
                 verdict[id(obj)] = "unchanged"
             else:
                 sent_digests.append((key, sent))
+                sent_users.append(obj)
         selected: set[int] = set()
         event_keys_sent = []
         for obj, (key, check) in zip(events, event_keys, strict=True):
@@ -318,6 +369,7 @@ class Ledger:
                 selected.add(key)
                 event_keys_sent.append(key)
                 obj.ledger = EventWrite(key, check, user_key(*obj.user_key)[0])
+        self._intend(sent_users)
         selection = Selection()
         if verdict:
             for obj in objects:
@@ -334,8 +386,8 @@ class Ledger:
         check: int,
         blob: bytes,
         known: bool,
-        pending: dict[int, dict[int, int]],
-    ) -> dict[int, int] | None:
+        pending: dict[int, Sent],
+    ) -> Sent | None:
         """Keep only changed attributes in `obj`: the digests sent, or None if none is left.
 
         Pass an attribute only if both what Braze confirmed (fresh, within the retention)
@@ -343,57 +395,61 @@ class Ledger:
         user's stored entries (b"" if none).
         """
         in_flight = pending.get(key)
+        if isinstance(in_flight, tuple):  # a first write earlier in this selection
+            in_flight = pending[key] = _sent_dict(in_flight)
+        whole = b""  # the whole object's digest, stored only if the row is all of it
         if in_flight is None:
+            whole = _whole_digest(obj.encoded)
+            if blob and not self.full_resync and unchanged_whole(blob, whole, self._cutoff):
+                return None
             body = obj.body
             keys = tuple(body)
             layout = self._layouts.get(keys) or self._layout(keys)
             if not blob:
-                sent = self._first_write(obj, key, check, layout)
+                sent = self._first_write(obj, key, check, layout, whole)
                 pending[key] = sent
                 return sent
             if layout.stored_in(blob):
-                sent_or_none = self._trim_layout(obj, key, check, blob, layout)
+                sent_or_none = self._trim_layout(obj, key, check, blob, layout, whole)
                 if sent_or_none is not None:
                     pending[key] = sent_or_none
                 return sent_or_none
-        return self._trim_entries(obj, key, check, decode_entries(blob), known, in_flight, pending)
+        entries = decode_entries(blob)
+        return self._trim_entries(obj, key, check, entries, known, in_flight, pending, whole)
 
     def _trim_layout(
-        self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout
-    ) -> dict[int, int] | None:
+        self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout, whole: bytes
+    ) -> Sent | None:
         """`_trim` of a user stored in the object's layout (the hot case of a wide table).
 
         The same decisions as `_trim_entries`, on arrays: nothing is in flight for the user
         and the stored slots are the layout's, in its order.
         """
         body = obj.body
-        count = layout.count
         _, days, confirmed = split_entries(blob)
         digests = layout.digests(body)
-        changed: Sequence[int]
-        if self.full_resync:
-            changed = range(count)
-        else:
-            cutoff = self._cutoff
-            changed = [
-                i
-                for i, (digest, was, day) in enumerate(zip(digests, confirmed, days, strict=True))
-                if digest != was or day <= cutoff
-            ]
-            if not changed:
-                return None
-        slots = layout.slots
+        send = list(map(_differs, digests, confirmed))
+        cutoff = self._cutoff
+        if cutoff >= 0 and min(days) <= cutoff:  # some were confirmed too long ago
+            send = [differs or day <= cutoff for differs, day in zip(send, days, strict=True)]
+        if self.full_resync or all(send):  # the whole object goes, as a first write
+            blob = layout.slot_bytes + layout.fresh_days + digests.tobytes() + whole
+            obj.ledger = UserWrite(key, check, blob, partial=False)
+            return layout.slots, digests
+        changed = [i for i, differs in enumerate(send) if differs]
+        if not changed:
+            return None
         today_ = self._today
         for i in changed:
             days[i] = today_
-        if len(changed) != count:
-            names = {layout.names[i] for i in changed}
-            kept = {
-                name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
-            }
-            obj.replace_body(kept, len(changed))
-        blob = layout.slot_bytes + days.tobytes() + digests.tobytes()
+        names = {layout.names[i] for i in changed}
+        kept = {
+            name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
+        }
+        obj.replace_body(kept, len(changed))
+        blob = layout.slot_bytes + days.tobytes() + digests.tobytes() + whole
         obj.ledger = UserWrite(key, check, blob, partial=False)
+        slots = layout.slots
         return {slots[i]: digests[i] for i in changed}
 
     def _trim_entries(
@@ -404,9 +460,13 @@ class Ledger:
         entries: Entries,
         known: bool,
         in_flight: dict[int, int] | None,
-        pending: dict[int, dict[int, int]],
+        pending: dict[int, Sent],
+        whole: bytes,
     ) -> dict[int, int] | None:
-        """`_trim` in general: entries in any order, or an earlier object still in flight."""
+        """`_trim` in general: entries in any order, or an earlier object still in flight.
+
+        `whole` (b"" when `in_flight`) ends the row written: it holds the whole object then.
+        """
         partial = in_flight is not None
         slots = self._slots
         day = self._today
@@ -440,18 +500,24 @@ class Ledger:
             return None
         if len(kept) != len(body):
             obj.replace_body(kept, len(sent))
-        pending.setdefault(key, {}).update(sent)
-        obj.ledger = UserWrite(key, check, written if partial else encode_entries(written), partial)
+        pending.setdefault(key, {}).update(sent)  # type: ignore[union-attr]  # a dict here
+        stored = written if partial else encode_entries(written) + whole
+        obj.ledger = UserWrite(key, check, stored, partial)
         return sent
 
     def _first_write(
-        self, obj: BrazeObject, key: int, check: int, layout: _Layout
-    ) -> dict[int, int]:
+        self, obj: BrazeObject, key: int, check: int, layout: _Layout, whole: bytes
+    ) -> Sent:
         """A user the ledger has never seen: every attribute is sent (a first sync)."""
         digests = layout.digests(obj.body)
-        days = array("H", [self._today]).tobytes() * layout.count
-        obj.ledger = UserWrite(key, check, layout.slot_bytes + days + digests.tobytes(), False)
-        return dict(zip(layout.slots, digests, strict=True))
+        obj.ledger = UserWrite(
+            key,
+            check,
+            layout.slot_bytes + layout.fresh_days + digests.tobytes() + whole,
+            partial=False,
+            first=True,
+        )
+        return layout.slots, digests
 
     @staticmethod
     def _event_identity(obj: BrazeObject) -> bytes:
@@ -459,26 +525,36 @@ class Ledger:
             return _dumps([obj.stream, obj.array, obj.key_values], default=str)
         return _dumps(obj.body, option=_SORT_KEYS, default=str)
 
-    def _add_pending(self, users: list[tuple[int, dict[int, int]]], events: list[int]) -> None:
+    def _add_pending(self, users: list[tuple[int, Sent]], events: list[int]) -> None:
         with self._lock:
             pending_users = self._pending_users
             for key, sent in users:
-                count, digests = pending_users.get(key, (0, {}))
-                digests.update(sent)
-                pending_users[key] = (count + 1, digests)
+                held = pending_users.get(key)
+                pending_users[key] = (
+                    (1, sent)
+                    if held is None
+                    else (held[0] + 1, {**_sent_dict(held[1]), **_sent_dict(sent)})
+                )
             pending_events = self._pending_events
             for key in events:
                 pending_events[key] = pending_events.get(key, 0) + 1
 
-    def intend(self, objects: Sequence[BrazeObject]) -> None:
-        """A request with these objects is about to go: write that first (committed).
+    def _intend(self, users: list[BrazeObject]) -> None:
+        """Write first (committed) that these users' objects may reach Braze: one intent.
 
-        If the run dies after Braze applied it but before the ledger recorded it, the next
+        If the run dies after Braze applied one but before the ledger recorded it, the next
         run finds the intent and stops trusting what the ledger holds for these users
         (`recover_intents`): a stale entry could otherwise equal a new value and skip it.
+        A user the ledger held no entries for, with nothing on its way, needs none: after
+        such a crash it still has no row, so it is sent in full anyway (a first sync writes
+        no intents). Called by `select`, before any of these objects is packed.
         """
-        writes = [obj.ledger for obj in objects if isinstance(obj.ledger, UserWrite)]
-        if not writes or self._dry_run or self._reader is None:
+        if self._dry_run or self._reader is None:
+            return
+        writes = [
+            write for obj in users if isinstance(write := obj.ledger, UserWrite) and not write.first
+        ]
+        if not writes:
             return
         intent = self._reader.add_intent(self.workspace, [write.key for write in writes])
         for write in writes:
@@ -532,6 +608,10 @@ class Ledger:
         """
         writes = [obj.ledger for obj in objects if obj.ledger is not None]
         seqs = [seq for obj in objects for seq in obj.seqs]
+        with self._room:
+            while self._queued >= _QUEUED_OBJECTS:
+                self._room.wait()
+            self._queued += len(writes)
         self._queue.put((writes, seqs, then, []))
 
     def _write_loop(self) -> None:
@@ -551,7 +631,12 @@ class Ledger:
                     break
                 group.append(more)
                 size += len(more[0])
-            self._write_group(group)
+            try:
+                self._write_group(group)
+            finally:  # also after a failure: the senders must not wait for it forever
+                with self._room:
+                    self._queued -= size
+                    self._room.notify_all()
             if done:
                 return
 

@@ -84,6 +84,10 @@ class UsersTrackSender:
         future.add_done_callback(lambda done: self._finished(done, keys))
         self._work.put((future, batch))
 
+    def idle(self) -> bool:
+        """Whether no request is in flight or queued (a hint: it may change at once)."""
+        return not self._futures
+
     def _start_thread(self) -> None:
         # Daemon: a run that ends abnormally without `shutdown` must still exit; what the
         # thread had in flight was never confirmed, so STATE stays before it.

@@ -1,8 +1,12 @@
-"""UsersTrackBatch: object and byte limits, merging per user, error index mapping."""
+"""UsersTrackBatch: object and byte limits, merging per user, error index mapping; how
+Delivery stages objects for the ledger's lookups."""
 
 import orjson
 from braze_target_harness import builder_for
 from target_braze.batching import RequestLimits, UsersTrackBatch
+from target_braze.delivery import Delivery
+from target_braze.ledger import Selection
+from target_braze.report import RunStats
 
 BUILDER = builder_for()
 
@@ -62,3 +66,50 @@ def test_halves_keep_every_object_once():
     assert [len(h) for h in halves] == [2, 3]
     ids = [o.identifier for h in halves for o in h.objects]
     assert ids == [f"u{i}" for i in range(5)]
+
+
+class _Sender:
+    """Stands in for UsersTrackSender: records the requests, says whether it is idle."""
+
+    def __init__(self, idle: bool) -> None:
+        self.requests: list[int] = []
+        self._idle = idle
+
+    def idle(self) -> bool:
+        return self._idle
+
+    def submit(self, batch: UsersTrackBatch) -> None:
+        self.requests.append(len(batch))
+
+
+class _Ledger:
+    """Stands in for Ledger: sends everything, records how many objects each lookup had."""
+
+    def __init__(self) -> None:
+        self.lookups: list[int] = []
+
+    def select(self, objects):  # type: ignore[no-untyped-def]
+        self.lookups.append(len(objects))
+        return Selection(send=list(objects))
+
+
+def _deliver(records: int, *, idle: bool) -> tuple[list[int], list[int]]:
+    sender, ledger = _Sender(idle), _Ledger()
+    delivery = Delivery(limits(), sender, None, RunStats(60.0), ledger)  # type: ignore[arg-type]
+    for i in range(records):
+        delivery.add(obj(f"u{i}", i, a=i))
+    return ledger.lookups, sender.requests
+
+
+def test_with_requests_in_flight_the_ledger_looks_up_eight_requests_at_once():
+    lookups, requests = _deliver(1300, idle=False)
+
+    assert lookups == [600, 600]  # 100 still staged
+    assert requests == [75] * 16
+
+
+def test_with_nothing_in_flight_one_request_s_worth_is_looked_up_and_sent_at_once():
+    lookups, requests = _deliver(160, idle=True)
+
+    assert lookups == [75, 75]
+    assert requests == [75, 75]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
+from contextlib import closing
 
 from braze_target_harness import builder_for
 from target_braze import ledger as ledger_module
@@ -23,6 +25,12 @@ def open_ledger(tmp_path, **settings) -> Ledger:
 
 
 BUILDER = builder_for()
+
+
+def intents(tmp_path) -> int:
+    """How many intents the ledger file holds (committed, as another process sees them)."""
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn:
+        return int(conn.execute("SELECT count(*) FROM intents").fetchone()[0])
 
 
 def objects(*values: dict) -> list[BrazeObject]:
@@ -91,8 +99,8 @@ def test_a_run_stopped_between_brazes_answer_and_the_ledger_write_never_skips(tm
     first = open_ledger(tmp_path)
     confirm(first, first.select(objects({"a": 1, "b": 1})).send)
     # Braze applies a=2, then the run dies before its ledger write: only the intent remains.
-    (changed,) = first.select(objects({"a": 2})).send
-    first.intend([changed])
+    # `select` wrote the intent before the object could be packed into a request.
+    first.select(objects({"a": 2}))
     # (no confirmation: the process is gone)
 
     second = open_ledger(tmp_path)
@@ -104,12 +112,40 @@ def test_a_run_stopped_between_brazes_answer_and_the_ledger_write_never_skips(tm
 
 def test_a_settled_request_leaves_no_intent_behind(tmp_path):
     first = open_ledger(tmp_path)
-    (sent,) = first.select(objects({"a": 1})).send
-    first.intend([sent])
-    confirm(first, [sent])
+    confirm(first, first.select(objects({"a": 1})).send)
+    (changed,) = first.select(objects({"a": 2})).send
+    assert intents(tmp_path) == 1  # a user the ledger holds: written before it is sent
+    confirm(first, [changed])
     first.close()
 
-    assert open_ledger(tmp_path).select(objects({"a": 1})).unchanged
+    assert intents(tmp_path) == 0
+    assert open_ledger(tmp_path).select(objects({"a": 2})).unchanged
+
+
+def test_a_user_the_ledger_never_saw_needs_no_intent(tmp_path):
+    """A first sync writes no intents: after a crash the user has no row, so it is resent."""
+    first = open_ledger(tmp_path)
+    (sent,) = first.select(objects({"a": 1})).send
+    assert intents(tmp_path) == 0
+    # (no confirmation: the process is gone)
+
+    (again,) = open_ledger(tmp_path).select(objects({"a": 1})).send
+
+    assert again.body == sent.body == {"external_id": "u1", "a": 1}
+
+
+def test_a_second_object_of_a_user_still_on_its_way_needs_an_intent(tmp_path):
+    """Its write lands over the row the first one's write may have committed meanwhile."""
+    first = open_ledger(tmp_path)
+    (earlier,) = first.select(objects({"a": 1})).send
+    assert first.select(objects({"a": 2})).send  # pending while `earlier` is
+    assert intents(tmp_path) == 1
+    confirm(first, [earlier])  # committed; a=2 was applied by Braze, then the run died
+
+    (back,) = open_ledger(tmp_path).select(objects({"a": 1})).send
+
+    # a=1 equals the committed entry, yet Braze holds a=2: the user is sent in full.
+    assert back.body == {"external_id": "u1", "a": 1}
 
 
 def test_users_stored_in_the_record_s_layout_get_the_same_decisions_as_any_other(
@@ -175,3 +211,124 @@ def test_users_stored_in_the_record_s_layout_get_the_same_decisions_as_any_other
         stored[name] = {k: (chk, decode_entries(blob)) for k, (chk, blob) in rows.items()}
     assert len(stored["fast"]) == 12
     assert stored["fast"] == stored["general"]
+
+
+def test_a_record_equal_to_the_object_a_row_was_written_from_needs_no_digest_per_value(
+    tmp_path, monkeypatch
+):
+    """The whole object's digest settles an equal record; any change still goes per value."""
+    ledger = open_ledger(tmp_path)
+    confirm(ledger, ledger.select(objects({"a": 1, "b": "x"})).send)
+
+    def no_digests(*_args):  # type: ignore[no-untyped-def]
+        raise AssertionError("digests per value computed for an unchanged record")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger_module._Layout, "digests", no_digests)
+        assert ledger.select(objects({"a": 1, "b": "x"})).unchanged
+
+    (changed,) = ledger.select(objects({"a": 1, "b": "y"})).send
+    assert changed.body == {"external_id": "u1", "b": "y"}
+
+
+def test_the_whole_object_path_decides_as_the_per_value_path(tmp_path, monkeypatch):
+    """Same records, two ledgers: one settles equal records by the whole object's digest,
+    the other never does. Both send the same, settle the same and store the same entries
+    (rejections, a user twice in one batch and records of another shape too; retention on
+    this path: `test_values_confirmed_longer_ago_than_the_retention_are_sent_again`).
+    """
+    import random
+
+    from target_braze.ledger import decode_entries
+
+    def play(ledger: Ledger) -> tuple[list, dict]:
+        rng = random.Random(5)
+        verdicts = []
+        for _ in range(60):
+            users = rng.sample([f"u{i}" for i in range(8)], 4)
+            users.append(rng.choice(users))
+            built = []
+            for user in users:
+                names = ["a", "b", "c"] if rng.random() < 0.9 else ["c", "a"]
+                record = {"customer_id": user, **{n: rng.choice([1, 2]) for n in names}}
+                built.append(BUILDER.build(record, 0, 1))
+            selection = ledger.select(built)  # type: ignore[arg-type]
+            verdicts.append(
+                (
+                    [dict(obj.body) for obj in selection.send],
+                    [obj.body["external_id"] for obj in selection.unchanged],
+                )
+            )
+            if rng.random() < 0.15:
+                ledger.forget_pending(selection.send)
+            else:
+                confirm(ledger, selection.send)
+        keys = [ledger._keys.user("external_id", f"u{i}")[0] for i in range(8)]
+        rows = ledger._reader.read_users(keys)  # type: ignore[union-attr]
+        return verdicts, {k: (chk, decode_entries(blob)) for k, (chk, blob) in rows.items()}
+
+    hits = []
+    original = ledger_module.unchanged_whole
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        hit = original(*args)
+        hits.append(hit)
+        return hit
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "per_value").mkdir()
+    monkeypatch.setattr(ledger_module, "unchanged_whole", counting)
+    with_whole = play(open_ledger(tmp_path / "whole"))
+    monkeypatch.setattr(ledger_module, "unchanged_whole", lambda *_: False)
+    per_value = play(open_ledger(tmp_path / "per_value"))
+
+    assert sum(hits) > 10  # the whole object's path was taken, often
+    assert with_whole == per_value
+
+
+def test_a_row_stored_without_the_whole_object_s_digest_is_read_per_value(tmp_path):
+    """A row written by schema 2 (or merged from parts) ends without it: same decisions."""
+    ledger = open_ledger(tmp_path)
+    confirm(ledger, ledger.select(objects({"a": 1, "b": "x"})).send)
+    ledger.close()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn, conn:
+        (length,) = conn.execute("SELECT length(entries) FROM users").fetchone()
+        assert length == 2 * 14 + 8  # two entries, then the whole object's digest
+        conn.execute("UPDATE users SET entries = substr(entries, 1, length(entries) - 8)")
+    again = open_ledger(tmp_path)
+
+    assert again.select(objects({"a": 1, "b": "x"})).unchanged
+    (changed,) = again.select(objects({"a": 2, "b": "x"})).send
+    assert changed.body == {"external_id": "u1", "a": 2}
+
+
+def test_confirmations_wait_for_the_writer_once_enough_are_queued(tmp_path, monkeypatch):
+    """A ledger slower than Braze slows the senders down instead of filling memory."""
+    monkeypatch.setattr(ledger_module, "_QUEUED_OBJECTS", 1)
+    ledger = open_ledger(tmp_path)
+    committing, release = threading.Event(), threading.Event()
+    commit = ledger._commit
+
+    def slow_commit(*args):  # type: ignore[no-untyped-def]
+        committing.set()
+        assert release.wait(30)
+        commit(*args)
+
+    monkeypatch.setattr(ledger, "_commit", slow_commit)
+    first, second = objects({"a": 1}), [*objects({"b": 1})]
+    settled = []
+    ledger.confirmed(ledger.select(first).send, settled.append)
+    assert committing.wait(10)  # the writer holds the first, not yet through
+    sender = threading.Thread(
+        target=ledger.confirmed, args=(ledger.select(second).send, settled.append)
+    )
+    sender.start()
+    while sender.is_alive() and not ledger._room._waiters:  # type: ignore[attr-defined]
+        threading.Event().wait(0.001)
+
+    assert sender.is_alive()  # waiting for room, its confirmation not queued
+    release.set()
+    sender.join(30)
+    ledger.close()
+    assert not sender.is_alive()
+    assert len(settled) == 2

@@ -23,7 +23,7 @@ import xxhash
 
 from target_braze.errors import TargetBrazeError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
@@ -187,6 +187,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ws integer NOT NULL, user_keys bytea NOT NULL)",
         ),
     ),
+    # 3: a user's `entries` may end in the digest of the whole object they were written
+    # from (see `target_braze.ledger`). No table changes, but a release that knows only
+    # version 2 would misread such rows: the version tells it to refuse the ledger.
+    Migration(3, sqlite=(), postgres=()),
 )
 
 
