@@ -52,12 +52,16 @@ logger = logging.getLogger("target_braze")
 # a digest per attribute, the common case of a model run that rewrote equal values.
 _EPOCH = dt.date(1970, 1, 1)
 # The writer commits once this many objects wait, or once the oldest waited this long.
-_GROUP_OBJECTS = 20_000
+# Random keys make each row written dirty its own page once the ledger is large, so the
+# fewer commits the fewer times a page goes through the WAL: a first sync of 1M users
+# took 13% less CPU with groups of 50,000 and 1 s than with 20,000 and 0.25 s (peak
+# memory 125 MB instead of 87). The cost: a STATE may wait up to a second longer.
+_GROUP_OBJECTS = 50_000
 # Confirmations wait for the writer once this many objects are queued for it: a sender
 # thread then waits too, and so in turn does the main thread (its in-flight slots are
 # taken), so a ledger slower than Braze slows the run instead of filling memory.
 _QUEUED_OBJECTS = _GROUP_OBJECTS
-_GROUP_SECONDS = 0.25
+_GROUP_SECONDS = 1.0
 _digest = xxhash.xxh3_64_intdigest
 _whole_digest = xxhash.xxh3_64_digest
 _differs = operator.ne
