@@ -181,16 +181,18 @@ class UserWrite:
     check: int
     entries: Entries | bytes
     partial: bool
-    intent: int = 0  # the intent written for it (0: none)
+    intents: tuple[int, ...] = ()  # the intents written for it (two once merged)
     first: bool = False  # the ledger held nothing for the user, and nothing was on its way
 
     def merge(self, later: UserWrite) -> UserWrite:
         """The write of this object with a later one of the same user folded in."""
+        # Both objects' intents are settled by the one write (the request carries one object).
+        intents = self.intents + later.intents
         if later.partial:
             merged = {**_as_entries(self.entries), **_as_entries(later.entries)}
             stored: Entries | bytes = merged if self.partial else encode_entries(merged)
-            return UserWrite(self.key, self.check, stored, self.partial)
-        return later
+            return UserWrite(self.key, self.check, stored, self.partial, intents)
+        return UserWrite(later.key, later.check, later.entries, later.partial, intents)
 
 
 def _sent_dict(sent: Sent) -> dict[int, int]:
@@ -562,7 +564,7 @@ class Ledger:
             return
         intent = self._reader.add_intent(self.workspace, [write.key for write in writes])
         for write in writes:
-            write.intent = intent
+            write.intents = (intent,)
         with self._lock:
             self._open_intents[intent] = len(writes)
 
@@ -571,13 +573,15 @@ class Ledger:
         done = []
         with self._lock:
             for write in writes:
-                if isinstance(write, UserWrite) and write.intent:
-                    left = self._open_intents.get(write.intent, 1) - 1
+                if not isinstance(write, UserWrite):
+                    continue
+                for intent in write.intents:
+                    left = self._open_intents.get(intent, 1) - 1
                     if left <= 0:
-                        self._open_intents.pop(write.intent, None)
-                        done.append(write.intent)
+                        self._open_intents.pop(intent, None)
+                        done.append(intent)
                     else:
-                        self._open_intents[write.intent] = left
+                        self._open_intents[intent] = left
         return done
 
     def forget_pending(self, objects: Sequence[BrazeObject]) -> None:

@@ -332,3 +332,17 @@ def test_confirmations_wait_for_the_writer_once_enough_are_queued(tmp_path, monk
     ledger.close()
     assert not sender.is_alive()
     assert len(settled) == 2
+
+
+def test_two_objects_of_a_user_merged_into_one_request_leave_no_intent_behind(tmp_path):
+    """The request carries one object for both: settling it settles both their intents."""
+    ledger = open_ledger(tmp_path)
+    confirm(ledger, ledger.select(objects({"a": 1, "b": 1})).send)
+    earlier, later = ledger.select(objects({"a": 2}, {"b": 2})).send
+    assert intents(tmp_path) == 1
+    earlier.merge(later)  # as UsersTrackBatch does with one user's objects in a request
+    confirm(ledger, [earlier])
+    ledger.close()
+
+    assert intents(tmp_path) == 0
+    assert open_ledger(tmp_path).select(objects({"a": 2, "b": 2})).unchanged
