@@ -92,11 +92,26 @@ def encode_entries(entries: Entries) -> bytes:
 
 def split_entries(blob: bytes) -> tuple[bytes, array[int], array[int]]:
     """A user's stored entries as their three parts: slots (raw bytes), days, digests."""
-    count = len(blob) // _ENTRY_BYTES
-    days, digests = array("H"), array("Q")
-    days.frombytes(blob[4 * count : 6 * count])
+    count, _ = _row_shape(blob)
+    digests = array("Q")
     digests.frombytes(blob[6 * count : _ENTRY_BYTES * count])
-    return blob[: 4 * count], days, digests
+    return blob[: 4 * count], _days(blob, count), digests
+
+
+def _row_shape(blob: bytes) -> tuple[int, int]:
+    """A stored row's number of entries, and how many bytes follow them.
+
+    0 bytes follow, or `_WHOLE_BYTES`: the digest of the whole object the row was
+    written from.
+    """
+    return divmod(len(blob), _ENTRY_BYTES)
+
+
+def _days(blob: bytes, count: int) -> array[int]:
+    """The days confirmed of a stored row of `count` entries."""
+    days = array("H")
+    days.frombytes(blob[4 * count : 6 * count])
+    return days
 
 
 def unchanged_whole(blob: bytes, whole: bytes, cutoff: int) -> bool:
@@ -106,14 +121,10 @@ def unchanged_whole(blob: bytes, whole: bytes, cutoff: int) -> bool:
     what Braze confirmed; the object is unchanged if none was confirmed on `cutoff` or
     before (the retention).
     """
-    count = len(blob) // _ENTRY_BYTES
-    if len(blob) != _ENTRY_BYTES * count + _WHOLE_BYTES or not blob.endswith(whole):
+    count, after = _row_shape(blob)
+    if after != _WHOLE_BYTES or not blob.endswith(whole):
         return False
-    if cutoff < 0 or not count:
-        return True
-    days = array("H")
-    days.frombytes(blob[4 * count : 6 * count])
-    return min(days) > cutoff
+    return cutoff < 0 or not count or min(_days(blob, count)) > cutoff
 
 
 def decode_entries(blob: bytes) -> Entries:
@@ -147,13 +158,17 @@ class _Layout:
 
     def stored_in(self, blob: bytes) -> bool:
         """Whether a user's stored entries hold exactly this layout's slots, in its order."""
-        count = self.count
+        stored, after = _row_shape(blob)
         return (
-            bool(count)
-            and len(blob) // _ENTRY_BYTES == count
-            and len(blob) % _ENTRY_BYTES in (0, _WHOLE_BYTES)
+            stored == self.count
+            and bool(stored)
+            and after in (0, _WHOLE_BYTES)
             and blob.startswith(self.slot_bytes)
         )
+
+    def fresh_row(self, digests: array[int], whole: bytes) -> bytes:
+        """The stored row of an object of this layout sent whole: every entry confirmed today."""
+        return self.slot_bytes + self.fresh_days + digests.tobytes() + whole
 
     def digests(self, body: Mapping[str, Any]) -> array[int]:
         """The digest of each attribute's value in canonical form, in the layout's order."""
@@ -439,8 +454,7 @@ class Ledger:
         if cutoff >= 0 and min(days) <= cutoff:  # some were confirmed too long ago
             send = [differs or day <= cutoff for differs, day in zip(send, days, strict=True)]
         if self.full_resync or all(send):  # the whole object goes, as a first write
-            blob = layout.slot_bytes + layout.fresh_days + digests.tobytes() + whole
-            obj.ledger = UserWrite(key, check, blob, partial=False)
+            obj.ledger = UserWrite(key, check, layout.fresh_row(digests, whole), partial=False)
             return layout.slots, digests
         changed = [i for i, differs in enumerate(send) if differs]
         if not changed:
@@ -519,7 +533,7 @@ class Ledger:
         obj.ledger = UserWrite(
             key,
             check,
-            layout.slot_bytes + layout.fresh_days + digests.tobytes() + whole,
+            layout.fresh_row(digests, whole),
             partial=False,
             first=True,
         )
