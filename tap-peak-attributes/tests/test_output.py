@@ -207,6 +207,16 @@ def _blocked_writing_stdout(pid: int) -> bool:
     return False
 
 
+def _signal_pending(pid: int, signum: int) -> bool:
+    """Whether `signum` waits to be delivered (/proc/PID/status: SigPnd, ShdPnd masks)."""
+    bit = 1 << (signum - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigPnd", "ShdPnd") and int(value, 16) & bit:
+            return True
+    return False
+
+
 def _wait_until(condition, what: str, limit: float = 120) -> None:
     deadline = time.monotonic() + limit
     while not condition():
@@ -335,8 +345,15 @@ def test_a_second_sigterm_gives_up_on_a_pipe_nobody_reads(tmp_path):
     tap.stdout.readline()
     _wait_until(lambda: _blocked_writing_stdout(tap.pid), "the tap blocks writing stdout")
     tap.send_signal(signal.SIGTERM)
-    # Nobody reads: the first stop waits for its write, which never completes.
-    _wait_until(lambda: _blocked_writing_stdout(tap.pid), "the tap is back in its write")
+    # Nobody reads: the first stop waits for its write, which never completes. Until the
+    # kernel delivers the first SIGTERM, the tap still sits in that write, and a second
+    # one sent then merges with it (a pending signal is not queued twice). Once delivered,
+    # Python runs the handler before it retries the write: delivered and in the write
+    # again means the first stop was handled.
+    _wait_until(
+        lambda: not _signal_pending(tap.pid, signal.SIGTERM) and _blocked_writing_stdout(tap.pid),
+        "the first SIGTERM is handled and the tap is back in its write",
+    )
 
     tap.send_signal(signal.SIGTERM)
     returncode = tap.wait(timeout=120)  # a safety net; the exit is immediate
