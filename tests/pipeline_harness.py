@@ -12,6 +12,7 @@ module, independently of the tap's code.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -142,7 +143,6 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.state_dir = self.workdir / "meltano-state"
         self.report_path = self.workdir / "run-report.json"
         self.rejects_path = self.workdir / "rejected-records.jsonl"
         self.ledger_path = self.workdir / "ledger.sqlite"
@@ -155,7 +155,11 @@ class Pipeline:
     def env(self) -> dict[str, str]:
         """The environment of a run: sandbox, outputs, state backend, extra settings."""
         env = dict(self.base_env)
-        env["MELTANO_STATE_BACKEND_URI"] = f"file://{self.state_dir}"
+        # Meltano's system database, as meltano.yml has it: a SQLite transaction per state
+        # write, which a kill -9 cannot leave half done. The local file backend (file://)
+        # truncates, then writes, state.json: killed in between, every later run fails
+        # on the empty file (README: "Where Meltano keeps the bookmark").
+        env["MELTANO_STATE_BACKEND_URI"] = "systemdb"
         env["TARGET_BRAZE_REST_ENDPOINT"] = self.sandbox_url
         env["TARGET_BRAZE_API_KEY"] = self.api_key
         env["TARGET_BRAZE_RUN_REPORT_PATH"] = str(self.report_path)
@@ -212,19 +216,38 @@ class Pipeline:
                 start_new_session=True,
             )
 
+    @property
+    def system_database(self) -> Path:
+        """Meltano's system database (`<sys dir>/meltano.db`): run records and state."""
+        return Path(self.base_env["MELTANO_SYS_DIR_ROOT"]) / "meltano.db"
+
     def stored_state(self) -> dict[str, Any]:
         """Meltano's stored state for this pipeline (completed merged with partial).
 
-        Read from the file state backend: `<dir>/<state id>/state.json` holds
-        `{"completed": ..., "partial": ...}`; Meltano resumes from partial merged over
-        completed.
+        Read from the `systemdb` state backend: table `state`, one row per state id, its
+        `partial_state` and `completed_state` JSON; Meltano resumes from partial merged
+        over completed. Read-only, and consistent while a run writes it (a transaction).
         """
-        path = self.state_dir / self.state_id / "state.json"
-        if not path.exists():
+        if not self.system_database.exists():
             return {}
-        stored = json.loads(path.read_text())
-        merged = _deep_merge(stored.get("partial") or {}, stored.get("completed") or {})
-        return merged.get("singer_state", {})
+        uri = f"file:{self.system_database}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as connection:
+            has_table = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'state'"
+            ).fetchone()
+            row = (
+                has_table
+                and connection.execute(
+                    "SELECT partial_state, completed_state FROM state WHERE state_id = ?",
+                    (self.state_id,),
+                ).fetchone()
+            )
+        if not row:
+            return {}
+        partial, completed = (json.loads(text) if text else {} for text in row)
+        merged = _deep_merge(partial or {}, completed or {})
+        state: dict[str, Any] = merged.get("singer_state", {})
+        return state
 
     def meltano_state_get(self) -> dict[str, Any]:
         """`meltano state get <state id>`: the state as Meltano itself reports it."""

@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,17 +94,6 @@ def _wait_until_sandbox_quiet(sandbox: Any) -> int:
     raise AssertionError(f"the sandbox still has requests in flight: {sandbox.stats()}")
 
 
-def _stored_bookmark_while_running(pipeline: Pipeline) -> Bookmark | str:
-    """The stored bookmark, or "unreadable" while Meltano is rewriting the state file.
-
-    Meltano's file backend truncates, then writes `state.json`: a reader can catch it empty.
-    """
-    try:
-        return pipeline.bookmark()
-    except ValueError:
-        return "unreadable"
-
-
 def _top_up(warehouse, bookmark, seed: int) -> None:
     """Model runs until at least OUTSTANDING_BEFORE_TRIAL rows are after the bookmark."""
     for attempt in range(5):
@@ -118,10 +108,16 @@ def _top_up(warehouse, bookmark, seed: int) -> None:
     raise AssertionError("model runs did not leave enough rows to send")
 
 
+def _tail(log_path: Path, lines: int = 40) -> str:
+    """The last lines the killed runs wrote (Meltano's, the tap's and the target's)."""
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def _kill_at_progress(
     sandbox: Any,
     pipeline: Pipeline,
     process: subprocess.Popen[bytes],
+    log_path: Path,
     *,
     answered_before: int,
     answered_needed: int,
@@ -141,8 +137,7 @@ def _kill_at_progress(
             answered = _answered(sandbox) - answered_before
             reached = answered >= answered_needed
             if reached and wait_for_checkpoint:
-                stored = _stored_bookmark_while_running(pipeline)
-                reached = stored != "unreadable" and _order(stored) > _order(bookmark_before)
+                reached = _order(pipeline.bookmark()) > _order(bookmark_before)
             if reached:
                 # If the whole group is gone already, the exit status tells (not -9).
                 with contextlib.suppress(ProcessLookupError):
@@ -154,7 +149,8 @@ def _kill_at_progress(
         raise AssertionError(
             f"the run ended (exit {process.returncode}) before the threshold: "
             f"{_answered(sandbox) - answered_before} of {answered_needed} requests answered, "
-            f"waiting for a checkpoint: {wait_for_checkpoint}"
+            f"waiting for a checkpoint: {wait_for_checkpoint}; the end of its log:\n"
+            + _tail(log_path)
         )
     finally:
         if not killed and process.poll() is None:
@@ -219,6 +215,7 @@ def test_kill_9_at_random_progress_loses_nothing_and_bookmark_never_passes_braze
             sandbox,
             pipeline,
             process,
+            log_path,
             answered_before=answered_before,
             answered_needed=answered_needed,
             bookmark_before=bookmark_before,
@@ -310,5 +307,41 @@ def test_braze_failing_mid_sync_fails_the_run_and_a_rerun_after_it_heals_complet
     rerun = pipeline.run()
 
     assert rerun.returncode == 0, rerun.describe()
+    problems = mismatches(expected_profiles(warehouse), sandbox_attributes(sandbox))
+    assert not problems, summarise(problems)
+
+
+def test_a_file_state_backend_s_empty_state_json_fails_the_next_run_until_removed(
+    start_sandbox, make_pipeline, tmp_path
+):
+    """Pins the README's warning about Meltano's `file://` state backend (Meltano 4.4).
+
+    It truncates, then writes, `state.json`: a kill -9 in between leaves it empty, which
+    is why the crash tests run on `systemdb`. The next run then fails before sending
+    anything; with the file removed, a run completes. If Meltano comes to write the state
+    in one step (or to read an empty file as no state), this fails: then the README's
+    warning and troubleshooting row go.
+    """
+    warehouse = copy_sample_warehouse(tmp_path / "warehouse.sqlite")
+    sandbox = start_sandbox()
+    pipeline = make_pipeline(sandbox, warehouse)
+    state_dir = tmp_path / "file-state"
+    backend = {"MELTANO_STATE_BACKEND_URI": f"file://{state_dir}"}
+    state_file = state_dir / pipeline.state_id / "state.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text("")  # what a kill between Meltano's truncate and write leaves
+
+    failed = pipeline.run(extra_env=backend)
+
+    assert failed.returncode != 0, failed.describe()
+    assert "Expecting value: line 1 column 1 (char 0)" in failed.output, failed.describe()
+    assert "Failed to retrieve state" in failed.output, failed.describe()
+    assert sandbox.stats()["requests"] == 0, failed.describe()
+
+    state_file.unlink()  # the README's remedy
+    rerun = pipeline.run(extra_env=backend)
+
+    assert rerun.returncode == 0, rerun.describe()
+    assert json.loads(state_file.read_text())["completed"]["singer_state"]["bookmarks"]
     problems = mismatches(expected_profiles(warehouse), sandbox_attributes(sandbox))
     assert not problems, summarise(problems)

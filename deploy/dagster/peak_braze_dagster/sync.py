@@ -135,9 +135,10 @@ def run_environment(
         raise Failure(description=msg)
     if not (env.get(STATE_BACKEND_VARIABLE) or environ.get(STATE_BACKEND_VARIABLE)):
         msg = (
-            f"workspace {workspace.name}: set {STATE_BACKEND_VARIABLE} (s3://..., gs://..., "
-            "azure://... or file://...): each run has its own Meltano system directory, so "
-            "state in Meltano's system database would be lost after every run"
+            f"workspace {workspace.name}: set {STATE_BACKEND_VARIABLE} (s3://..., gs://... or "
+            "azure://...; file://... only where a run is never killed, see the README): each "
+            "run has its own Meltano system directory, so state in Meltano's system database "
+            "would be lost after every run"
         )
         raise Failure(description=msg)
     withheld = (
