@@ -346,3 +346,15 @@ def test_two_objects_of_a_user_merged_into_one_request_leave_no_intent_behind(tm
 
     assert intents(tmp_path) == 0
     assert open_ledger(tmp_path).select(objects({"a": 2, "b": 2})).unchanged
+
+
+def test_a_trimmed_object_keeps_its_control_keys(tmp_path):
+    ledger = open_ledger(tmp_path)
+    builder = builder_for(update_existing_only=True)
+    record = {"customer_id": "u1", "a": 1, "b": 1}
+    confirm(ledger, ledger.select([builder.build(record, 0, 1)]).send)  # type: ignore[list-item]
+
+    (changed,) = ledger.select([builder.build({**record, "b": 2}, 1, 2)]).send  # type: ignore[list-item]
+
+    assert changed.body == {"external_id": "u1", "_update_existing_only": True, "b": 2}
+    assert changed.data_points == 1
