@@ -106,6 +106,64 @@ def one_run(store: LedgerStore, rows: int, batch: int, read_chunk: int) -> dict[
     return figures
 
 
+def floor_run(rows: int, batch: int) -> dict[str, Any]:
+    """What any ledger of one SQLite row per user pays, whatever its code: the floor.
+
+    A bare `sqlite3` insert of `rows` random keys with an 8-byte value (no upsert, no
+    entries, the ledger's pragmas), and the digests of a Peak-shaped user's 9 attribute
+    values by the ledger's rule (canonical JSON, xxh3 seeded by the name). Against
+    target-braze's CPU per record with the ledger off, these two alone bound from below
+    what the ledger can cost a first sync (issue 8's 15% goal).
+    """
+    import orjson
+    import xxhash
+
+    rng = random.Random(11)
+    keys = sorted(rng.getrandbits(63) for _ in range(rows))
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ledger-floor-") as work:
+        conn = sqlite3.connect(Path(work) / "floor.sqlite", isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=10000"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute("CREATE TABLE users (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        value = bytes(8)
+
+        def insert_all() -> None:
+            for part in _batches(keys, batch):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT INTO users VALUES (?, ?)", [(k, value) for k in part])
+                conn.execute("COMMIT")
+
+        figures[f"bare sqlite3 insert, {batch}/commit"] = _timed(insert_all, rows)
+        conn.close()
+    attributes = [
+        {
+            "p": rng.random(),
+            "risk": rng.choice(["low", "high"]),
+            "v": rng.random() * 1e3,
+            "q": rng.random(),
+            "nbp": "smart_watch",
+            "seg": "new",
+            "vip": rng.random() < 0.5,
+            "n": rng.randrange(50),
+            "at": "2026-11-21T06:03:29Z",
+        }
+        for _ in range(rows)
+    ]
+    seeds = [xxhash.xxh3_64_intdigest(name.encode()) for name in attributes[0]]
+    digest, dumps, sort_keys = xxhash.xxh3_64_intdigest, orjson.dumps, orjson.OPT_SORT_KEYS
+
+    def digest_all() -> None:
+        for body in attributes:
+            [
+                digest(dumps(v, None, sort_keys), s)
+                for v, s in zip(body.values(), seeds, strict=True)
+            ]
+
+    figures["9 value digests (per user)"] = _timed(digest_all, rows)
+    return figures
+
+
 def _checkpointed_size(path: Path) -> int:
     """The ledger file's size once its WAL is copied in (the WAL is scratch space)."""
     with sqlite3.connect(path) as conn:
@@ -162,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             with ledger() as store:
                 runs.append(one_run(store, args.rows, args.batch, args.read_chunk))
         best = {name: min(run[name] for run in runs) for name in runs[0]}
+        if backend == "sqlite":
+            floors = [floor_run(args.rows, args.batch) for _ in range(args.repeat)]
+            best.update({name: min(run[name] for run in floors) for name in floors[0]})
         results[backend] = best
         print(f"\n{backend}: {args.rows:,} rows, best of {args.repeat}")
         print(f"  {'operation':<34} {'CPU us/row':>10} {'wall us/row':>11}")

@@ -127,3 +127,29 @@ def test_benchmark_command_tiny(tmp_path: Path) -> None:
         assert stage in markdown
     assert "throughput.png" in markdown
     assert data["machine"]["cpu_model"] in markdown
+
+
+def test_ledger_storage_benchmark_tiny(tmp_path: Path) -> None:
+    """`benchmarks/ledger_store.py` runs and reports every operation, the floor included."""
+    out = tmp_path / "ledger-store.json"
+    command = [sys.executable, "benchmarks/ledger_store.py", "--rows", "500", "--repeat", "1"]
+    result = subprocess.run(
+        [*command, "--batch", "200", "--postgres", "off", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    figures = json.loads(out.read_text())["results"]["sqlite"]
+    for name in (
+        "write new users, 200/call",
+        "read_users misses, 500/call",
+        "bare sqlite3 insert, 200/commit",
+        "9 value digests (per user)",
+    ):
+        cpu_us, wall_us = figures[name]
+        assert cpu_us > 0, name
+        assert wall_us > 0, name
