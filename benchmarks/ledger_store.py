@@ -115,8 +115,8 @@ def floor_run(rows: int, batch: int) -> dict[str, Any]:
     target-braze's CPU per record with the ledger off, these two alone bound from below
     what the ledger can cost a first sync (issue 8's 15% goal).
     """
-    import orjson
-    import xxhash
+    # The ledger's own rule (target_braze.ledger), not a copy of it.
+    from target_braze.ledger import _SORT_KEYS, _digest, _dumps
 
     rng = random.Random(11)
     keys = sorted(rng.getrandbits(63) for _ in range(rows))
@@ -150,13 +150,12 @@ def floor_run(rows: int, batch: int) -> dict[str, Any]:
         }
         for _ in range(rows)
     ]
-    seeds = [xxhash.xxh3_64_intdigest(name.encode()) for name in attributes[0]]
-    digest, dumps, sort_keys = xxhash.xxh3_64_intdigest, orjson.dumps, orjson.OPT_SORT_KEYS
+    seeds = [_digest(name.encode()) for name in attributes[0]]
 
     def digest_all() -> None:
         for body in attributes:
             [
-                digest(dumps(v, None, sort_keys), s)
+                _digest(_dumps(v, None, _SORT_KEYS), s)
                 for v, s in zip(body.values(), seeds, strict=True)
             ]
 
