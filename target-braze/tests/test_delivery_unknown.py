@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from braze_sandbox.testing import SandboxProcess
 from braze_target_harness import (
     customers,
@@ -74,8 +75,16 @@ def test_events_whose_answer_is_lost_are_not_resent_and_are_named_delivery_unkno
     assert run.states[-1] == state("end-30", "plain_events")["value"]
 
 
-def test_a_rerun_and_a_re_emit_do_not_send_events_of_unknown_delivery(braze, tmp_path):
-    config = events_config(braze, tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+
+def test_a_rerun_and_a_re_emit_do_not_send_events_of_unknown_delivery(braze, tmp_path, ledger_url):
+    config = events_config(braze, tmp_path, ledger_url=ledger_url)
     braze.configure(fault_5xx_after_apply=1.0)
     assert run_target(config, EVENTS, tmp_path).returncode == 0
     braze.configure(fault_5xx_after_apply=0.0)  # Braze heals
@@ -88,6 +97,23 @@ def test_a_rerun_and_a_re_emit_do_not_send_events_of_unknown_delivery(braze, tmp
     latest = [r for r in unknown_rejects(tmp_path) if "an earlier run" in r["reason"]]
     assert len(latest) == 60
     assert report(tmp_path)["unknown"] == 60
+
+
+def test_a_rejected_event_is_forgotten_so_a_fixed_re_emit_sends_it(braze, tmp_path):
+    braze.configure(errors={"u3": "BLACKLISTED_EXTERNAL_USER_ID"})
+    config = events_config(braze, tmp_path, max_rejected_ratio=1.0)
+    first = run_target(config, EVENTS, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert report(tmp_path)["rejected"] > 0
+    braze.configure(errors={})  # fixed in Braze
+
+    again = run_target(config, EVENTS, tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert event_ids(braze) == Counter(
+        {f"{s}-{i}": 1 for s in ("keyed_events", "plain_events") for i in range(30)}
+    )
+    assert unknown_rejects(tmp_path) == []
 
 
 def test_unknown_events_do_not_count_toward_max_rejected_ratio(braze, tmp_path):
