@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -145,6 +146,7 @@ def test_kill_9_at_random_moments_duplicates_no_event(braze, tmp_path: Path) -> 
     rng = random.Random(SEED)
     position = 0
     killed = 0
+    stranded = 0  # events a killed run left in flight, as the next run's warning counts them
     for trial in range(KILLS + 1):
         workdir = tmp_path / f"run-{trial}"
         workdir.mkdir()
@@ -152,6 +154,8 @@ def test_kill_9_at_random_moments_duplicates_no_event(braze, tmp_path: Path) -> 
         kill_after = rng.randint(*KILL_AFTER_ANSWERED) if trial < KILLS else None
         returncode, stdout, stderr = run(config_path, stdin, workdir, braze, kill_after)
         wait_until_quiet(braze)
+        warning = re.search(r"Ledger: (\d+) events/purchases were in flight", stderr.read_text())
+        stranded += int(warning[1]) if warning else 0
         if kill_after is None:
             assert returncode == 0, stderr.read_text()[-3000:]
         else:
@@ -163,6 +167,7 @@ def test_kill_9_at_random_moments_duplicates_no_event(braze, tmp_path: Path) -> 
         position = last_position(stdout, position)
 
     assert killed == KILLS
+    assert stranded > 0, "no kill left an event in flight: the crash proved nothing"
     assert position == EVENTS  # the last run went to the end
     copies = Counter(e["properties"]["event_id"] for e in braze.events())
     duplicated = {event: n for event, n in copies.items() if n > 1}
