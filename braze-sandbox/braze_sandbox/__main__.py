@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability of closing the connection before processing")  # fmt: skip
     add("--fault-drop-after-apply", type=float, default=0.0, metavar="P",
         help="probability of applying the data, then closing without a response")  # fmt: skip
+    add("--fault-5xx-after-apply", type=float, default=0.0, metavar="P",
+        help="probability of applying the data, then answering 502 (a load balancer "
+             "that lost Braze's answer)")  # fmt: skip
     add("--fault-unindexed-error", type=float, default=0.0, metavar="P",
         help="probability of 201 with an unindexed errors[] entry (nothing applied)")  # fmt: skip
     add("--fault-queued", type=float, default=0.0, metavar="P",
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> SandboxOptions:
     """Translate parsed arguments into :class:`SandboxOptions`."""
     for name in ("fault_429", "fault_5xx", "fault_drop", "fault_drop_after_apply",
-                 "fault_unindexed_error", "fault_queued"):  # fmt: skip
+                 "fault_5xx_after_apply", "fault_unindexed_error", "fault_queued"):  # fmt: skip
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be a probability within 0..1")
     if args.fail_after_requests < 0:
@@ -99,6 +102,7 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
             p_5xx=args.fault_5xx,
             p_drop=args.fault_drop,
             p_drop_after_apply=args.fault_drop_after_apply,
+            p_5xx_after_apply=args.fault_5xx_after_apply,
             p_unindexed_error=args.fault_unindexed_error,
             p_queued=args.fault_queued,
             latency_ms=parse_latency(args.latency_ms),

@@ -20,6 +20,7 @@ class FaultSettings:
     p_5xx: float = 0.0
     p_drop: float = 0.0
     p_drop_after_apply: float = 0.0
+    p_5xx_after_apply: float = 0.0
     p_unindexed_error: float = 0.0
     p_queued: float = 0.0
     latency_ms: tuple[float, float] = (0.0, 0.0)
@@ -125,6 +126,10 @@ class FaultInjector:
     def drop_after_apply(self) -> bool:
         """Apply the data, then close the connection: a lost response."""
         return self._roll(self.settings.p_drop_after_apply)
+
+    def error_after_apply(self) -> bool:
+        """Apply the data, then answer 502: a load balancer that lost Braze's answer."""
+        return self._roll(self.settings.p_5xx_after_apply)
 
     def latency_seconds(self) -> float:
         """How long to hold this response."""

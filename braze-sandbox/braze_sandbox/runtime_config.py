@@ -21,6 +21,7 @@ _PROBABILITIES = {
     "fault_5xx": "p_5xx",
     "fault_drop": "p_drop",
     "fault_drop_after_apply": "p_drop_after_apply",
+    "fault_5xx_after_apply": "p_5xx_after_apply",
     "fault_unindexed_error": "p_unindexed_error",
     "fault_queued": "p_queued",
 }

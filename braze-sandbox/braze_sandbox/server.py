@@ -3,7 +3,7 @@
 A ``/users/track`` request goes through, in order: the fail point (500 once armed and
 past its count), dropped connection (fault), auth, rate limiter, injected 429/5xx, size
 and JSON checks, per-object validation, latency, application to the profile store (one
-SQLite transaction), lost response (fault).
+SQLite transaction), lost response or 502 after the apply (faults).
 """
 
 from __future__ import annotations
@@ -244,6 +244,9 @@ class Sandbox:
         if faults.drop_after_apply():
             stats.injected["drop_after_apply"] += 1
             raise _Dropped
+        if faults.error_after_apply():
+            stats.injected["5xx_after_apply"] += 1
+            return 502, None, headers, objects, size, True
         if faults.queued():
             stats.injected["queued"] += 1
             return 202, {"message": "queued"}, headers, objects, size, True

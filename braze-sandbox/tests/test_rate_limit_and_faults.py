@@ -6,7 +6,7 @@ import time
 
 import pytest
 import requests
-from braze_sandbox.testing import SandboxProcess
+from braze_sandbox.testing import SandboxError, SandboxProcess
 
 BODY = {"attributes": [{"external_id": "u", "x": 1}]}
 
@@ -71,6 +71,48 @@ def test_drop_after_apply_applies_then_loses_the_response(sandbox, track):
         sandbox.configure(fault_drop_after_apply=0.0)
     assert sandbox.profile("u") is not None
     assert sandbox.stats()["injected"] == {"drop_after_apply": 1}
+
+
+EVENTS_BODY = {"events": [{"external_id": "u", "name": "signup", "time": "2026-01-01T00:00:00Z"}]}
+
+
+def test_5xx_after_apply_applies_then_answers_502(sandbox, track):
+    sandbox.configure(fault_5xx_after_apply=1.0)
+    try:
+        response = track(sandbox, EVENTS_BODY)
+    finally:
+        sandbox.configure(fault_5xx_after_apply=0.0)
+    assert response.status_code == 502
+    assert len(sandbox.events("u")) == 1
+    assert sandbox.stats()["injected"] == {"5xx_after_apply": 1}
+
+
+def test_after_apply_faults_heal_at_run_time(sandbox, track):
+    sandbox.configure(fault_5xx_after_apply=1.0, fault_drop_after_apply=0.0)
+    assert sandbox.config()["fault_5xx_after_apply"] == 1.0
+    assert track(sandbox, EVENTS_BODY).status_code == 502
+    sandbox.configure(fault_5xx_after_apply=0.0)
+    assert track(sandbox, EVENTS_BODY).status_code == 201
+    assert len(sandbox.events("u")) == 2
+
+
+def test_5xx_after_apply_is_a_cli_option():
+    with SandboxProcess(fault_5xx_after_apply=1.0) as sandbox:
+        client_body = {"attributes": [{"external_id": "cli", "x": 1}]}
+        response = requests.post(
+            f"{sandbox.url}/users/track",
+            json=client_body,
+            headers={"Authorization": f"Bearer {sandbox.api_key}"},
+            timeout=10,
+        )
+        assert response.status_code == 502
+        assert sandbox.profile("cli") is not None
+        assert sandbox.config()["fault_5xx_after_apply"] == 1.0
+
+
+def test_5xx_after_apply_rejects_a_bad_probability(sandbox):
+    with pytest.raises(SandboxError):
+        sandbox.configure(fault_5xx_after_apply=1.5)
 
 
 def test_unindexed_error_applies_nothing(sandbox, track):

@@ -88,13 +88,21 @@ class Outcome:
     errors: list[dict[str, Any]] = field(default_factory=list)
     split: bool = False  # 400 or 413: split the request and send the parts
     message: str = ""
+    # Braze may have applied the request and no answer says so (returned, not retried,
+    # only when the caller said a resend is not safe: events and purchases).
+    ambiguous: bool = False
 
 
 class Sends(Protocol):
     """What the sender needs from a client: `BrazeClient`, or `DryRunClient`."""
 
-    def send(self, body: bytes, objects: int) -> Outcome:
-        """Deliver one body and return Braze's final answer."""
+    def send(self, body: bytes, objects: int, *, resend_safe: bool = True) -> Outcome:
+        """Deliver one body and return Braze's final answer.
+
+        With `resend_safe=False` a failure after which Braze may have applied the request
+        (a drop after the body was sent, a read timeout, a 5xx) is not retried: it comes
+        back at once as `Outcome(ambiguous=True)`.
+        """
         ...
 
     def close(self) -> None:
@@ -261,8 +269,8 @@ class BrazeClient:
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    def send(self, body: bytes, objects: int) -> Outcome:
-        """POST one body until Braze gives a final answer.
+    def send(self, body: bytes, objects: int, *, resend_safe: bool = True) -> Outcome:
+        """POST one body until Braze gives a final answer (see `Sends.send`).
 
         Raises:
             BrazeFatalError: 401/403/404, or retries exhausted.
@@ -272,7 +280,7 @@ class BrazeClient:
         while True:
             if self._stop.is_set():
                 raise BrazeFatalError("stopped: another request already failed the run")
-            retry_in, problem, outcome = self._attempt(body, objects)
+            retry_in, problem, outcome = self._attempt(body, objects, resend_safe)
             if outcome is not None:
                 return outcome
             if attempt >= self._retry.max_retries:
@@ -295,7 +303,9 @@ class BrazeClient:
                 raise BrazeFatalError("stopped: another request already failed the run")
             attempt += 1
 
-    def _attempt(self, body: bytes, objects: int) -> tuple[float | None, str, Outcome | None]:
+    def _attempt(
+        self, body: bytes, objects: int, resend_safe: bool
+    ) -> tuple[float | None, str, Outcome | None]:
         """One try. Returns (wait hint, problem, None) to retry, or (.., .., outcome)."""
         self._limiter.acquire()
         with self._lock:
@@ -305,7 +315,11 @@ class BrazeClient:
             status, reason, headers, data = self._post(body)
         except OSError as exc:  # the connection closed itself: the next request reconnects
             self._stats.add(requests=1, connection_errors=1)
-            return None, f"{type(exc).__name__} talking to {self.url}", None
+            problem = f"{type(exc).__name__} talking to {self.url}"
+            # Refused: nothing was sent. Any other error may have come after the body was.
+            if not resend_safe and not isinstance(exc, ConnectionRefusedError):
+                return None, problem, Outcome(0, ambiguous=True, message=problem)
+            return None, problem, None
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -325,7 +339,10 @@ class BrazeClient:
             return wait, "429 rate limited", None
         if status >= 500:
             self._stats.add(server_errors=1)
-            return None, f"{status} {message}".strip(), None
+            problem = f"{status} {message}".strip()
+            if not resend_safe:  # a gateway may answer 5xx after Braze applied it
+                return None, problem, Outcome(status, ambiguous=True, message=problem)
+            return None, problem, None
         if status in (400, 413):
             return None, "", Outcome(status, split=True, message=message)
         if status in _FATAL_REASONS:
@@ -370,7 +387,7 @@ class DryRunClient:
         self._output.open()
         self._stats = stats
 
-    def send(self, body: bytes, objects: int) -> Outcome:
+    def send(self, body: bytes, objects: int, *, resend_safe: bool = True) -> Outcome:
         """Record the body; report it as accepted so counting proceeds as in a real run."""
         self._output.write_line(body)
         self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))

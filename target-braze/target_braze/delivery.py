@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 # less per record than one request's worth). With nothing in flight, one request's worth
 # is looked up and sent at once, so a slow tap's records do not wait for seven more.
 STAGE_REQUESTS = 8
+EARLIER_RUN_UNKNOWN = (
+    "an earlier run sent it and Braze's answer was lost, or that run stopped while it was "
+    "in flight, so Braze may hold it; it is not sent again"
+)
 
 
 class Delivery:
@@ -75,6 +79,8 @@ class Delivery:
             self._settlement.skip(selection.unchanged, "unchanged")
         if selection.duplicates:
             self._settlement.skip(selection.duplicates, "duplicates")
+        for obj in selection.unknown:
+            self._settlement.unknown(obj, EARLIER_RUN_UNKNOWN)
         for obj in selection.send:
             self._pack(obj)
 
@@ -108,6 +114,11 @@ class Delivery:
         )
         if oldest is not None and now - oldest >= seconds:
             self.flush()
+
+    def abandon(self) -> None:
+        """The run failed: the request being packed will never be sent (see `not_sent`)."""
+        self._settlement.not_sent(self._batch.objects)
+        self._batch = UsersTrackBatch(self._limits)
 
     def drain(self) -> None:
         """Send everything and wait until Braze answered all of it."""

@@ -33,6 +33,8 @@ import xxhash
 
 from target_braze.errors import TargetBrazeError
 from target_braze.ledger_store import (
+    CONFIRMED,
+    UNKNOWN,
     KeySpace,
     LedgerStore,
     default_ledger_url,
@@ -73,6 +75,16 @@ Entries = dict[int, tuple[int, int]]  # slot -> (day, digest)
 # them, turned into a dict only if another object of the user comes while it is pending.
 Sent = dict[int, int] | tuple[tuple[int, ...], "array[int]"]
 _ENTRY_BYTES = 4 + 2 + 8  # a slot, a day, a digest
+
+
+FORGOTTEN = "forgotten"
+
+
+def _describe(obj: BrazeObject) -> str:
+    """What `target-braze-ledger unknown` shows of an event sent: stream, user, object."""
+    # The object's JSON is already encoded (it is the request's bytes): spliced in, not redone.
+    head = _dumps({"stream": obj.stream, "user": obj.identifier, "array": obj.array})
+    return (head[:-1] + b',"object":' + obj.encoded + b"}").decode()
 
 
 def today() -> int:
@@ -220,11 +232,17 @@ def _as_entries(entries: Entries | bytes) -> Entries:
 
 @dataclass(slots=True)
 class EventWrite:
-    """What the ledger records for one event or purchase once Braze confirmed it."""
+    """What the ledger records for one event or purchase: in flight, then how it settled.
+
+    `outcome` is "" while the object is on its way, then `confirmed`, `unknown` or
+    `forgotten` (not delivered: its in-flight row is deleted).
+    """
 
     key: int
     check: int
     user_key: int
+    detail: str = ""  # what was sent (stream, user, object), kept while not confirmed
+    outcome: str = ""
 
 
 # Braze's confirmation of some objects: their ledger writes, their records, what settles
@@ -241,6 +259,9 @@ class Selection:
     send: list[BrazeObject] = field(default_factory=list)
     unchanged: list[BrazeObject] = field(default_factory=list)
     duplicates: list[BrazeObject] = field(default_factory=list)
+    #: Events and purchases of unknown delivery (an earlier run sent them, no answer said
+    #: whether Braze applied them): never sent again until released.
+    unknown: list[BrazeObject] = field(default_factory=list)
 
 
 class Ledger:
@@ -290,6 +311,15 @@ class Ledger:
                     "what Braze holds for them is unknown, so their attributes are sent in "
                     "full once",
                     recovered,
+                )
+            stranded = self._writer_store.recover_in_flight(self.workspace)
+            if stranded:
+                logger.warning(
+                    "Ledger: %d events/purchases were in flight to Braze when a previous run "
+                    "stopped; Braze may hold them, so they are not resent (delivery unknown): "
+                    "list them with `target-braze-ledger unknown`, check Braze, then "
+                    "`target-braze-ledger release` those it lacks",
+                    stranded,
                 )
             if retention > 0:
                 forgotten = self._writer_store.forget_events_before(self.workspace, self._cutoff)
@@ -368,7 +398,9 @@ class Ledger:
             pending_events = {key for key, _ in event_keys if key in self._pending_events}
         reader = self._reader
         stored = reader.read_users([key for key, _ in user_keys]) if users and reader else {}
-        seen_events = reader.read_events([k for k, _ in event_keys]) if events and reader else {}
+        seen_events = (
+            reader.read_event_states([k for k, _ in event_keys]) if events and reader else {}
+        )
         verdict: dict[int, str] = {}
         sent_digests: list[tuple[int, Sent]] = []
         sent_users: list[BrazeObject] = []
@@ -383,14 +415,22 @@ class Ledger:
                 sent_users.append(obj)
         selected: set[int] = set()
         event_keys_sent = []
+        sent_events: list[EventWrite] = []
         for obj, (key, check) in zip(events, event_keys, strict=True):
-            if seen_events.get(key) == check or key in pending_events or key in selected:
-                verdict[id(obj)] = "duplicates"
+            seen = seen_events.get(key)
+            if key in pending_events or key in selected:
+                verdict[id(obj)] = "duplicates"  # the same identity is on its way
+            elif seen is not None and seen[0] == check:
+                # Not on its way in this run: `in_flight` was left by a stopped run (or
+                # is this run's own, settled unknown, not yet written as such).
+                verdict[id(obj)] = "duplicates" if seen[1] == CONFIRMED else "unknown"
             else:
                 selected.add(key)
                 event_keys_sent.append(key)
-                obj.ledger = EventWrite(key, check, user_key(*obj.user_key)[0])
-        self._intend(sent_users)
+                write = EventWrite(key, check, user_key(*obj.user_key)[0], _describe(obj))
+                obj.ledger = write
+                sent_events.append(write)
+        self._intend(sent_users, sent_events)
         selection = Selection()
         if verdict:
             for obj in objects:
@@ -559,8 +599,12 @@ class Ledger:
             for key in events:
                 pending_events[key] = pending_events.get(key, 0) + 1
 
-    def _intend(self, users: list[BrazeObject]) -> None:
+    def _intend(self, users: list[BrazeObject], events: list[EventWrite]) -> None:
         """Write first (committed) that these users' objects may reach Braze: one intent.
+
+        The same write records `events` as `in_flight`: a run killed at any moment after
+        leaves them for the next run to find, which then treats them as of unknown
+        delivery instead of new (Braze never deduplicates events).
 
         If the run dies after Braze applied one but before the ledger recorded it, the next
         run finds the intent and stops trusting what the ledger holds for these users
@@ -574,9 +618,16 @@ class Ledger:
         writes = [
             write for obj in users if isinstance(write := obj.ledger, UserWrite) and not write.first
         ]
+        if not writes and not events:
+            return
+        today_ = self._today
+        intent = self._reader.add_intent(
+            self.workspace,
+            [write.key for write in writes],
+            [(e.key, e.check, e.user_key, today_, e.detail) for e in events],
+        )
         if not writes:
             return
-        intent = self._reader.add_intent(self.workspace, [write.key for write in writes])
         for write in writes:
             write.intents = (intent,)
         with self._lock:
@@ -599,12 +650,42 @@ class Ledger:
         return done
 
     def forget_pending(self, objects: Sequence[BrazeObject]) -> None:
-        """These objects will not be confirmed (rejected): they are pending no more."""
+        """These objects will not be confirmed (rejected): they are pending no more.
+
+        A rejected event or purchase was not delivered: its in-flight row is deleted (by
+        the writer, which then ends its pending), so a fixed rerun may send it.
+        """
         writes = [obj.ledger for obj in objects if obj.ledger is not None]
-        self._release(writes)
-        done = self._settled_intents(writes)
-        if done:  # the writer deletes them with its next commit
-            self._queue.put(([], [], None, done))
+        users = [write for write in writes if isinstance(write, UserWrite)]
+        events = [write for write in writes if isinstance(write, EventWrite)]
+        self._release(users)
+        done = self._settled_intents(users)
+        for write in events:
+            write.outcome = FORGOTTEN
+        if done or events:  # the writer deletes them with its next commit
+            with self._room:
+                self._queued += len(events)
+            self._queue.put((list(events), [], None, done))
+
+    def not_sent(self, objects: Sequence[BrazeObject]) -> None:
+        """The run failed before these objects' request could reach Braze.
+
+        Their events and purchases were certainly not applied (the request was refused,
+        rate limited until the retries ran out, or never sent): their in-flight rows are
+        deleted so the rerun sends them. Nothing settles.
+        """
+        unsent = [
+            obj for obj in objects if isinstance(obj.ledger, EventWrite) and not obj.ledger.outcome
+        ]
+        if unsent:
+            self.forget_pending(unsent)
+
+    def unknown(self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]) -> None:
+        """Braze may hold these events or purchases: record them `unknown`, then `then(seqs)`."""
+        for obj in objects:
+            if isinstance(obj.ledger, EventWrite):
+                obj.ledger.outcome = UNKNOWN
+        self._queue_settled(objects, then)
 
     def _release(self, writes: Sequence[UserWrite | EventWrite]) -> None:
         with self._lock:
@@ -628,6 +709,15 @@ class Ledger:
 
         Only the writes and sequence numbers are kept until the commit, not the objects.
         """
+        for obj in objects:
+            if isinstance(obj.ledger, EventWrite):
+                obj.ledger.outcome = CONFIRMED
+        self._queue_settled(objects, then)
+
+    def _queue_settled(
+        self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]
+    ) -> None:
+        """Hand settled objects' writes to the writer (waiting while it is far behind)."""
         writes = [obj.ledger for obj in objects if obj.ledger is not None]
         seqs = [seq for obj in objects for seq in obj.seqs]
         with self._room:
@@ -687,10 +777,16 @@ class Ledger:
         assert self._writer_store is not None  # noqa: S101 - only real runs write
         users: dict[int, UserWrite] = {}
         events = []
+        unknown = []
+        forgotten = []
         for write in writes:
             if isinstance(write, UserWrite):
                 earlier = users.get(write.key)
                 users[write.key] = write if earlier is None else earlier.merge(write)
+            elif write.outcome == UNKNOWN:
+                unknown.append(write.key)
+            elif write.outcome == FORGOTTEN:
+                forgotten.append(write.key)
             else:
                 events.append((write.key, write.check, write.user_key, self._today))
         partial = [write.key for write in users.values() if write.partial]
@@ -705,7 +801,7 @@ class Ledger:
             elif not isinstance(entries, bytes):
                 entries = encode_entries(entries)
             rows.append((write.key, write.check, entries))
-        self._writer_store.write(self.workspace, rows, events, done_intents)
+        self._writer_store.write(self.workspace, rows, events, done_intents, unknown, forgotten)
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the connections."""

@@ -1,4 +1,7 @@
-"""`target-braze-ledger`: the delivery ledger's size per workspace; clear a workspace or a user.
+"""`target-braze-ledger`: look after the delivery ledger, per workspace.
+
+`stats` (its size), `clear-workspace`, `clear-user`, `unknown` (the events and purchases of
+unknown delivery) and `release` (forget chosen ones once a person has checked Braze).
 
 Settings are read the way target-braze reads them: `--config` JSON files (later files win),
 then, for keys they lack, the environment variables Meltano exports for the plugin
@@ -13,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from target_braze.errors import TargetBrazeError
@@ -21,6 +24,7 @@ from target_braze.ledger_store import (
     KeySpace,
     LedgerStore,
     SqliteLedgerStore,
+    UnsettledEvent,
     WorkspaceInfo,
     default_ledger_url,
     mask_url,
@@ -172,6 +176,96 @@ def clear_user(
         )
 
 
+def event_id(key: int) -> str:
+    """How the commands name an event identity: its 64-bit ledger key as 16 hex digits.
+
+    Hex of the unsigned value, so an id never starts with `-` (argparse would take it for
+    an option).
+    """
+    return f"{key & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _event_key(text: str) -> int:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFFFFFFFFFFFFFF or len(text) != 16:
+        raise LedgerCommandError(
+            f"{text!r} is not an event id (16 hex digits, as `{PROG} unknown` lists them)"
+        )
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _describe_event(event: UnsettledEvent) -> str:
+    """One line: id, state, when it was sent, stream, user and the object sent."""
+    try:
+        detail = json.loads(event.detail or "{}")
+    except ValueError:
+        detail = {}
+    body = json.dumps(detail.get("object"), sort_keys=True, separators=(",", ":"))
+    return (
+        f"{event_id(event.key)}  {event.state}  sent {event.sent_at or '?'}  "
+        f"{detail.get('stream', '?')}  {detail.get('array', 'event')} of {detail.get('user', '?')}"
+        f"  {body}"
+    )
+
+
+def list_unknown(store: LedgerStore, settings: dict[str, str], workspace_id: int | None) -> None:
+    """Print the events and purchases of unknown delivery (and any still in flight)."""
+    target = _target_workspace(store, settings, workspace_id)
+    events = store.unsettled_events(target.id)
+    if not events:
+        print(f"no events or purchases of unknown delivery in {_describe(target)}")
+        return
+    print(
+        f"{len(events):,} events/purchases of unknown delivery in {_describe(target)}: Braze "
+        "may hold them. Check Braze for each; `release` those it lacks, and the tap's next "
+        "emission of them is sent"
+    )
+    for event in events:
+        print(_describe_event(event))
+
+
+def release(
+    store: LedgerStore,
+    settings: dict[str, str],
+    workspace_id: int | None,
+    ids: Sequence[str],
+    *,
+    everything: bool,
+    yes: bool,
+    ask: Callable[[str], str] = input,
+) -> None:
+    """Forget chosen (or all) events of unknown delivery, so their next emission is sent."""
+    if everything == bool(ids):
+        raise LedgerCommandError("name the events to release (ids from `unknown`), or --all")
+    target = _target_workspace(store, settings, workspace_id)
+    unsettled = {event.key: event for event in store.unsettled_events(target.id)}
+    keys = list(unsettled) if everything else [_event_key(text) for text in ids]
+    missing = [event_id(key) for key in keys if key not in unsettled]
+    if missing:
+        raise LedgerCommandError(
+            f"{', '.join(missing)}: not of unknown delivery in {_describe(target)} (`{PROG} "
+            "unknown` lists those that are); nothing released"
+        )
+    if not keys:
+        print(
+            f"no events or purchases of unknown delivery in {_describe(target)}: nothing to release"
+        )
+        return
+    print(f"releasing {len(keys):,} events/purchases in {_describe(target)}:")
+    for key in keys:
+        print(_describe_event(unsettled[key]))
+    if not yes:
+        answer = ask("Their next emission will be sent to Braze again. Release them? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing released")
+            return
+    released = store.release_events(target.id, None if everything else keys)
+    print(f"released {released:,} events/purchases: the tap's next emission of them is sent")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -200,6 +294,23 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument(
         "--workspace", type=int, metavar="ID", help="id from stats (default: the config's)"
     )
+    unknown = commands.add_parser(
+        "unknown", help="list events and purchases of unknown delivery (Braze may hold them)"
+    )
+    unknown.add_argument(
+        "--workspace", type=int, metavar="ID", help="id from stats (default: the config's)"
+    )
+    freed = commands.add_parser(
+        "release",
+        help="forget events of unknown delivery (after checking Braze): their next emission "
+        "is sent",
+    )
+    freed.add_argument("ids", nargs="*", metavar="ID", help="event ids from `unknown`")
+    freed.add_argument("--all", action="store_true", help="release every one")
+    freed.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    freed.add_argument(
+        "--workspace", type=int, metavar="ID", help="id from stats (default: the config's)"
+    )
     return parser
 
 
@@ -213,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 stats(store)
             elif args.command == "clear-workspace":
                 clear_workspace(store, settings, args.workspace)
+            elif args.command == "unknown":
+                list_unknown(store, settings, args.workspace)
+            elif args.command == "release":
+                release(
+                    store, settings, args.workspace, args.ids, everything=args.all, yes=args.yes
+                )
             else:
                 clear_user(store, settings, args.workspace, args.identifier_type, args.identifier)
     except TargetBrazeError as exc:

@@ -58,8 +58,13 @@ class RejectedRecords:
         reason: str,
         kind: str,
         origin: Origin,
+        *,
+        unknown: bool = False,
     ) -> None:
-        """Record one rejection with its reason; `kind` groups reasons in the summary."""
+        """Record one rejection with its reason; `kind` groups reasons in the summary.
+
+        `unknown`: a record of unknown delivery, counted as such rather than as rejected.
+        """
         line = orjson.dumps(
             {
                 "run_id": self._run_id,
@@ -74,7 +79,10 @@ class RejectedRecords:
             default=_default,
             option=orjson.OPT_NON_STR_KEYS,
         )
-        self._stats.add_rejection(kind, identifier or describe_origin(origin))
+        if unknown:
+            self._stats.add(unknown=1)
+        else:
+            self._stats.add_rejection(kind, identifier or describe_origin(origin))
         if self._output is None:
             logger.warning("Rejected record: %s", line.decode())
             return

@@ -27,6 +27,7 @@ COUNTERS = (
     "connection_errors",
     "splits",
     "rejected",
+    "unknown",
     "data_points",
     "bytes_sent",
     "states_emitted",
@@ -111,7 +112,8 @@ class RunStats:
             f"{c['requests']} requests ({c['retries']} retries, {c['rate_limited']} 429s, "
             f"{c['server_errors']} 5xx, {c['connection_errors']} connection errors), "
             f"{c['unchanged']} unchanged, {c['duplicates']} duplicates, "
-            f"{c['rejected']} rejected, {c['data_points']} data points, "
+            f"{c['rejected']} rejected, {c['unknown']} delivery unknown, "
+            f"{c['data_points']} data points, "
             f"{c['records_in'] / elapsed:,.0f} records/s"
         )
 

@@ -169,9 +169,12 @@ class Run:
         outcome = "success"
         if self.stats.counts["rejected"]:
             outcome = "partial_success" if ratio <= self.max_rejected_ratio else "failed"
+        elif self.stats.counts["unknown"]:
+            outcome = "partial_success"
         logger.info("Run %s summary (%s): %s", self.run_id, outcome, self.stats.summary())
         if self.stats.rejected_by_reason:
             logger.warning("Rejected records by reason: %s", self.stats.rejection_summary())
+        self._warn_unknown()
         self._report(outcome)
         if outcome == "failed":
             raise RejectedRatioExceeded(
@@ -188,6 +191,7 @@ class Run:
         self._finished = True
         self.stop.set()
         self.sender.shutdown()
+        self.delivery.abandon()
         if self.ledger is not None:
             self.ledger.close()  # what Braze confirmed is recorded, and settles
         # States already released stay valid (their records are settled); the guard decides.
@@ -195,7 +199,30 @@ class Run:
         self._close_outputs()
         log = logger.warning if outcome == "interrupted" else logger.error
         log("Run %s %s: %s", self.run_id, outcome, self.stats.summary())
+        self._warn_unknown()
         self._report(outcome)
+
+    def _warn_unknown(self) -> None:
+        """One line on events and purchases of unknown delivery, and how to review them."""
+        unknown = self.stats.counts["unknown"]
+        if not unknown:
+            return
+        if self.ledger is not None and self.ledger.deduplicate_events:
+            review = (
+                "list them with `target-braze-ledger unknown`, check Braze, then "
+                "`target-braze-ledger release` those Braze lacks (their next emission is sent)"
+            )
+        else:
+            review = (
+                "they are in the rejects output (DELIVERY_UNKNOWN): check Braze and re-emit "
+                "those it lacks"
+            )
+        logger.warning(
+            "%d events/purchases are of unknown delivery: Braze may hold them, so they were "
+            "not resent; %s",
+            unknown,
+            review,
+        )
 
     def _close_outputs(self) -> None:
         self.rejects.close()

@@ -139,6 +139,7 @@ class UsersTrackSender:
                 break
             if work is not None:
                 work[0].cancel()
+                self._settlement.not_sent(work[1].objects)
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
@@ -149,6 +150,9 @@ class UsersTrackSender:
         try:
             self._send(batch, UNINDEXED_RESENDS)
         except TargetBrazeError as exc:
+            # The client raises only where Braze certainly did not apply the request when
+            # events ride in it (an ambiguous failure comes back as an outcome instead).
+            self._settlement.not_sent(batch.objects)
             self._fail(exc)
         except Exception as exc:
             logger.debug("Unexpected error in a sender thread", exc_info=True)
@@ -161,7 +165,14 @@ class UsersTrackSender:
         self._stop.set()
 
     def _send(self, batch: UsersTrackBatch, unindexed_resends: int) -> None:
-        outcome = self._client.send(batch.body(), len(batch))
+        outcome = self._client.send(
+            batch.body(),
+            len(batch),
+            resend_safe=all(obj.array == "attributes" for obj in batch.objects),
+        )
+        if outcome.ambiguous:
+            self._ambiguous(batch, outcome)
+            return
         if outcome.split:
             self._split(batch, outcome, unindexed_resends)
             return
@@ -234,6 +245,33 @@ class UsersTrackSender:
                 f"{UNINDEXED_RESENDS} resends",
                 "UNINDEXED_ERROR",
             )
+
+    def _ambiguous(self, batch: UsersTrackBatch, outcome: Outcome) -> None:
+        """Braze may have applied the request, and no answer says so.
+
+        Braze never deduplicates events or purchases: a resend could deliver them twice
+        (a campaign sent twice), so they settle as *delivery unknown* for a person to
+        check. Attributes are idempotent: they are resent alone, and a request carrying
+        only attributes is retried by the client as any other failure.
+        """
+        happened = outcome.message or f"HTTP {outcome.status}"
+        attributes = [obj for obj in batch.objects if obj.array == "attributes"]
+        for obj in batch.objects:
+            if obj.array != "attributes":
+                self._settlement.unknown(
+                    obj,
+                    f"{happened} after the request was sent, so Braze may hold this "
+                    f"{obj.array[:-1]}; it is not resent because Braze does not deduplicate "
+                    f"{obj.array}",
+                )
+        if attributes:
+            logger.info(
+                "No answer Braze may have applied (%s): resending the %d attributes objects "
+                "of that request alone",
+                happened,
+                len(attributes),
+            )
+            self._send(batch.subset(attributes), UNINDEXED_RESENDS)
 
     def _split(self, batch: UsersTrackBatch, outcome: Outcome, resends: int) -> None:
         if len(batch) > 1:

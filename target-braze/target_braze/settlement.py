@@ -1,10 +1,11 @@
 """`Settlement`: the one owner of how a record ends, and of telling the checkpoint.
 
-Every record ends in exactly one of four ways: Braze accepted it, it was rejected (by our
-checks or by Braze) and written to the rejects output with a reason, the delivery ledger
-showed Braze already holds it (`unchanged` attributes, a `duplicate` event), or the run
-failed. Each way is one method here; each counts the record and settles it in the
-`Checkpoint`, which may then release STATE.
+Every record ends in exactly one of five ways: Braze accepted it, it was rejected (by our
+checks or by Braze) and written to the rejects output with a reason, its delivery is
+unknown (an event or purchase Braze may have applied without an answer saying so), the
+delivery ledger showed Braze already holds it (`unchanged` attributes, a `duplicate`
+event), or the run failed. Each way is one method here; each counts the record and
+settles it in the `Checkpoint`, which may then release STATE.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from target_braze.report import RunStats
 
 if TYPE_CHECKING:
     from target_braze.ledger import Ledger
+
+
+DELIVERY_UNKNOWN = "DELIVERY_UNKNOWN"
+DELIVERY_UNKNOWN_PREFIX = "delivery unknown: "
 
 
 class Settlement:
@@ -57,6 +62,45 @@ class Settlement:
             self._ledger.forget_pending((obj,))
         obj.release()
         self._checkpoint.settle(obj.seqs)
+
+    def unknown(self, obj: BrazeObject, reason: str) -> None:
+        """An event or purchase Braze may hold: never resent automatically, a person decides.
+
+        It goes to the rejects output (kind `DELIVERY_UNKNOWN`) but is counted apart from
+        rejections: it does not count toward `max_rejected_ratio`, since holding STATE
+        back would not help (a rerun must not resend it either). It settles, so STATE may
+        move past it: the ledger remembers it as `unknown`, and its next emission is not
+        sent until `target-braze-ledger release` forgets it.
+        """
+        recorded = self._ledger is not None and obj.ledger is not None
+        advice = (
+            "check Braze for it, then run `target-braze-ledger release` if Braze does not "
+            "hold it (its next emission is then sent)"
+            if recorded or (self._ledger is not None and self._ledger.deduplicate_events)
+            else "check Braze for it and re-emit it if Braze does not hold it (without the "
+            "ledger's event deduplication nothing remembers it)"
+        )
+        text = f"{DELIVERY_UNKNOWN_PREFIX}{reason}; {advice}"
+        for record, origin in zip(obj.records, obj.lines, strict=True):
+            self._rejects.write(
+                obj.stream, obj.identifier, record, text, DELIVERY_UNKNOWN, origin, unknown=True
+            )
+        obj.release()
+        if recorded:
+            assert self._ledger is not None  # noqa: S101 - checked above (for mypy)
+            # Settled once the ledger recorded it: the run's last word on the object.
+            self._ledger.unknown((obj,), self._checkpoint.settle)
+        else:
+            self._checkpoint.settle(obj.seqs)
+
+    def not_sent(self, objects: Sequence[BrazeObject]) -> None:
+        """The run failed before these objects reached Braze: nothing settles.
+
+        The ledger forgets their events' in-flight rows, so the rerun sends them instead
+        of taking them for events of unknown delivery.
+        """
+        if self._ledger is not None and objects:
+            self._ledger.not_sent(objects)
 
     def accept(self, objects: Sequence[BrazeObject]) -> None:
         """Braze confirmed these objects: record them in the ledger, then settle."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
@@ -119,3 +120,83 @@ def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
     assert policy.backoff(0, rng=lambda: 1.0) == 1.0
     assert policy.backoff(3, rng=lambda: 1.0) == 8.0
     assert policy.backoff(10, rng=lambda: 1.0) == 60.0
+
+
+# --- resend_safe=False (events and purchases): ambiguous failures are not retried --------------
+
+
+def test_a_5xx_is_returned_as_ambiguous_at_once_when_a_resend_is_not_safe(httpserver: HTTPServer):
+    httpserver.expect_request("/users/track").respond_with_data("<html>502</html>", status=502)
+
+    outcome = client_for(httpserver).send(b"{}", 1, resend_safe=False)
+
+    assert (outcome.status, outcome.ambiguous) == (502, True)
+    assert outcome.message.startswith("502")
+    assert len(httpserver.log) == 1
+
+
+def test_a_5xx_is_retried_when_a_resend_is_safe(httpserver: HTTPServer):
+    httpserver.expect_ordered_request("/users/track").respond_with_data("", status=502)
+    httpserver.expect_ordered_request("/users/track").respond_with_json(
+        {"message": "success"}, status=201
+    )
+
+    outcome = client_for(httpserver).send(b"{}", 1)
+
+    assert (outcome.status, outcome.ambiguous) == (201, False)
+    assert len(httpserver.log) == 2
+
+
+def test_a_429_is_retried_even_when_a_resend_is_not_safe(httpserver: HTTPServer):
+    httpserver.expect_ordered_request("/users/track").respond_with_data("", status=429)
+    httpserver.expect_ordered_request("/users/track").respond_with_json(
+        {"message": "success"}, status=201
+    )
+
+    outcome = client_for(httpserver).send(b"{}", 1, resend_safe=False)
+
+    assert (outcome.status, outcome.ambiguous) == (201, False)
+    assert len(httpserver.log) == 2
+
+
+def test_a_refused_connection_is_retried_even_when_a_resend_is_not_safe():
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = BrazeClient(
+        f"http://127.0.0.1:{port}",
+        KEY,
+        RateLimiter(0, 3.0),
+        RunStats(60.0),
+        retry=RetryPolicy(max_retries=2, base_seconds=0.01),
+    )
+
+    with pytest.raises(BrazeFatalError, match="after 3 attempts"):
+        client.send(b"{}", 1, resend_safe=False)
+
+
+def test_a_connection_dropped_after_sending_is_ambiguous_when_a_resend_is_not_safe():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def drop() -> None:  # read the request, then close without answering
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+
+        dropper = threading.Thread(target=drop)
+        dropper.start()
+        client = BrazeClient(
+            f"http://127.0.0.1:{port}",
+            KEY,
+            RateLimiter(0, 3.0),
+            RunStats(60.0),
+            retry=RetryPolicy(max_retries=3, base_seconds=0.01),
+        )
+        outcome = client.send(b"{}", 1, resend_safe=False)
+        dropper.join()
+
+    assert (outcome.status, outcome.ambiguous) == (0, True)
+    assert outcome.message

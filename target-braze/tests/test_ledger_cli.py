@@ -331,3 +331,132 @@ def test_unreachable_postgres_is_one_error_line_without_the_password() -> None:
     line = assert_one_error_line(ledger_cli("stats", configs=[{"ledger_url": url}]))
     assert "ledger_url postgresql://postgres:***@127.0.0.1:1/ledger is unreachable" in line
     assert "hunter2" not in line
+
+
+# --- unknown and release -----------------------------------------------------------------------
+
+CONFIG_A = {"rest_endpoint": US03, "api_key": KEY_A}
+
+
+def with_unknown_events(url: str) -> list[int]:
+    """Three events of workspace A left of unknown delivery (keys returned), one in flight."""
+    identity = workspace_identity(US03, KEY_A, None)
+    keys = KeySpace(identity)
+    rows = [
+        (
+            *keys.event(f"u{i}".encode()),
+            1,
+            100,
+            json.dumps(
+                {
+                    "stream": "orders",
+                    "user": f"cust-{i}",
+                    "array": "purchases",
+                    "object": {"external_id": f"cust-{i}", "product_id": f"sku-{i}"},
+                }
+            ),
+        )
+        for i in range(4)
+    ]
+    with open_store(url) as store:
+        ws = store.register_workspace(identity, US03, "prod")
+        store.add_intent(ws, [], rows)
+        store.write(ws, [], [], unknown_events=[row[0] for row in rows[:3]])
+    return [row[0] for row in rows]
+
+
+def unsettled(url: str) -> set[int]:
+    with open_store(url) as store:
+        return {e.key for e in store.unsettled_events(1)}
+
+
+def test_unknown_lists_each_event_with_its_stream_user_object_and_when_sent(
+    ledger_url: str,
+) -> None:
+    keys = with_unknown_events(ledger_url)
+
+    done = ledger_cli("unknown", configs=[{**CONFIG_A, "ledger_url": ledger_url}])
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("4 events/purchases of unknown delivery in workspace 1")
+    listed = {line.split()[0]: line for line in lines[1:]}
+    assert set(listed) == {f"{key & 0xFFFFFFFFFFFFFFFF:016x}" for key in keys}
+    line = listed[f"{keys[2] & 0xFFFFFFFFFFFFFFFF:016x}"]
+    assert " unknown  sent 20" in line
+    assert "orders  purchases of cust-2" in line
+    assert '"product_id":"sku-2"' in line
+    assert " in_flight " in listed[f"{keys[3] & 0xFFFFFFFFFFFFFFFF:016x}"]
+
+
+def test_unknown_says_when_there_is_none(ledger_url: str) -> None:
+    done = ledger_cli("unknown", configs=[{**CONFIG_A, "ledger_url": ledger_url}])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("no events or purchases of unknown delivery in workspace 1")
+
+
+def test_release_of_chosen_ids_forgets_only_them_and_prints_them(ledger_url: str) -> None:
+    keys = with_unknown_events(ledger_url)
+    chosen = f"{keys[1] & 0xFFFFFFFFFFFFFFFF:016x}"
+
+    done = ledger_cli("release", chosen, "--yes", configs=[{**CONFIG_A, "ledger_url": ledger_url}])
+
+    assert done.returncode == 0, done.stderr
+    assert chosen in done.stdout
+    assert "purchases of cust-1" in done.stdout
+    assert "released 1 events/purchases" in done.stdout
+    assert unsettled(ledger_url) == {keys[0], keys[2], keys[3]}
+    assert counts(ledger_url)[US03] == (3, 5)  # confirmed events stay
+
+
+def test_release_all_forgets_every_unknown_event_of_the_workspace(ledger_url: str) -> None:
+    with_unknown_events(ledger_url)
+
+    done = ledger_cli("release", "--all", "--yes", configs=[{**CONFIG_A, "ledger_url": ledger_url}])
+
+    assert done.returncode == 0, done.stderr
+    assert "released 4 events/purchases" in done.stdout
+    assert unsettled(ledger_url) == set()
+    assert counts(ledger_url)[US03] == (3, 2)
+
+
+def test_release_asks_for_confirmation_and_a_no_releases_nothing(ledger_url: str) -> None:
+    with_unknown_events(ledger_url)
+    config = Path(os.environ["LEDGER_CLI_TMP"]) / "a.json"
+    config.write_text(json.dumps({**CONFIG_A, "ledger_url": ledger_url}))
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "target_braze.ledger_cli",
+            "--config",
+            str(config),
+            "release",
+            "--all",
+        ],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Release them? [y/N]" in done.stdout
+    assert "nothing released" in done.stdout
+    assert len(unsettled(ledger_url)) == 4
+
+
+def test_release_of_an_id_not_unknown_is_one_error_line_and_releases_nothing(
+    ledger_url: str,
+) -> None:
+    keys = with_unknown_events(ledger_url)
+    config = [{**CONFIG_A, "ledger_url": ledger_url}]
+
+    line = assert_one_error_line(ledger_cli("release", "0123456789abcdef", "--yes", configs=config))
+
+    assert "not of unknown delivery" in line
+    assert len(unsettled(ledger_url)) == len(keys)
+    assert "not an event id" in assert_one_error_line(ledger_cli("release", "xyz", configs=config))
+    assert "--all" in assert_one_error_line(ledger_cli("release", configs=config))

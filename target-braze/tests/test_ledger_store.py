@@ -18,7 +18,10 @@ import xxhash
 from braze_target_harness import libpq_url
 from target_braze.errors import TargetBrazeError
 from target_braze.ledger_store import (
+    CONFIRMED,
+    IN_FLIGHT,
     SCHEMA_VERSION,
+    UNKNOWN,
     KeySpace,
     LedgerError,
     LedgerStore,
@@ -806,3 +809,132 @@ def test_missing_postgres_driver_names_the_extra_to_install() -> None:
         "ledger_url postgresql://u:***@127.0.0.1:1/db needs the PostgreSQL driver: "
         "pip install target-braze[postgres]"
     )
+
+
+# --- both backends: event states (schema 4) ----------------------------------------------------
+
+
+def in_flight(*keys: int, detail: str = '{"stream": "s"}') -> list[tuple[int, int, int, int, str]]:
+    """Rows for `add_intent`: each key its own check, user 1, day 100."""
+    return [(k, k, 1, 100, detail) for k in keys]
+
+
+def test_events_are_in_flight_from_their_intent_until_confirmed(store: LedgerStore) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+
+    assert store.add_intent(ws, [], in_flight(1, 2)) == 0  # no users: no intent row
+
+    assert store.read_event_states([1, 2]) == {1: (1, IN_FLIGHT), 2: (2, IN_FLIGHT)}
+    store.write(ws, [], [(1, 1, 1, 100)])
+    assert store.read_event_states([1, 2]) == {1: (1, CONFIRMED), 2: (2, IN_FLIGHT)}
+    assert [e.key for e in store.unsettled_events(ws)] == [2]
+
+
+def test_one_intent_write_records_users_and_in_flight_events(store: LedgerStore) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    store.write(ws, [(5, 5, b"e")], [])
+
+    intent = store.add_intent(ws, [5], in_flight(7))
+
+    assert intent > 0
+    assert store.read_event_states([7]) == {7: (7, IN_FLIGHT)}
+    assert store.recover_intents(ws) == 1  # the user's intent is there too
+
+
+def test_an_ambiguous_event_becomes_unknown_and_a_rejected_one_is_forgotten(
+    store: LedgerStore,
+) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    store.add_intent(ws, [], in_flight(1, 2, 3))
+    store.write(ws, [], [(3, 3, 1, 100)])
+
+    store.write(ws, [], [], unknown_events=[1, 3], forgotten_events=[2, 3])
+
+    # A confirmed row is neither made unknown nor forgotten.
+    assert store.read_event_states([1, 2, 3]) == {1: (1, UNKNOWN), 3: (3, CONFIRMED)}
+
+
+def test_a_stopped_runs_in_flight_events_become_unknown_in_its_workspace_only(
+    store: LedgerStore,
+) -> None:
+    one = store.register_workspace("name:one", ENDPOINT, None)
+    two = store.register_workspace("name:two", ENDPOINT, None)
+    store.add_intent(one, [], in_flight(1, 2))
+    store.add_intent(two, [], in_flight(3))
+    store.write(one, [], [(2, 2, 1, 100), (4, 4, 1, 100)])
+
+    assert store.recover_in_flight(one) == 1
+
+    states = store.read_event_states([1, 2, 3, 4])
+    assert states == {1: (1, UNKNOWN), 2: (2, CONFIRMED), 3: (3, IN_FLIGHT), 4: (4, CONFIRMED)}
+    assert store.recover_in_flight(one) == 0
+
+
+def test_unsettled_events_carry_what_was_sent_and_when(store: LedgerStore) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    store.add_intent(ws, [], in_flight(9, detail='{"stream": "orders", "user": "u1"}'))
+    store.write(ws, [], [], unknown_events=[9])
+
+    (event,) = store.unsettled_events(ws)
+
+    assert (event.key, event.state, event.detail) == (
+        9,
+        UNKNOWN,
+        '{"stream": "orders", "user": "u1"}',
+    )
+    assert event.sent_at is not None
+    assert event.sent_at.startswith("20")
+
+
+def test_releasing_forgets_chosen_or_all_unconfirmed_events_and_never_confirmed_ones(
+    store: LedgerStore,
+) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    other = store.register_workspace("name:b", ENDPOINT, None)
+    store.add_intent(ws, [], in_flight(1, 2, 3))
+    store.add_intent(other, [], in_flight(4))
+    store.write(ws, [], [(5, 5, 1, 100)], unknown_events=[1, 2])
+
+    assert store.release_events(ws, [1, 5, 4]) == 1  # 5 confirmed, 4 another workspace's
+    assert store.release_events(ws, None) == 2
+
+    assert store.read_event_states([1, 2, 3, 4, 5]) == {4: (4, IN_FLIGHT), 5: (5, CONFIRMED)}
+
+
+def test_the_retention_purge_keeps_events_of_unknown_delivery(store: LedgerStore) -> None:
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    store.add_intent(ws, [], in_flight(1))  # day 100
+    store.write(ws, [], [(2, 2, 1, 100)], unknown_events=[1])
+
+    assert store.forget_events_before(ws, 200) == 1
+
+    assert store.read_event_states([1, 2]) == {1: (1, UNKNOWN)}
+
+
+def test_a_version_3_ledger_keeps_its_events_as_confirmed(ledger_url: str) -> None:
+    """The real migration to 4: events written before states existed were all confirmed."""
+    prefix = "ledger_" if ledger_url.startswith("postgres") else ""
+    dialect = "postgres" if prefix else "sqlite"
+    v3 = [step.format(p=prefix) for step in ledger_store._V1_SCHEMA[dialect]]
+    for migration in ledger_store.MIGRATIONS:
+        if migration.to_version <= 3:
+            v3 += [step.format(p=prefix) for step in getattr(migration, dialect)]
+    v3.append(f"INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', '3')")
+    v3.append(f"INSERT INTO {prefix}events (k, chk, ws, user_k, day) VALUES (7, 8, 1, 2, 100)")
+    if dialect == "sqlite":
+        path = Path(ledger_url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as conn:
+            for step in v3:
+                conn.execute(step)
+    else:
+        with psycopg.connect(libpq_url(ledger_url)) as conn:
+            for step in v3:
+                conn.execute(step)
+
+    with open_store(ledger_url) as store:
+        assert store.read_event_states([7]) == {7: (8, CONFIRMED)}
+        assert store.read_events([7]) == {7: 8}
+        assert store.unsettled_events(1) == []
+        store.add_intent(1, [], in_flight(9))
+        assert store.recover_in_flight(1) == 1

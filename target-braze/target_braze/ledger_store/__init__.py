@@ -17,11 +17,15 @@ from __future__ import annotations
 from target_braze.ledger_store.base import (
     _POSTGRES_SCHEMES,
     _SQLITE_PREFIX,
+    CONFIRMED,
+    IN_FLIGHT,
     SCHEMA_VERSION,
+    UNKNOWN,
     KeySpace,
     LedgerError,
     LedgerStore,
     Migration,
+    UnsettledEvent,
     WorkspaceInfo,
     default_ledger_url,
     mask_url,
@@ -31,13 +35,17 @@ from target_braze.ledger_store.postgres import PostgresLedgerStore
 from target_braze.ledger_store.sqlite import SqliteLedgerStore, sqlite_ledger_path
 
 __all__ = [
+    "CONFIRMED",
+    "IN_FLIGHT",
     "SCHEMA_VERSION",
+    "UNKNOWN",
     "KeySpace",
     "LedgerError",
     "LedgerStore",
     "Migration",
     "PostgresLedgerStore",
     "SqliteLedgerStore",
+    "UnsettledEvent",
     "WorkspaceInfo",
     "default_ledger_url",
     "mask_url",

@@ -23,7 +23,14 @@ import xxhash
 
 from target_braze.errors import TargetBrazeError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# The states of an event or purchase identity (schema 4). `in_flight`: written, committed,
+# before the request carrying it is sent; `unknown`: Braze may hold it and no answer said
+# so (or a run stopped while it was in flight); `confirmed`: Braze confirmed it.
+IN_FLIGHT = "in_flight"
+UNKNOWN = "unknown"
+CONFIRMED = "confirmed"
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
@@ -159,6 +166,19 @@ class WorkspaceInfo:
 
 
 @dataclass(frozen=True)
+class UnsettledEvent:
+    """An event or purchase of unknown delivery (or in flight), for `target-braze-ledger`.
+
+    `detail` is the JSON the run stored when it sent it: stream, user and Braze object.
+    """
+
+    key: int
+    state: str
+    sent_at: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
 class Migration:
     """One step from `to_version - 1` to `to_version`, in each backend's SQL.
 
@@ -191,6 +211,25 @@ MIGRATIONS: tuple[Migration, ...] = (
     # from (see `target_braze.ledger`). No table changes, but a release that knows only
     # version 2 would misread such rows: the version tells it to refuse the ledger.
     Migration(3, sqlite=(), postgres=()),
+    # 4: an event identity has a state (in_flight, unknown, confirmed; every existing row
+    # was confirmed), with what was sent and when while it is not confirmed, so a lost
+    # answer or a crash never resends an event Braze may hold. The partial index keeps the
+    # few unconfirmed rows findable without scanning every confirmed one.
+    Migration(
+        4,
+        sqlite=(
+            "ALTER TABLE {p}events ADD COLUMN state TEXT NOT NULL DEFAULT 'confirmed'",
+            "ALTER TABLE {p}events ADD COLUMN detail TEXT",
+            "ALTER TABLE {p}events ADD COLUMN sent_at TEXT",
+            "CREATE INDEX {p}events_unconfirmed ON {p}events (ws) WHERE state <> 'confirmed'",
+        ),
+        postgres=(
+            "ALTER TABLE {p}events ADD COLUMN state text NOT NULL DEFAULT 'confirmed'",
+            "ALTER TABLE {p}events ADD COLUMN detail text",
+            "ALTER TABLE {p}events ADD COLUMN sent_at text",
+            "CREATE INDEX {p}events_unconfirmed ON {p}events (ws) WHERE state <> 'confirmed'",
+        ),
+    ),
 )
 
 
@@ -226,23 +265,57 @@ class LedgerStore(ABC):
         """`key -> check` for the event keys the ledger holds."""
 
     @abstractmethod
+    def read_event_states(self, keys: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """`key -> (check, state)` for the event keys the ledger holds."""
+
+    @abstractmethod
     def write(
         self,
         workspace: int,
         users: Sequence[tuple[int, int, bytes]],
         events: Sequence[tuple[int, int, int, int]],
         done_intents: Sequence[int] = (),
+        unknown_events: Sequence[int] = (),
+        forgotten_events: Sequence[int] = (),
     ) -> None:
-        """Upsert users and events; delete the intents of settled requests.
+        """Upsert users and confirmed events; settle unconfirmed events; delete intents.
 
-        Users are `(key, check, entries)`, events `(key, check, user_key, day)`, and
-        `done_intents` the ids `add_intent` gave. One transaction: after a crash either all
-        of it is in the ledger or none. Where a key repeats, the last row wins.
+        Users are `(key, check, entries)`, events `(key, check, user_key, day)` (now
+        `confirmed`), and `done_intents` the ids `add_intent` gave. `unknown_events` become
+        `unknown`; `forgotten_events` (rejected: not delivered) are deleted unless
+        confirmed. One transaction: after a crash either all of it is in the ledger or
+        none. Where a key repeats, the last row wins.
         """
 
     @abstractmethod
-    def add_intent(self, workspace: int, user_keys: Sequence[int]) -> int:
-        """Record, committed, that a request for these users is about to go; its id."""
+    def add_intent(
+        self,
+        workspace: int,
+        user_keys: Sequence[int],
+        events: Sequence[tuple[int, int, int, int, str]] = (),
+    ) -> int:
+        """Record, committed, that a request for these users and events is about to go.
+
+        Events are `(key, check, user_key, day, detail)`, written `in_flight`. Returns the
+        intent's id (0 when there are no users: the events' rows are their own intent).
+        """
+
+    @abstractmethod
+    def recover_in_flight(self, workspace: int) -> int:
+        """Events a stopped run left `in_flight` become `unknown`; how many.
+
+        Their request may have reached Braze: they must not be sent again unless a person
+        releases them. (A live run's in-flight events may be swept too: it confirms them
+        anyway once Braze answers.)
+        """
+
+    @abstractmethod
+    def unsettled_events(self, workspace: int) -> list[UnsettledEvent]:
+        """The workspace's events that are `unknown` or `in_flight`, oldest first."""
+
+    @abstractmethod
+    def release_events(self, workspace: int, keys: Sequence[int] | None) -> int:
+        """Forget unconfirmed events (`keys`, or all when None); how many were deleted."""
 
     @abstractmethod
     def recover_intents(self, workspace: int) -> int:

@@ -11,8 +11,12 @@ from typing_extensions import override
 
 from target_braze.ledger_store import base
 from target_braze.ledger_store.base import (
+    CONFIRMED,
+    IN_FLIGHT,
+    UNKNOWN,
     LedgerError,
     LedgerStore,
+    UnsettledEvent,
     WorkspaceInfo,
     _last_per_key,
     _now,
@@ -201,15 +205,32 @@ class PostgresLedgerStore(LedgerStore):
         return self._run(read, commit=False)
 
     @override
+    def read_event_states(self, keys: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """See `LedgerStore.read_event_states`."""
+        if not keys:
+            return {}
+
+        def read(cur: Any) -> dict[int, tuple[int, str]]:
+            cur.execute(
+                f"SELECT k, chk, state FROM {self._prefix}events WHERE k = ANY(%b::bigint[])",
+                (list(keys),),
+            )
+            return {k: (chk, state) for k, chk, state in cur}
+
+        return self._run(read, commit=False)
+
+    @override
     def write(
         self,
         workspace: int,
         users: Sequence[tuple[int, int, bytes]],
         events: Sequence[tuple[int, int, int, int]],
         done_intents: Sequence[int] = (),
+        unknown_events: Sequence[int] = (),
+        forgotten_events: Sequence[int] = (),
     ) -> None:
         """See `LedgerStore.write`."""
-        if not users and not events and not done_intents:
+        if not (users or events or done_intents or unknown_events or forgotten_events):
             return
         p = self._prefix
         # ON CONFLICT cannot touch one row twice in a statement: one row per key.
@@ -230,8 +251,20 @@ class PostgresLedgerStore(LedgerStore):
                     f"INSERT INTO {p}events (k, chk, ws, user_k, day) SELECT k, chk, %b, uk, d "
                     "FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::integer[]) "
                     "AS t(k, chk, uk, d) ON CONFLICT (k) DO UPDATE SET chk = excluded.chk, "
-                    "ws = excluded.ws, user_k = excluded.user_k, day = excluded.day",
+                    "ws = excluded.ws, user_k = excluded.user_k, day = excluded.day, "
+                    f"state = '{CONFIRMED}', detail = NULL, sent_at = NULL",
                     (workspace, *map(list, event_cols)),
+                )
+            if unknown_events:
+                cur.execute(
+                    f"UPDATE {p}events SET state = '{UNKNOWN}' WHERE k = ANY(%b::bigint[]) "
+                    f"AND state <> '{CONFIRMED}'",
+                    (sorted(set(unknown_events)),),
+                )
+            if forgotten_events:
+                cur.execute(
+                    f"DELETE FROM {p}events WHERE k = ANY(%b::bigint[]) AND state <> '{CONFIRMED}'",
+                    (sorted(set(forgotten_events)),),
                 )
             if done_intents:
                 cur.execute(
@@ -241,18 +274,86 @@ class PostgresLedgerStore(LedgerStore):
         self._run(write, commit=True)
 
     @override
-    def add_intent(self, workspace: int, user_keys: Sequence[int]) -> int:
+    def add_intent(
+        self,
+        workspace: int,
+        user_keys: Sequence[int],
+        events: Sequence[tuple[int, int, int, int, str]] = (),
+    ) -> int:
         """See `LedgerStore.add_intent`."""
         blob = array("q", user_keys).tobytes()
+        p = self._prefix
+        event_cols = list(zip(*_last_per_key(events), strict=True)) if events else []
+        now = _now()
 
         def add(cur: Any) -> int:
+            if event_cols:
+                cur.execute(
+                    f"INSERT INTO {p}events (k, chk, ws, user_k, day, state, detail, sent_at) "
+                    f"SELECT k, chk, %b, uk, d, '{IN_FLIGHT}', dt, %b FROM unnest(%b::bigint[], "
+                    "%b::bigint[], %b::bigint[], %b::integer[], %b::text[]) "
+                    "AS t(k, chk, uk, d, dt) ON CONFLICT (k) DO UPDATE SET chk = excluded.chk, "
+                    "ws = excluded.ws, user_k = excluded.user_k, day = excluded.day, "
+                    "state = excluded.state, detail = excluded.detail, sent_at = excluded.sent_at",
+                    (workspace, now, *map(list, event_cols)),
+                )
+            if not user_keys:
+                return 0
             cur.execute(
-                f"INSERT INTO {self._prefix}intents (ws, user_keys) VALUES (%b, %b) RETURNING id",
+                f"INSERT INTO {p}intents (ws, user_keys) VALUES (%b, %b) RETURNING id",
                 (workspace, blob),
             )
             return int(cur.fetchone()[0])
 
         return int(self._run(add, commit=True))
+
+    @override
+    def recover_in_flight(self, workspace: int) -> int:
+        """See `LedgerStore.recover_in_flight`."""
+
+        def recover(cur: Any) -> int:
+            cur.execute(
+                f"UPDATE {self._prefix}events SET state = '{UNKNOWN}' WHERE ws = %b "
+                f"AND state <> '{CONFIRMED}' AND state = '{IN_FLIGHT}'",
+                (workspace,),
+            )
+            return int(cur.rowcount)
+
+        return int(self._run(recover, commit=True))
+
+    @override
+    def unsettled_events(self, workspace: int) -> list[UnsettledEvent]:
+        """See `LedgerStore.unsettled_events`."""
+
+        def read(cur: Any) -> list[UnsettledEvent]:
+            cur.execute(
+                f"SELECT k, state, sent_at, detail FROM {self._prefix}events WHERE ws = %b "
+                f"AND state <> '{CONFIRMED}' ORDER BY sent_at, k",
+                (workspace,),
+            )
+            return [UnsettledEvent(*row) for row in cur.fetchall()]
+
+        return self._run(read, commit=False)
+
+    @override
+    def release_events(self, workspace: int, keys: Sequence[int] | None) -> int:
+        """See `LedgerStore.release_events`."""
+
+        def release(cur: Any) -> int:
+            if keys is None:
+                cur.execute(
+                    f"DELETE FROM {self._prefix}events WHERE ws = %b AND state <> '{CONFIRMED}'",
+                    (workspace,),
+                )
+            else:
+                cur.execute(
+                    f"DELETE FROM {self._prefix}events WHERE ws = %b AND k = ANY(%b::bigint[]) "
+                    f"AND state <> '{CONFIRMED}'",
+                    (workspace, list(keys)),
+                )
+            return int(cur.rowcount)
+
+        return int(self._run(release, commit=True))
 
     @override
     def recover_intents(self, workspace: int) -> int:
@@ -289,7 +390,10 @@ class PostgresLedgerStore(LedgerStore):
             row = cur.fetchone()
             if row is None or (row[0] is not None and row[0] >= day):
                 return 0
-            cur.execute(f"DELETE FROM {p}events WHERE ws = %s AND day < %s", (workspace, day))
+            cur.execute(
+                f"DELETE FROM {p}events WHERE ws = %s AND day < %s AND state = '{CONFIRMED}'",
+                (workspace, day),
+            )
             deleted = cur.rowcount
             cur.execute(
                 f"UPDATE {p}workspaces SET events_purged_day = %s WHERE id = %s", (day, workspace)

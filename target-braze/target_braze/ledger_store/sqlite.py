@@ -16,8 +16,12 @@ from typing_extensions import override
 from target_braze.ledger_store import base
 from target_braze.ledger_store.base import (
     _SQLITE_PREFIX,
+    CONFIRMED,
+    IN_FLIGHT,
+    UNKNOWN,
     LedgerError,
     LedgerStore,
+    UnsettledEvent,
     WorkspaceInfo,
     _last_per_key,
     _now,
@@ -250,15 +254,23 @@ class SqliteLedgerStore(LedgerStore):
         return dict(self._select_in("SELECT k, chk FROM events WHERE k IN ", keys))
 
     @override
+    def read_event_states(self, keys: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """See `LedgerStore.read_event_states`."""
+        rows = self._select_in("SELECT k, chk, state FROM events WHERE k IN ", keys)
+        return {k: (chk, state) for k, chk, state in rows}
+
+    @override
     def write(
         self,
         workspace: int,
         users: Sequence[tuple[int, int, bytes]],
         events: Sequence[tuple[int, int, int, int]],
         done_intents: Sequence[int] = (),
+        unknown_events: Sequence[int] = (),
+        forgotten_events: Sequence[int] = (),
     ) -> None:
         """See `LedgerStore.write`."""
-        if not users and not events and not done_intents:
+        if not (users or events or done_intents or unknown_events or forgotten_events):
             return
         # Sorted keys walk the b-tree in order: fewer pages touched per commit.
         user_rows = [(k, chk, workspace, e) for k, chk, e in _last_per_key(users)]
@@ -272,20 +284,89 @@ class SqliteLedgerStore(LedgerStore):
             conn.executemany(
                 "INSERT INTO events (k, chk, ws, user_k, day) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (k) DO UPDATE SET chk = excluded.chk, ws = excluded.ws, "
-                "user_k = excluded.user_k, day = excluded.day",
+                "user_k = excluded.user_k, day = excluded.day, state = 'confirmed', "
+                "detail = NULL, sent_at = NULL",
                 event_rows,
+            )
+            conn.executemany(
+                f"UPDATE events SET state = '{UNKNOWN}' WHERE k = ? AND state <> '{CONFIRMED}'",
+                [(k,) for k in sorted(set(unknown_events))],
+            )
+            conn.executemany(
+                f"DELETE FROM events WHERE k = ? AND state <> '{CONFIRMED}'",
+                [(k,) for k in sorted(set(forgotten_events))],
             )
             conn.executemany("DELETE FROM intents WHERE id = ?", [(i,) for i in done_intents])
 
     @override
-    def add_intent(self, workspace: int, user_keys: Sequence[int]) -> int:
+    def add_intent(
+        self,
+        workspace: int,
+        user_keys: Sequence[int],
+        events: Sequence[tuple[int, int, int, int, str]] = (),
+    ) -> int:
         """See `LedgerStore.add_intent`."""
+        now = _now()
+        event_rows = [
+            (k, chk, workspace, uk, day, detail, now)
+            for k, chk, uk, day, detail in _last_per_key(events)
+        ]
         with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO events (k, chk, ws, user_k, day, state, detail, sent_at) "
+                f"VALUES (?, ?, ?, ?, ?, '{IN_FLIGHT}', ?, ?) ON CONFLICT (k) DO UPDATE SET "
+                "chk = excluded.chk, ws = excluded.ws, user_k = excluded.user_k, "
+                "day = excluded.day, state = excluded.state, detail = excluded.detail, "
+                "sent_at = excluded.sent_at",
+                event_rows,
+            )
+            if not user_keys:
+                return 0
             cur = conn.execute(
                 "INSERT INTO intents (ws, user_keys) VALUES (?, ?)",
                 (workspace, array("q", user_keys).tobytes()),
             )
             return int(cur.lastrowid or 0)
+
+    @override
+    def recover_in_flight(self, workspace: int) -> int:
+        """See `LedgerStore.recover_in_flight`."""
+        with self._transaction() as conn:
+            # `state <> 'confirmed'` repeated: SQLite uses the partial index only then.
+            cur = conn.execute(
+                f"UPDATE events SET state = '{UNKNOWN}' WHERE ws = ? AND state <> "
+                f"'{CONFIRMED}' AND state = '{IN_FLIGHT}'",
+                (workspace,),
+            )
+            return int(cur.rowcount)
+
+    @override
+    def unsettled_events(self, workspace: int) -> list[UnsettledEvent]:
+        """See `LedgerStore.unsettled_events`."""
+        with self._guard() as conn:
+            rows = conn.execute(
+                "SELECT k, state, sent_at, detail FROM events WHERE ws = ? AND state <> "
+                f"'{CONFIRMED}' ORDER BY sent_at, k",
+                (workspace,),
+            ).fetchall()
+        return [UnsettledEvent(*row) for row in rows]
+
+    @override
+    def release_events(self, workspace: int, keys: Sequence[int] | None) -> int:
+        """See `LedgerStore.release_events`."""
+        with self._transaction() as conn:
+            if keys is None:
+                cur = conn.execute(
+                    f"DELETE FROM events WHERE ws = ? AND state <> '{CONFIRMED}'", (workspace,)
+                )
+                return int(cur.rowcount)
+            deleted = 0
+            for key in keys:
+                deleted += conn.execute(
+                    f"DELETE FROM events WHERE k = ? AND ws = ? AND state <> '{CONFIRMED}'",
+                    (key, workspace),
+                ).rowcount
+            return deleted
 
     @override
     def recover_intents(self, workspace: int) -> int:
@@ -309,7 +390,8 @@ class SqliteLedgerStore(LedgerStore):
             if row is None or (row[0] is not None and row[0] >= day):
                 return 0
             deleted = conn.execute(
-                "DELETE FROM events WHERE ws = ? AND day < ?", (workspace, day)
+                f"DELETE FROM events WHERE ws = ? AND day < ? AND state = '{CONFIRMED}'",
+                (workspace, day),
             ).rowcount
             conn.execute(
                 "UPDATE workspaces SET events_purged_day = ? WHERE id = ?", (day, workspace)
