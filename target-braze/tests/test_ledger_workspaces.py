@@ -126,3 +126,34 @@ def test_a_key_braze_refuses_leaves_no_workspace(two_keys, tmp_path):
     # and so the right key afterwards is a first sync, not a rotation
     run = run_target(config(two_keys, tmp_path, OLD_KEY), stream(), tmp_path)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.postgres
+def test_a_ledger_exported_and_imported_into_postgres_sends_nothing_again(
+    two_keys, tmp_path, postgres_server_url
+):
+    import uuid
+
+    import psycopg
+
+    cfg = config(two_keys, tmp_path, OLD_KEY)
+    assert run_target(cfg, stream(), tmp_path).returncode == 0
+    requests = two_keys.stats()["requests"]
+    export = tmp_path / "ledger.jsonl"
+    assert ledger_command(tmp_path, cfg, "export", str(export)).returncode == 0
+
+    name = f"ledger_move_{uuid.uuid4().hex[:12]}"
+    admin_url = "postgresql://" + postgres_server_url.split("://", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    host = postgres_server_url.split("@", 1)[1].rsplit("/", 1)[0]
+    moved = {**cfg, "ledger_url": f"postgresql://postgres@{host}/{name}"}
+    try:
+        loaded = ledger_command(tmp_path, moved, "import", str(export))
+        assert loaded.returncode == 0, loaded.stderr
+        run = run_target({**moved, "require_existing_ledger": True}, stream(), tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert two_keys.stats()["requests"] == requests  # every attribute known: 0 sent
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
