@@ -56,3 +56,10 @@ def make_pipeline(meltano_env: dict[str, str], tmp_path: Path) -> Callable[..., 
         )
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of a `test_deploy_*.py` file `deploy` (scripts/test --quick skips them)."""
+    for item in items:
+        if item.path.name.startswith("test_deploy_"):
+            item.add_marker(pytest.mark.deploy)

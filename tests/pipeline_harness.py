@@ -84,6 +84,32 @@ def ensure_plugins_installed() -> None:
         raise RuntimeError(f"meltano install failed:\n{result.stdout}\n{result.stderr}")
 
 
+def init_ledger(
+    ledger_url: str, rest_endpoint: str, api_key: str, workspace: str | None = None
+) -> None:
+    """`target-braze-ledger init`, as a production deployment does once before its first run.
+
+    meltano.yml's `prod` environment sets `require_existing_ledger`: a run on a new ledger
+    fails until it was created deliberately.
+    """
+    result = subprocess.run(
+        [str(VENV_BIN / "target-braze-ledger"), "init"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)},
+            "TARGET_BRAZE_LEDGER_URL": ledger_url,
+            "TARGET_BRAZE_REST_ENDPOINT": rest_endpoint,
+            "TARGET_BRAZE_API_KEY": api_key,
+            **({"TARGET_BRAZE_LEDGER_WORKSPACE": workspace} if workspace else {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"target-braze-ledger init failed: {result.stderr}")
+
+
 def private_meltano_directory(directory: Path) -> Path:
     """A `.meltano` system directory of this test session, sharing the installed plugins.
 

@@ -24,6 +24,7 @@ from pipeline_harness import (
     PROJECT_ROOT,
     expected_profiles,
     generate_warehouse,
+    init_ledger,
     mismatches,
     sandbox_attributes,
     summarise,
@@ -125,6 +126,8 @@ def test_a_workspace_job_runs_meltano_and_braze_holds_the_warehouse(
         "acme-us", sandbox.url, warehouse, state_dir, f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     )
     config = write_config(tmp_path / "dagster", [entry])
+    # The prod environment requires an existing ledger: a deployment creates it once.
+    init_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", sandbox.url, BRAZE_KEY, "acme-us")
     monkeypatch.setenv("ACME_US_BRAZE_API_KEY", BRAZE_KEY)
     # A key set for Dagster as a whole is never a workspace's: the sandbox refuses it.
     monkeypatch.setenv("BRAZE_API_KEY", "a-global-key-the-sandbox-refuses")

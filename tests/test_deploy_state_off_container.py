@@ -42,6 +42,7 @@ from pipeline_harness import (
     VENV_BIN,
     expected_profiles,
     generate_warehouse,
+    init_ledger,
     mismatches,
     postgres_server_url,
     read_warehouse,
@@ -232,6 +233,9 @@ def test_a_fresh_container_resumes_from_the_bookmark_in_s3_and_braze_ends_equal_
             ),
         }
     )
+
+    # The prod environment requires an existing ledger: the deployment creates it once.
+    init_ledger(ledger_database, sandbox.url, BRAZE_KEY)
 
     # Container 1: one request at a time, so the confirmed ones are the first six; held
     # retrying after them (30 s backoff, doubling) until killed.

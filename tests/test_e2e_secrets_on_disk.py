@@ -41,6 +41,7 @@ from pipeline_harness import (
     Pipeline,
     expected_profiles,
     generate_warehouse,
+    init_ledger,
     mismatches,
     postgres_server_url,
     sandbox_attributes,
@@ -75,6 +76,11 @@ class ProductionPipeline(Pipeline):
     """
 
     secret_variables: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The prod environment requires an existing ledger: created once, as deployed.
+        init_ledger(f"sqlite:///{self.ledger_path}", self.sandbox_url, self.api_key)
 
     def env(self) -> dict[str, str]:
         env = super().env()

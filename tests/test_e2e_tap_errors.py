@@ -3,13 +3,15 @@ no STATE stored, nothing sent to Braze.
 
 Settings are given the way a Meltano user gives them, as `TAP_PEAK_ATTRIBUTES_*` variables
 (JSON for the `array` and `object` kinds). Meltano relays the tap's stderr in its own log
-lines (and repeats it when discovery fails); the tap's own line is the part after
-`tap-peak-attributes: error: `.
+lines, at the record's level (structured logging), and repeats it raw when discovery
+fails; the tap's own line is the part after `tap-peak-attributes: error: `.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 
 import pytest
 from pipeline_harness import (
@@ -24,12 +26,19 @@ from pipeline_harness import (
 pytestmark = pytest.mark.e2e
 
 ERROR = "tap-peak-attributes: error: "
+# Meltano's own log lines: `<time> [<level>   ] <plugin> <message>`.
+MELTANO_LINE = re.compile(r"^\S+ \[(\w+)\s*\] ")
 
 
 def tap_error_lines(output: str) -> list[str]:
     """The tap's error messages in Meltano's output, each once, in order."""
     found: list[str] = []
-    for line in output.splitlines():
+    for raw in output.splitlines():
+        # The tap logs structured (JSON) lines; Meltano repeats them raw when discovery fails.
+        line = raw.strip()
+        if line.startswith("{") and line.endswith("}"):
+            with contextlib.suppress(ValueError):
+                line = str(json.loads(line).get("message", line))
         if ERROR in line:
             message = line.split(ERROR, 1)[1].strip()
             # Meltano's structured-log suffix, when it adds one: `... cmd_type=...`.
@@ -81,6 +90,13 @@ def test_a_bad_tap_setting_ends_meltano_run_with_the_tap_s_one_line(
 
     assert result.returncode == 1, result.describe()
     assert tap_error_lines(result.output) == [expected], result.describe()
+    # Logged at error level, so anything filtering Meltano's logs by level sees it.
+    levels = {
+        match[1]
+        for line in result.output.splitlines()
+        if ERROR in line and (match := MELTANO_LINE.match(line))
+    }
+    assert levels == {"error"}, result.describe()
     assert "Traceback" not in result.output, result.describe()
     assert "Config validation failed" not in result.output, result.describe()
     assert pipeline.stored_state() == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import traceback
@@ -75,9 +76,22 @@ def _finish_stop(stopped: TapStopped) -> None:
 
 def _fail(exc: BaseException, text: str | None = None) -> None:
     """One line and exit 1; the traceback too, but only at log level debug."""
+    line = f"{PREFIX}: error: {text or exc}"
+    if os.environ.get("SINGER_SDK_LOG_CONFIG"):
+        # Under Meltano, which configures singer-sdk's logging: through the logger, the line
+        # keeps its level (structured logging), so the reason a run failed is an error;
+        # Meltano's --log-level debug shows the traceback.
+        log = logging.getLogger("tap_peak_attributes")
+        # The traceback in the message itself: Meltano's console shows a plugin's message,
+        # not the frames of its structured exception.
+        log.debug("%s", "".join(traceback.format_exception(exc)).rstrip())
+        log.error("%s", line)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.exit(1)
     if _debug():
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"{PREFIX}: error: {text or exc}", file=sys.stderr)
+    print(line, file=sys.stderr)
     sys.exit(1)
 
 

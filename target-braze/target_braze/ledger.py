@@ -17,6 +17,7 @@ lands, so a rejected earlier object can never leave a value Braze does not hold.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import operator
@@ -36,6 +37,7 @@ from target_braze.ledger_store import (
     CONFIRMED,
     UNKNOWN,
     KeySpace,
+    LedgerError,
     LedgerStore,
     default_ledger_url,
     mask_url,
@@ -284,10 +286,13 @@ class Ledger:
         retention = int(config["ledger_retention_days"])
         self._today = today()
         self._cutoff = self._today - retention if retention > 0 else -1
-        identity = workspace_identity(endpoint or "", api_key, config.get("ledger_workspace"))
-        self._keys = KeySpace(identity)
+        label = config.get("ledger_workspace")
+        identity = workspace_identity(endpoint or "", api_key, label)
         self._writer_store: LedgerStore | None = None
         self._reader: LedgerStore | None = None
+        self._created = False  # this run registered the workspace
+        self._kept = False  # Braze confirmed (or may hold) something: the workspace stays
+        keyspace = identity
         if dry_run:
             # A dry run reads and never writes: no file, schema or workspace is created.
             path = sqlite_ledger_path(self.url or default_ledger_url())
@@ -295,13 +300,22 @@ class Ledger:
                 self._reader = open_store(self.url)
                 found = self._reader.find_workspace(identity)
                 self.workspace = -1 if found is None else found
+                if found is not None:
+                    keyspace = self._reader.workspace_keyspace(found)
             else:
                 self.workspace = -1
         else:
             self._reader = open_store(self.url)
-            self.workspace = self._reader.register_workspace(
-                identity, endpoint or "", config.get("ledger_workspace")
-            )
+            if self._reader.find_workspace(identity) is None:
+                try:
+                    self._check_new_workspace(endpoint or "", label, config)
+                except LedgerError:
+                    self._reader.close()
+                    raise
+                self._created = True
+            self.workspace = self._reader.register_workspace(identity, endpoint or "", label)
+            keyspace = self._reader.workspace_keyspace(self.workspace)
+        self._keys = KeySpace(keyspace)
         if not dry_run:
             self._writer_store = open_store(self.url)
             recovered = self._writer_store.recover_intents(self.workspace)
@@ -354,6 +368,43 @@ class Ledger:
                 if on
             ),
             " (full_resync: every attribute is sent this run)" if self.full_resync else "",
+        )
+
+    def _check_new_workspace(
+        self, endpoint: str, label: str | None, config: Mapping[str, Any]
+    ) -> None:
+        """Before a workspace the ledger has never seen is created: stop, or say so loudly.
+
+        A key the ledger has never seen, on an endpoint where it holds another key's
+        workspace, is most often that workspace's rotated key: starting afresh would send
+        every attribute and every event again, so the run stops and names both ways on.
+        """
+        assert self._reader is not None  # noqa: S101 - only real runs register
+        where = f"ledger_url {mask_url(self.url or default_ledger_url())}"
+        others = self._reader.key_workspaces_at(endpoint) if endpoint and not label else []
+        if others:
+            ids = ", ".join(str(ws) for ws in others)
+            raise LedgerError(
+                f"{where} holds workspace {ids} for {endpoint} under another API key, and "
+                "nothing for this api_key; nothing was sent. If this is a rotated key of the "
+                f"same workspace, run `target-braze-ledger move-workspace --from {others[0]}` "
+                "with this config (the ledger keeps what Braze holds); if it is another "
+                "workspace, set ledger_workspace to name it; if the key is mistyped, fix api_key"
+            )
+        what = "is new" if self._reader.created else "holds nothing for this workspace"
+        if config.get("require_existing_ledger"):
+            raise LedgerError(
+                f"{where} {what}, and require_existing_ledger is on; nothing was sent. Point "
+                "ledger_url at the ledger earlier runs wrote, or create it deliberately with "
+                "`target-braze-ledger init` (every attribute, event and purchase is then sent "
+                "once more)"
+            )
+        logger.warning(
+            "%s %s: every attribute is sent, and every event and purchase the tap sends will "
+            "be delivered, even ones an earlier ledger knew Braze holds (if the ledger moved, "
+            "point ledger_url at it; require_existing_ledger: true makes this an error)",
+            where,
+            what,
         )
 
     # --- choosing what to send (main thread) ----------------------------------------------
@@ -768,6 +819,8 @@ class Ledger:
                 )
         if self.failure is not None:
             return  # nothing settles: STATE stays where the ledger is
+        if any(isinstance(w, UserWrite) or w.outcome != FORGOTTEN for w in writes):
+            self._kept = True  # Braze confirmed something, or may hold it: the workspace stays
         self._release(writes)
         for _, seqs, then, _ in group:
             if then is not None:
@@ -804,9 +857,17 @@ class Ledger:
         self._writer_store.write(self.workspace, rows, events, done_intents, unknown, forgotten)
 
     def close(self) -> None:
-        """Write what is queued, stop the writer, close the connections."""
+        """Write what is queued, stop the writer, close the connections.
+
+        A workspace this run created and never recorded a confirmation in is removed again:
+        a key Braze refused (401), or a run stopped before any answer, leaves no empty
+        workspace behind to be mistaken for a known one.
+        """
         self._queue.put(None)
         self._thread.join()
+        if self._created and not self._kept and self._reader is not None and self.failure is None:
+            with contextlib.suppress(TargetBrazeError):
+                self._reader.clear_workspace(self.workspace)
         if self._reader is not None:
             self._reader.close()
         if self._writer_store is not None:

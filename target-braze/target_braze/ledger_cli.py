@@ -1,7 +1,10 @@
-"""`target-braze-ledger`: look after the delivery ledger, per workspace.
+"""`target-braze-ledger`: look after the delivery ledger.
 
-`stats` (its size), `clear-workspace`, `clear-user`, `unknown` (the events and purchases of
-unknown delivery) and `release` (forget chosen ones once a person has checked Braze).
+`stats` (size per workspace), `init` (create it deliberately), `move-workspace` (after an
+API key rotation), `clear-workspace` and `clear-user` (each says what it will delete and
+asks, or needs `--yes`), `unknown` (the events and purchases of unknown delivery) and
+`release` (forget chosen ones once a person has checked Braze), `export` and `import`
+(JSON lines, to move a ledger between SQLite and PostgreSQL or between machines).
 
 Settings are read the way target-braze reads them: `--config` JSON files (later files win),
 then, for keys they lack, the environment variables Meltano exports for the plugin
@@ -19,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from target_braze import ledger_transfer
 from target_braze.errors import TargetBrazeError
 from target_braze.ledger_store import (
     KeySpace,
@@ -149,9 +153,40 @@ def stats(store: LedgerStore) -> None:
         )
 
 
-def clear_workspace(store: LedgerStore, settings: dict[str, str], workspace_id: int | None) -> None:
-    """Delete one workspace and everything the ledger holds for it."""
+def _confirm(what: str, question: str, *, yes: bool, ask: Callable[[str], str] = input) -> bool:
+    """Say what will change first; then ask, unless `--yes`. False: nothing is to be done.
+
+    With no answer to read (standard input closed or empty, as under a scheduler), nothing
+    changes: the command fails with one line asking for `--yes`.
+    """
+    print(what)
+    if yes:
+        return True
+    try:
+        answer = ask(f"{question} [y/N] ")
+    except EOFError:
+        print()
+        raise LedgerCommandError(
+            "nothing changed: no answer on standard input; confirm with --yes"
+        ) from None
+    if answer.strip().lower() not in ("y", "yes"):
+        print("Nothing changed.")
+        return False
+    return True
+
+
+def clear_workspace(
+    store: LedgerStore, settings: dict[str, str], workspace_id: int | None, *, yes: bool
+) -> None:
+    """Delete one workspace and everything the ledger holds for it (after confirmation)."""
     target = _target_workspace(store, settings, workspace_id)
+    what = (
+        f"{_describe(target)}: {target.users:,} users' attribute entries and {target.events:,} "
+        "event and purchase identities (the next run sends every attribute again, and "
+        "delivers again every event and purchase the tap re-emits)"
+    )
+    if not _confirm(f"This deletes {what}.", "Delete?", yes=yes):
+        return
     users, events = store.clear_workspace(target.id)
     print(f"cleared {_describe(target)}: {users:,} users and {events:,} events deleted")
 
@@ -162,17 +197,28 @@ def clear_user(
     workspace_id: int | None,
     identifier_type: str,
     identifier: str,
+    *,
+    events: bool,
+    yes: bool,
 ) -> None:
-    """Delete one user's entries (and its events) in one workspace."""
+    """Delete one user's attribute entries (and with `events`, its event identities)."""
     target = _target_workspace(store, settings, workspace_id)
-    key, _check = KeySpace(target.identity).user(identifier_type, identifier)
-    users, events = store.clear_user(target.id, key)
+    key, _check = KeySpace(target.keyspace or target.identity).user(identifier_type, identifier)
     who = f"{identifier_type} {identifier!r}"
-    if not users and not events:
+    what = f"the attribute entries of {who} in {_describe(target)}" + (
+        " and its event and purchase identities (re-emitted ones are delivered again)"
+        if events
+        else " (its event and purchase identities are kept: --events deletes them too)"
+    )
+    if not _confirm(f"This deletes {what}.", "Delete?", yes=yes):
+        return
+    users, event_rows = store.clear_user(target.id, key, events=events)
+    if not users and not event_rows:
         print(f"{who} has no entries in {_describe(target)}: nothing deleted")
     else:
         print(
-            f"cleared {who} in {_describe(target)}: {users} user row and {events:,} events deleted"
+            f"cleared {who} in {_describe(target)}: {users} user row and {event_rows:,} events "
+            "deleted"
         )
 
 
@@ -254,16 +300,58 @@ def release(
             f"no events or purchases of unknown delivery in {_describe(target)}: nothing to release"
         )
         return
-    print(f"releasing {len(keys):,} events/purchases in {_describe(target)}:")
-    for key in keys:
-        print(_describe_event(unsettled[key]))
-    if not yes:
-        answer = ask("Their next emission will be sent to Braze again. Release them? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing released")
-            return
+    lines = "\n".join(_describe_event(unsettled[key]) for key in keys)
+    what = f"releasing {len(keys):,} events/purchases in {_describe(target)}:\n{lines}"
+    question = "Their next emission will be sent to Braze again. Release them?"
+    if not _confirm(what, question, yes=yes, ask=ask):
+        return
     released = store.release_events(target.id, None if everything else keys)
     print(f"released {released:,} events/purchases: the tap's next emission of them is sent")
+
+
+def init(store: LedgerStore, settings: dict[str, str]) -> None:
+    """Create the ledger (done by opening it) and the config's workspace, deliberately."""
+    identity = config_identity(settings)
+    found = store.find_workspace(identity)
+    if found is not None:
+        print(f"ledger {store.url_display}: workspace {found} already exists; nothing to do")
+        return
+    workspace = store.register_workspace(identity, _config_endpoint(settings), _label(settings))
+    print(
+        f"ledger {store.url_display}: workspace {workspace} created; its first run sends every "
+        "attribute, event and purchase the tap emits"
+    )
+
+
+def move_workspace(store: LedgerStore, settings: dict[str, str], from_id: int) -> None:
+    """Make the config's (rotated) API key name workspace `from_id`, keeping its entries."""
+    known = {w.id: w for w in store.workspaces()}
+    if from_id not in known:
+        raise LedgerCommandError(
+            f"ledger_url {store.url_display} has no workspace {from_id} ({PROG} stats lists them)"
+        )
+    identity = config_identity(settings)
+    if known[from_id].identity == identity:
+        print(f"{_describe(known[from_id])} already belongs to this config's key: nothing to do")
+        return
+    store.move_workspace(from_id, identity)
+    print(
+        f"moved {_describe(known[from_id])} to this config's API key: its "
+        f"{known[from_id].users:,} users and {known[from_id].events:,} events stay known, so "
+        "the next run sends only changes (the old key no longer names it)"
+    )
+
+
+def _config_endpoint(settings: dict[str, str]) -> str:
+    if not settings.get("rest_endpoint"):
+        return ""
+    from target_braze.client import resolve_rest_endpoint  # noqa: PLC0415
+
+    return resolve_rest_endpoint(settings["rest_endpoint"])
+
+
+def _label(settings: dict[str, str]) -> str | None:
+    return settings.get("ledger_workspace") or None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -294,6 +382,26 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument(
         "--workspace", type=int, metavar="ID", help="id from stats (default: the config's)"
     )
+    user.add_argument(
+        "--events",
+        action="store_true",
+        help="also forget the user's event and purchase identities (re-emitted ones are "
+        "then delivered again)",
+    )
+    for command in (clear_ws, user):
+        command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    commands.add_parser(
+        "init", help="create the ledger and the config's workspace (require_existing_ledger)"
+    )
+    move = commands.add_parser(
+        "move-workspace", help="after an API key rotation: the config's new key takes over"
+    )
+    move.add_argument("--from", dest="from_id", type=int, required=True, metavar="ID",
+                      help="the workspace the old key named (see stats)")  # fmt: skip
+    export = commands.add_parser("export", help="write the whole ledger as JSON lines")
+    export.add_argument("file", metavar="FILE", help="output file (- for standard output)")
+    load = commands.add_parser("import", help="read an export into this (empty) ledger")
+    load.add_argument("file", metavar="FILE", help="a file written by export")
     unknown = commands.add_parser(
         "unknown", help="list events and purchases of unknown delivery (Braze may hold them)"
     )
@@ -319,11 +427,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        with _open_existing(settings.get("ledger_url") or default_ledger_url()) as store:
+        url = settings.get("ledger_url") or default_ledger_url()
+        # init and import create the ledger; every other command reads an existing one.
+        opener = open_store if args.command in ("init", "import") else _open_existing
+        with opener(url) as store:
             if args.command == "stats":
                 stats(store)
             elif args.command == "clear-workspace":
-                clear_workspace(store, settings, args.workspace)
+                clear_workspace(store, settings, args.workspace, yes=args.yes)
+            elif args.command == "clear-user":
+                clear_user(
+                    store,
+                    settings,
+                    args.workspace,
+                    args.identifier_type,
+                    args.identifier,
+                    events=args.events,
+                    yes=args.yes,
+                )
+            elif args.command == "init":
+                init(store, settings)
+            elif args.command == "move-workspace":
+                move_workspace(store, settings, args.from_id)
+            elif args.command == "export":
+                ledger_transfer.export_ledger(store, args.file)
             elif args.command == "unknown":
                 list_unknown(store, settings, args.workspace)
             elif args.command == "release":
@@ -331,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     store, settings, args.workspace, args.ids, everything=args.all, yes=args.yes
                 )
             else:
-                clear_user(store, settings, args.workspace, args.identifier_type, args.identifier)
+                ledger_transfer.import_ledger(store, args.file)
     except TargetBrazeError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         sys.stderr.flush()

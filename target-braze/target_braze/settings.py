@@ -360,8 +360,22 @@ CONFIG_SCHEMA = th.PropertiesList(
         title="Ledger workspace name",
         description=(
             "A name for the Braze workspace in the ledger. Default: derived from "
-            "rest_endpoint and a one-way hash of api_key, so a new key starts a new ledger. "
-            "Set it to keep the ledger across key rotations, and for dry runs without a key."
+            "rest_endpoint and a one-way hash of api_key. A new key on an endpoint the ledger "
+            "knows stops the run until `target-braze-ledger move-workspace` moves the "
+            "workspace to it (a rotation) or this names another workspace. Needed for dry "
+            "runs without a key."
+        ),
+    ),
+    th.Property(
+        "require_existing_ledger",
+        th.BooleanType,
+        default=False,
+        title="Require an existing ledger",
+        description=(
+            "Fail, before anything is sent, when the ledger at ledger_url is new or holds "
+            "nothing for this workspace (a moved file, a wrong URL), instead of warning and "
+            "sending every attribute, event and purchase again. For production; create a "
+            "ledger deliberately with `target-braze-ledger init`."
         ),
     ),
     th.Property(

@@ -45,6 +45,7 @@ def ledger_cli(
         config_args += ["--config", str(path)]
     done = subprocess.run(
         [sys.executable, "-m", "target_braze.ledger_cli", *config_args, *args],
+        stdin=subprocess.DEVNULL,  # nobody to answer a question: never waits for one
         capture_output=True,
         text=True,
         timeout=120,
@@ -150,40 +151,47 @@ def test_corrupt_ledger_is_one_error_line(tmp_path: Path) -> None:
 
 def test_clear_workspace_clears_the_configs_workspace_only(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
-    done = ledger_cli("clear-workspace", configs=[config])
+    done = ledger_cli("clear-workspace", "--yes", configs=[config])
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"cleared workspace 1 {US03} (prod): 3 users and 2 events deleted\n"
+    assert (
+        done.stdout.splitlines()[-1]
+        == f"cleared workspace 1 {US03} (prod): 3 users and 2 events deleted"
+    )
     assert counts(ledger_url) == {EU01: (1, 0)}
 
 
 def test_an_instance_code_and_its_url_name_one_workspace(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": f"{US03}/", "api_key": KEY_A}
-    assert ledger_cli("clear-workspace", configs=[config]).returncode == 0
+    assert ledger_cli("clear-workspace", "--yes", configs=[config]).returncode == 0
     assert counts(ledger_url) == {EU01: (1, 0)}
 
 
 def test_clear_workspace_by_id(ledger_url: str) -> None:
-    done = ledger_cli("clear-workspace", "--workspace", "2", configs=[{"ledger_url": ledger_url}])
+    done = ledger_cli(
+        "clear-workspace", "--yes", "--workspace", "2", configs=[{"ledger_url": ledger_url}]
+    )
     assert done.returncode == 0, done.stderr
     assert counts(ledger_url) == {US03: (3, 2)}
 
 
 def test_clear_workspace_with_an_unknown_id_is_an_error(ledger_url: str) -> None:
-    done = ledger_cli("clear-workspace", "--workspace", "9", configs=[{"ledger_url": ledger_url}])
+    done = ledger_cli(
+        "clear-workspace", "--yes", "--workspace", "9", configs=[{"ledger_url": ledger_url}]
+    )
     assert "has no workspace 9" in assert_one_error_line(done)
     assert counts(ledger_url) == {US03: (3, 2), EU01: (1, 0)}
 
 
 def test_clear_workspace_of_a_config_the_ledger_does_not_know_is_an_error(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": "other-key"}
-    line = assert_one_error_line(ledger_cli("clear-workspace", configs=[config]))
+    line = assert_one_error_line(ledger_cli("clear-workspace", "--yes", configs=[config]))
     assert "no entries for this config's workspace" in line
     assert "other-key" not in line
 
 
 def test_clear_workspace_without_api_key_is_one_error_line(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03"}
-    line = assert_one_error_line(ledger_cli("clear-workspace", configs=[config]))
+    line = assert_one_error_line(ledger_cli("clear-workspace", "--yes", configs=[config]))
     assert "rest_endpoint and api_key (or ledger_workspace)" in line
 
 
@@ -192,16 +200,15 @@ def test_ledger_workspace_names_the_workspace(tmp_path: Path) -> None:
     with open_store(url) as store:
         ws = store.register_workspace("name:staging", US03, None)
         store.write(ws, [(1, 1, b"x")], [])
-    done = ledger_cli(
-        "clear-workspace", configs=[{"ledger_url": url, "ledger_workspace": "staging"}]
-    )
+    config = {"ledger_url": url, "ledger_workspace": "staging"}
+    done = ledger_cli("clear-workspace", "--yes", configs=[config])
     assert done.returncode == 0, done.stderr
     assert counts(url) == {}
 
 
 def test_bad_rest_endpoint_is_one_error_line(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "XX-99", "api_key": KEY_A}
-    line = assert_one_error_line(ledger_cli("clear-workspace", configs=[config]))
+    line = assert_one_error_line(ledger_cli("clear-workspace", "--yes", configs=[config]))
     assert "rest_endpoint" in line
     assert KEY_A not in line
 
@@ -209,25 +216,54 @@ def test_bad_rest_endpoint_is_one_error_line(ledger_url: str) -> None:
 # --- clear-user ------------------------------------------------------------------------------
 
 
-def test_clear_user_deletes_that_users_entries_and_events(ledger_url: str) -> None:
+def test_clear_user_with_events_deletes_that_users_entries_and_events(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
-    done = ledger_cli("clear-user", "c0", configs=[config])
+    done = ledger_cli("clear-user", "--yes", "--events", "c0", configs=[config])
     assert done.returncode == 0, done.stderr
     expected = f"cleared external_id 'c0' in workspace 1 {US03} (prod): 1 user row and 2 events"
-    assert done.stdout == f"{expected} deleted\n"
+    first, last = done.stdout.splitlines()
+    assert first.startswith("This deletes the attribute entries of external_id 'c0'")
+    assert "and its event and purchase identities" in first
+    assert last == f"{expected} deleted"
     assert counts(ledger_url) == {US03: (2, 0), EU01: (1, 0)}
+
+
+def test_clear_user_keeps_the_users_event_identities_by_default(ledger_url: str) -> None:
+    config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
+    done = ledger_cli("clear-user", "--yes", "c0", configs=[config])
+    assert done.returncode == 0, done.stderr
+    assert "identities are kept" in done.stdout.splitlines()[0]
+    assert counts(ledger_url) == {US03: (2, 2), EU01: (1, 0)}
+
+
+@pytest.mark.parametrize("command", [["clear-workspace"], ["clear-user", "c0"]])
+def test_a_delete_without_yes_deletes_nothing(ledger_url: str, command: list[str]) -> None:
+    config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
+    done = ledger_cli(*command, configs=[config])
+    assert done.returncode == 1
+    assert done.stdout.startswith("This deletes ")  # what it would delete, said first
+    assert "nothing changed: no answer on standard input; confirm with --yes" in done.stderr
+    assert counts(ledger_url) == {US03: (3, 2), EU01: (1, 0)}
+
+
+def test_clear_workspace_says_how_many_users_and_events_it_deletes(ledger_url: str) -> None:
+    config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
+    done = ledger_cli("clear-workspace", configs=[config])
+    assert "3 users' attribute entries and 2 event and purchase identities" in done.stdout
 
 
 def test_clear_user_of_an_unknown_user_deletes_nothing(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
-    done = ledger_cli("clear-user", "c0", "--identifier-type", "email", configs=[config])
+    done = ledger_cli("clear-user", "--yes", "c0", "--identifier-type", "email", configs=[config])
     assert done.returncode == 0, done.stderr
     assert "nothing deleted" in done.stdout
     assert counts(ledger_url) == {US03: (3, 2), EU01: (1, 0)}
 
 
 def test_clear_user_in_a_workspace_given_by_id(ledger_url: str) -> None:
-    done = ledger_cli("clear-user", "c0", "--workspace", "2", configs=[{"ledger_url": ledger_url}])
+    done = ledger_cli(
+        "clear-user", "--yes", "c0", "--workspace", "2", configs=[{"ledger_url": ledger_url}]
+    )
     assert done.returncode == 0, done.stderr
     assert counts(ledger_url) == {US03: (3, 2), EU01: (0, 0)}
 
@@ -241,20 +277,26 @@ def test_settings_come_from_the_environment_when_no_config_has_them(ledger_url: 
         "TARGET_BRAZE_REST_ENDPOINT": "EU-01",
         "TARGET_BRAZE_API_KEY": KEY_B,
     }
-    assert ledger_cli("clear-workspace", env=env).returncode == 0
+    assert ledger_cli("clear-workspace", "--yes", env=env).returncode == 0
     assert counts(ledger_url) == {US03: (3, 2)}
 
 
 def test_the_api_key_may_come_from_the_variable_api_key_env_names(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key_env": "PROD_KEY"}
-    assert ledger_cli("clear-workspace", configs=[config], env={"PROD_KEY": KEY_A}).returncode == 0
+    assert (
+        ledger_cli("clear-workspace", "--yes", configs=[config], env={"PROD_KEY": KEY_A}).returncode
+        == 0
+    )
     assert counts(ledger_url) == {EU01: (1, 0)}
 
 
 def test_the_api_key_defaults_to_braze_api_key(ledger_url: str) -> None:
     env = {"TARGET_BRAZE_REST_ENDPOINT": "EU-01", "BRAZE_API_KEY": KEY_B}
     assert (
-        ledger_cli("clear-workspace", configs=[{"ledger_url": ledger_url}], env=env).returncode == 0
+        ledger_cli(
+            "clear-workspace", "--yes", configs=[{"ledger_url": ledger_url}], env=env
+        ).returncode
+        == 0
     )
     assert counts(ledger_url) == {US03: (3, 2)}
 
@@ -265,7 +307,7 @@ def test_config_files_win_over_the_environment_and_later_files_win(ledger_url: s
         {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": "stale"},
         {"api_key": KEY_A},
     ]
-    assert ledger_cli("clear-workspace", configs=configs, env=env).returncode == 0
+    assert ledger_cli("clear-workspace", "--yes", configs=configs, env=env).returncode == 0
     assert counts(ledger_url) == {EU01: (1, 0)}
 
 
@@ -287,7 +329,12 @@ def test_the_api_key_is_never_printed(ledger_url: str) -> None:
     config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_A}
     outputs = [
         ledger_cli(*args, configs=[config])
-        for args in (["stats"], ["clear-user", "c1"], ["clear-workspace"], ["clear-workspace"])
+        for args in (
+            ["stats"],
+            ["clear-user", "--yes", "c1"],
+            ["clear-workspace", "--yes"],
+            ["clear-workspace", "--yes"],
+        )
     ]
     assert outputs[-1].returncode == 1  # already cleared: the error line names no key either
     for done in outputs:
@@ -319,7 +366,7 @@ def test_stats_and_clear_on_postgres_never_print_the_password(postgres_url: str)
     stats = ledger_cli("stats", configs=[config])
     assert stats.returncode == 0, stats.stderr
     assert stats.stdout.splitlines()[0] == f"ledger {postgres_url.replace('pw-hunter2', '***')}"
-    cleared = ledger_cli("clear-workspace", configs=[config])
+    cleared = ledger_cli("clear-workspace", "--yes", configs=[config])
     assert cleared.returncode == 0, cleared.stderr
     assert counts(postgres_url) == {EU01: (1, 0)}
     for done in (stats, cleared):
@@ -444,7 +491,7 @@ def test_release_asks_for_confirmation_and_a_no_releases_nothing(ledger_url: str
 
     assert done.returncode == 0, done.stderr
     assert "Release them? [y/N]" in done.stdout
-    assert "nothing released" in done.stdout
+    assert "Nothing changed." in done.stdout
     assert len(unsettled(ledger_url)) == 4
 
 
@@ -460,3 +507,70 @@ def test_release_of_an_id_not_unknown_is_one_error_line_and_releases_nothing(
     assert len(unsettled(ledger_url)) == len(keys)
     assert "not an event id" in assert_one_error_line(ledger_cli("release", "xyz", configs=config))
     assert "--all" in assert_one_error_line(ledger_cli("release", configs=config))
+
+
+# --- init, move-workspace, export and import ---------------------------------------------------
+
+
+def test_init_creates_the_ledger_and_the_configs_workspace(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'ledger.sqlite'}"
+    config = {"ledger_url": url, "rest_endpoint": "US-03", "api_key": KEY_A}
+    done = ledger_cli("init", configs=[config])
+    assert done.returncode == 0, done.stderr
+    assert "workspace 1 created" in done.stdout
+    with open_store(url) as store:
+        assert store.find_workspace(workspace_identity(US03, KEY_A, None)) == 1
+    again = ledger_cli("init", configs=[config])
+    assert "already exists" in again.stdout
+
+
+def test_move_workspace_keeps_every_entry_under_the_rotated_key(ledger_url: str) -> None:
+    new_key = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_B}
+    done = ledger_cli("move-workspace", "--from", "1", configs=[new_key])
+    assert done.returncode == 0, done.stderr
+    assert "3 users and 2 events stay known" in done.stdout
+    assert KEY_B not in done.stdout + done.stderr
+    with open_store(ledger_url) as store:
+        assert store.find_workspace(workspace_identity(US03, KEY_A, None)) is None
+        ws = store.find_workspace(workspace_identity(US03, KEY_B, None))
+        assert ws == 1
+        # The keys stay those derived from the first key's identity: the rows are found.
+        keys = KeySpace(store.workspace_keyspace(ws))
+        assert keys.user("external_id", "c0") == KeySpace(
+            workspace_identity(US03, KEY_A, None)
+        ).user("external_id", "c0")
+        found = store.read_users([keys.user("external_id", f"c{i}")[0] for i in range(3)])
+        assert len(found) == 3
+    # clear-user by the new key's config finds the moved user
+    cleared = ledger_cli("clear-user", "--yes", "c0", configs=[new_key])
+    assert "1 user row" in cleared.stdout, cleared.stdout + cleared.stderr
+
+
+def test_move_workspace_from_an_unknown_id_is_one_error_line(ledger_url: str) -> None:
+    config = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_B}
+    line = assert_one_error_line(ledger_cli("move-workspace", "--from", "9", configs=[config]))
+    assert "has no workspace 9" in line
+
+
+@pytest.mark.postgres
+def test_export_then_import_into_postgres_keeps_every_row(
+    ledger_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    target = {"ledger_url": ledger_url, "rest_endpoint": "US-03", "api_key": KEY_B}
+    assert ledger_cli("move-workspace", "--from", "1", configs=[target]).returncode == 0
+    export = tmp_path / "ledger.jsonl"
+    done = ledger_cli("export", str(export), configs=[{"ledger_url": ledger_url}])
+    assert done.returncode == 0, done.stderr
+    assert export.stat().st_mode & 0o777 == 0o600
+    loaded = ledger_cli("import", str(export), configs=[{"ledger_url": postgres_url}])
+    assert loaded.returncode == 0, loaded.stderr
+    assert "4 users, 2 events" in loaded.stdout
+    with open_store(ledger_url) as source, open_store(postgres_url) as copy:
+        assert [(w.id, w.identity, w.keyspace, w.users, w.events) for w in copy.workspaces()] == [
+            (w.id, w.identity, w.keyspace, w.users, w.events) for w in source.workspaces()
+        ]
+        keys = KeySpace(copy.workspace_keyspace(1))
+        key = keys.user("external_id", "c1")[0]
+        assert copy.read_users([key]) == source.read_users([key])
+    again = ledger_cli("import", str(export), configs=[{"ledger_url": postgres_url}])
+    assert "already holds workspaces" in again.stderr

@@ -11,7 +11,7 @@ import os
 import re
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -23,7 +23,7 @@ import xxhash
 
 from target_braze.errors import TargetBrazeError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The states of an event or purchase identity (schema 4). `in_flight`: written, committed,
 # before the request carrying it is sent; `unknown`: Braze may hold it and no answer said
@@ -163,6 +163,9 @@ class WorkspaceInfo:
     users: int
     events: int
     last_used: str | None
+    #: The identity its keys are derived from: the first API key's, kept when the workspace
+    #: moves to a rotated key (`LedgerStore.move_workspace`).
+    keyspace: str = ""
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX {p}events_unconfirmed ON {p}events (ws) WHERE state <> 'confirmed'",
         ),
     ),
+    # 5: a workspace moved to a rotated API key keeps the identity its keys were derived
+    # from (`keyspace`; NULL: its own identity), so every entry stays valid under the new
+    # key.
+    Migration(
+        5,
+        sqlite=("ALTER TABLE {p}workspaces ADD COLUMN keyspace TEXT",),
+        postgres=("ALTER TABLE {p}workspaces ADD COLUMN keyspace text",),
+    ),
 )
 
 
@@ -242,11 +253,18 @@ def _last_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return sorted({row[0]: row for row in rows}.values(), key=itemgetter(0))
 
 
+#: The ledger's tables, in the order an export writes them (workspaces first: the rest
+#: refer to them).
+TABLES = ("workspaces", "users", "events", "intents")
+
+
 class LedgerStore(ABC):
     """The ledger's tables in one backend. Each object is used by one thread at a time."""
 
     url_display: str
     _prefix: str = ""
+    #: Whether opening it created the ledger (a new file or database): nothing is known yet.
+    created: bool = False
 
     @abstractmethod
     def register_workspace(self, identity: str, endpoint: str, label: str | None) -> int:
@@ -255,6 +273,24 @@ class LedgerStore(ABC):
     @abstractmethod
     def find_workspace(self, identity: str) -> int | None:
         """The id of the workspace `identity`, or None; creates nothing."""
+
+    @abstractmethod
+    def workspace_keyspace(self, workspace: int) -> str:
+        """The identity the workspace's keys are derived from (see `KeySpace`)."""
+
+    @abstractmethod
+    def key_workspaces_at(self, endpoint: str) -> list[int]:
+        """Workspaces named by an API key (not by `ledger_workspace`) on `endpoint`."""
+
+    @abstractmethod
+    def move_workspace(self, workspace: int, identity: str) -> None:
+        """Make `identity` (a rotated key's) name `workspace`; its entries stay valid.
+
+        The identity the keys were derived from is kept as the workspace's keyspace. An
+        empty workspace the new identity already names (a run that stopped at the
+        rotation check creates none, but an older release did) is deleted first; one that
+        holds entries is an error.
+        """
 
     @abstractmethod
     def read_users(self, keys: Sequence[int]) -> dict[int, tuple[int, bytes]]:
@@ -344,8 +380,18 @@ class LedgerStore(ABC):
         """Delete a workspace, its users and its events; `(users, events)` deleted."""
 
     @abstractmethod
-    def clear_user(self, workspace: int, user_key: int) -> tuple[int, int]:
-        """Delete one user's row and its events; `(users, events)` deleted."""
+    def clear_user(self, workspace: int, user_key: int, *, events: bool = True) -> tuple[int, int]:
+        """Delete one user's row and (with `events`) its events; `(users, events)` deleted."""
+
+    @abstractmethod
+    def table_rows(self, table: str) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """Every row of one of `TABLES`, in chunks: `(column names, rows)` (for export)."""
+
+    @abstractmethod
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Insert rows into one of `TABLES`, committed (for import)."""
 
     @abstractmethod
     def close(self) -> None:

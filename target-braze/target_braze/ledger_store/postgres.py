@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -130,6 +130,7 @@ class PostgresLedgerStore(LedgerStore):
         def create(cur: Any) -> None:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
             found = self._check_version(version(cur))
+            self.created = found is None
             if found != base.SCHEMA_VERSION:
                 for step in self._creation_steps(found, "postgres"):
                     cur.execute(step)
@@ -173,6 +174,70 @@ class PostgresLedgerStore(LedgerStore):
             return None if row is None else int(row[0])
 
         return self._run(find, commit=False)
+
+    @override
+    def workspace_keyspace(self, workspace: int) -> str:
+        """See `LedgerStore.workspace_keyspace`."""
+
+        def find(cur: Any) -> str | None:
+            cur.execute(
+                f"SELECT COALESCE(keyspace, identity) FROM {self._prefix}workspaces WHERE id = %s",
+                (workspace,),
+            )
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+        found = self._run(find, commit=False)
+        if found is None:
+            raise self._error(f"has no workspace {workspace}")
+        return found
+
+    @override
+    def key_workspaces_at(self, endpoint: str) -> list[int]:
+        """See `LedgerStore.key_workspaces_at`."""
+
+        def find(cur: Any) -> list[int]:
+            cur.execute(
+                f"SELECT id FROM {self._prefix}workspaces WHERE endpoint = %s "
+                "AND identity LIKE 'key:%%' ORDER BY id",
+                (endpoint,),
+            )
+            return [int(row[0]) for row in cur.fetchall()]
+
+        return self._run(find, commit=False)
+
+    @override
+    def move_workspace(self, workspace: int, identity: str) -> None:
+        """See `LedgerStore.move_workspace`."""
+        p = self._prefix
+
+        def move(cur: Any) -> int | None:
+            cur.execute(f"SELECT id FROM {p}workspaces WHERE identity = %s", (identity,))
+            row = cur.fetchone()
+            if row is not None and int(row[0]) != workspace:
+                cur.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {p}users WHERE ws = %s) "
+                    f"OR EXISTS (SELECT 1 FROM {p}events WHERE ws = %s)",
+                    (row[0], row[0]),
+                )
+                if cur.fetchone()[0]:
+                    return int(row[0])
+                cur.execute(f"DELETE FROM {p}workspaces WHERE id = %s", (row[0],))
+            cur.execute(
+                f"UPDATE {p}workspaces SET keyspace = COALESCE(keyspace, identity), "
+                "identity = %s WHERE id = %s",
+                (identity, workspace),
+            )
+            return None if cur.rowcount else -1
+
+        held = self._run(move, commit=True)
+        if held == -1:
+            raise self._error(f"has no workspace {workspace}")
+        if held is not None:
+            raise self._error(
+                f"already holds entries for this key (workspace {held}): clear it first "
+                "(target-braze-ledger clear-workspace) or keep both"
+            )
 
     @override
     def read_users(self, keys: Sequence[int]) -> dict[int, tuple[int, bytes]]:
@@ -413,11 +478,14 @@ class PostgresLedgerStore(LedgerStore):
             cur.execute(f"SELECT ws, count(*) FROM {p}events GROUP BY ws")
             events = dict(cur.fetchall())
             cur.execute(
-                f"SELECT id, identity, endpoint, label, last_used_at FROM {p}workspaces ORDER BY id"
+                f"SELECT id, identity, endpoint, label, last_used_at, "
+                f"COALESCE(keyspace, identity) FROM {p}workspaces ORDER BY id"
             )
             return [
-                WorkspaceInfo(i, ident, ep or "", label, users.get(i, 0), events.get(i, 0), used)
-                for i, ident, ep, label, used in cur.fetchall()
+                WorkspaceInfo(
+                    i, ident, ep or "", label, users.get(i, 0), events.get(i, 0), used, ks
+                )
+                for i, ident, ep, label, used, ks in cur.fetchall()
             ]
 
         return self._run(list_all, commit=False)
@@ -438,19 +506,61 @@ class PostgresLedgerStore(LedgerStore):
         return self._run(clear, commit=True)
 
     @override
-    def clear_user(self, workspace: int, user_key: int) -> tuple[int, int]:
+    def clear_user(self, workspace: int, user_key: int, *, events: bool = True) -> tuple[int, int]:
         """See `LedgerStore.clear_user`."""
         p = self._prefix
 
         def clear(cur: Any) -> tuple[int, int]:
             cur.execute(f"DELETE FROM {p}users WHERE k = %s AND ws = %s", (user_key, workspace))
             users = cur.rowcount
+            if not events:
+                return int(users), 0
             cur.execute(
                 f"DELETE FROM {p}events WHERE ws = %s AND user_k = %s", (workspace, user_key)
             )
             return int(users), int(cur.rowcount)
 
         return self._run(clear, commit=True)
+
+    @override
+    def table_rows(self, table: str) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """See `LedgerStore.table_rows` (a server-side cursor: memory stays flat)."""
+        if table not in base.TABLES:
+            raise ValueError(table)
+        try:
+            with self._conn.cursor(name=f"export_{table}", binary=True) as cur:
+                cur.execute(f"SELECT * FROM {self._prefix}{table} ORDER BY 1")
+                columns: list[str] | None = None
+                while rows := cur.fetchmany(10_000):
+                    if columns is None:
+                        columns = [d.name for d in cur.description]
+                    yield columns, [tuple(bytes(v) if isinstance(v, memoryview) else v
+                                          for v in row) for row in rows]  # fmt: skip
+            self._conn.rollback()
+        except self._psycopg.Error as exc:
+            self._rollback_quietly()
+            raise self._error(f"failed: PostgreSQL said {_scrub(str(exc), self._url)}") from None
+
+    @override
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """See `LedgerStore.insert_rows`."""
+        if table not in base.TABLES:
+            raise ValueError(table)
+        names = ", ".join(columns)
+        marks = ", ".join(["%s"] * len(columns))
+
+        def insert(cur: Any) -> None:
+            cur.executemany(f"INSERT INTO {self._prefix}{table} ({names}) VALUES ({marks})", rows)
+            if table in ("workspaces", "intents"):
+                # Identity columns do not advance on explicit ids: move them past the import.
+                cur.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{self._prefix}{table}', 'id'), "
+                    f"(SELECT COALESCE(max(id), 0) + 1 FROM {self._prefix}{table}), false)"
+                )
+
+        self._run(insert, commit=True)
 
     @override
     def close(self) -> None:

@@ -200,6 +200,7 @@ class SqliteLedgerStore(LedgerStore):
         # Re-read under the write lock: another process may have created it meanwhile.
         with self._transaction() as conn:
             version = self._check_version(self._stored_version(conn))
+            self.created = version is None
             if version != base.SCHEMA_VERSION:
                 for step in self._creation_steps(version, "sqlite"):
                     conn.execute(step)
@@ -234,6 +235,55 @@ class SqliteLedgerStore(LedgerStore):
                 "SELECT id FROM workspaces WHERE identity = ?", (identity,)
             ).fetchone()
         return None if row is None else int(row[0])
+
+    @override
+    def workspace_keyspace(self, workspace: int) -> str:
+        """See `LedgerStore.workspace_keyspace`."""
+        with self._guard() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(keyspace, identity) FROM workspaces WHERE id = ?", (workspace,)
+            ).fetchone()
+        if row is None:
+            raise self._error(f"has no workspace {workspace}")
+        return str(row[0])
+
+    @override
+    def key_workspaces_at(self, endpoint: str) -> list[int]:
+        """See `LedgerStore.key_workspaces_at`."""
+        with self._guard() as conn:
+            rows = conn.execute(
+                "SELECT id FROM workspaces WHERE endpoint = ? AND identity LIKE 'key:%' "
+                "ORDER BY id",
+                (endpoint,),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    @override
+    def move_workspace(self, workspace: int, identity: str) -> None:
+        """See `LedgerStore.move_workspace`."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT id FROM workspaces WHERE identity = ?", (identity,)
+            ).fetchone()
+            if row is not None and int(row[0]) != workspace:
+                held = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE ws = ?) "
+                    "OR EXISTS (SELECT 1 FROM events WHERE ws = ?)",
+                    (row[0], row[0]),
+                ).fetchone()[0]
+                if held:
+                    raise self._error(
+                        f"already holds entries for this key (workspace {row[0]}): clear it "
+                        "first (target-braze-ledger clear-workspace) or keep both"
+                    )
+                conn.execute("DELETE FROM workspaces WHERE id = ?", (row[0],))
+            moved = conn.execute(
+                "UPDATE workspaces SET keyspace = COALESCE(keyspace, identity), identity = ? "
+                "WHERE id = ?",
+                (identity, workspace),
+            ).rowcount
+            if not moved:
+                raise self._error(f"has no workspace {workspace}")
 
     def _select_in(self, sql: str, keys: Sequence[int]) -> Iterator[tuple[Any, ...]]:
         """Rows of `sql` (ending in `k IN `) for `keys`, chunked under the parameter limit."""
@@ -405,11 +455,12 @@ class SqliteLedgerStore(LedgerStore):
             users = dict(conn.execute("SELECT ws, count(*) FROM users GROUP BY ws").fetchall())
             events = dict(conn.execute("SELECT ws, count(*) FROM events GROUP BY ws").fetchall())
             rows = conn.execute(
-                "SELECT id, identity, endpoint, label, last_used_at FROM workspaces ORDER BY id"
+                "SELECT id, identity, endpoint, label, last_used_at, "
+                "COALESCE(keyspace, identity) FROM workspaces ORDER BY id"
             ).fetchall()
         return [
-            WorkspaceInfo(i, ident, ep or "", label, users.get(i, 0), events.get(i, 0), used)
-            for i, ident, ep, label, used in rows
+            WorkspaceInfo(i, ident, ep or "", label, users.get(i, 0), events.get(i, 0), used, ks)
+            for i, ident, ep, label, used, ks in rows
         ]
 
     @override
@@ -422,16 +473,41 @@ class SqliteLedgerStore(LedgerStore):
         return int(users), int(events)
 
     @override
-    def clear_user(self, workspace: int, user_key: int) -> tuple[int, int]:
+    def clear_user(self, workspace: int, user_key: int, *, events: bool = True) -> tuple[int, int]:
         """See `LedgerStore.clear_user`."""
         with self._transaction() as conn:
             users = conn.execute(
                 "DELETE FROM users WHERE k = ? AND ws = ?", (user_key, workspace)
             ).rowcount
-            events = conn.execute(
-                "DELETE FROM events WHERE ws = ? AND user_k = ?", (workspace, user_key)
-            ).rowcount
-        return int(users), int(events)
+            deleted = 0
+            if events:
+                deleted = conn.execute(
+                    "DELETE FROM events WHERE ws = ? AND user_k = ?", (workspace, user_key)
+                ).rowcount
+        return int(users), int(deleted)
+
+    @override
+    def table_rows(self, table: str) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """See `LedgerStore.table_rows`."""
+        if table not in base.TABLES:
+            raise ValueError(table)
+        with self._guard() as conn:
+            cursor = conn.execute(f"SELECT * FROM {table} ORDER BY 1")
+            columns = [d[0] for d in cursor.description]
+            while rows := cursor.fetchmany(10_000):
+                yield columns, rows
+
+    @override
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """See `LedgerStore.insert_rows`."""
+        if table not in base.TABLES:
+            raise ValueError(table)
+        names = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
+        with self._transaction() as conn:
+            conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
     @override
     def close(self) -> None:
