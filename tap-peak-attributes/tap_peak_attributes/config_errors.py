@@ -13,6 +13,7 @@ the expected type, e.g.
 from __future__ import annotations
 
 import copy
+import difflib
 import typing as t
 
 from singer_sdk.typing import DEFAULT_JSONSCHEMA_VALIDATOR
@@ -79,12 +80,53 @@ def explain(error: ValidationError, config: t.Mapping[str, t.Any]) -> str:
     return f"{where}: {error.message}"
 
 
+#: The setting that lets a config carry names the tap does not know, on purpose.
+ESCAPE_HATCH = "ignore_unknown_settings"
+
+
+def unknown_setting_problem(config: t.Mapping[str, t.Any], schema: dict[str, t.Any]) -> str | None:
+    """The first setting name the tap does not know (top level or in a stream), or None.
+
+    singer-sdk ignores unknown names, so a misspelled setting would silently not apply.
+    Names listed in `ignore_unknown_settings` are deliberate extras.
+    """
+    known = set(schema.get("properties", {}))
+    allowed = config.get(ESCAPE_HATCH)
+    extras = {str(name) for name in allowed} if isinstance(allowed, list) else set()
+    for name in config:
+        if name not in known and name not in extras:
+            return _unknown(str(name), str(name), known, "a tap-peak-attributes setting") + (
+                f" (a deliberate extra: list it in {ESCAPE_HATCH})"
+            )
+    stream_schema = schema.get("properties", {}).get("streams", {}).get("items", {})
+    stream_known = set(stream_schema.get("properties", {}))
+    streams = config.get("streams")
+    if stream_known and isinstance(streams, list):
+        for index, entry in enumerate(streams):
+            if not isinstance(entry, dict):
+                continue
+            for name in entry:
+                if name not in stream_known:
+                    where = setting_path(["streams", index, name], config)
+                    return _unknown(where, str(name), stream_known, "a stream setting")
+    return None
+
+
+def _unknown(where: str, name: str, known: set[str], what: str) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]}?" if close else "; `tap-peak-attributes --about` lists them"
+    return f"{where} is not {what}{hint}"
+
+
 def describe_config_problems(config: t.Mapping[str, t.Any], schema: dict[str, t.Any]) -> str | None:
     """The first problem of `config` against `schema` in one line, or None if it is valid.
 
     Validated as singer-sdk validates (same validator class, no format checks), on a copy:
     singer-sdk's validator writes defaults into the config it checks.
     """
+    unknown = unknown_setting_problem(config, schema)
+    if unknown:
+        return unknown
     validator = DEFAULT_JSONSCHEMA_VALIDATOR(schema)
     errors = list(validator.iter_errors(copy.deepcopy(dict(config))))
     if not errors:

@@ -25,7 +25,7 @@ from tap_peak_attributes.batch_files import (
     BatchDirectory,
     BatchSettings,
 )
-from tap_peak_attributes.config_errors import describe_config_problems
+from tap_peak_attributes.config_errors import describe_config_problems, unknown_setting_problem
 from tap_peak_attributes.connector import Warehouse
 from tap_peak_attributes.errors import TapPeakError, TapStopped
 from tap_peak_attributes.output import SingerOutput
@@ -194,6 +194,14 @@ class TapPeakAttributes(Tap):
 
     config_jsonschema = th.PropertiesList(
         th.Property(
+            "ignore_unknown_settings",
+            th.ArrayType(th.StringType),
+            title="Ignore unknown settings",
+            description="Setting names the tap does not know that the config carries on "
+            "purpose (shared config files). Any other unknown name stops the run with one "
+            "line naming it and the closest known setting.",
+        ),
+        th.Property(
             "sqlalchemy_url",
             th.StringType,
             secret=True,
@@ -353,6 +361,9 @@ class TapPeakAttributes(Tap):
             if problem is None:
                 raise
             raise TapPeakError(problem) from exc
+        unknown = unknown_setting_problem(self.config, type(self).config_jsonschema)
+        if unknown:  # however the config arrived (files, variables): a typo stops the run
+            raise TapPeakError(unknown)
         _ = self.batch_settings  # validated before any message is written
         self._check_stream_map_names()
 

@@ -81,6 +81,20 @@ CONFIG_CASES = {
         "stream_maps: 'customer_atributes' matches no stream of the tap (customer_attributes) "
         "and has no __source__; use a stream's name",
     ),
+    "a misspelled setting": (
+        {**DEMO, "lookback_window_minute": 5},
+        "lookback_window_minute is not a tap-peak-attributes setting; did you mean "
+        "lookback_window_minutes? (a deliberate extra: list it in ignore_unknown_settings)",
+    ),
+    "a misspelled stream setting": (
+        {
+            **DEMO,
+            "streams": [
+                {"name": "scores", "table": "customer_attributes", "updated_at_colum": "x"}
+            ],
+        },
+        "streams[scores].updated_at_colum is not a stream setting; did you mean updated_at_column?",
+    ),
     "a stream map that does not parse": (
         {**DEMO, "stream_maps": {"customer_attributes": {"x": "int(((peak_segment)"}}},
         "stream_maps: Failed to parse expression int(((peak_segment).",
@@ -91,6 +105,12 @@ CONFIG_CASES = {
 @pytest.mark.parametrize(("config", "expected"), CONFIG_CASES.values(), ids=CONFIG_CASES.keys())
 def test_a_config_problem_is_one_line_naming_the_setting(tmp_path, config, expected):
     assert_one_line(run_tap(tmp_path, config=config), expected)
+
+
+def test_a_deliberate_extra_setting_passes_when_listed(tmp_path):
+    config = {**DEMO, "team": "crm", "ignore_unknown_settings": ["team"]}
+    done = run_tap(tmp_path, "--discover", config=config)
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_wrong_type_from_an_environment_variable_is_one_line(tmp_path):

@@ -15,10 +15,10 @@ from singer_sdk.helpers.capabilities import (
 from target_braze.objects import IDENTIFIER_TYPES, OBJECT_TYPES
 
 # Meltano has no number kind that survives environment variables (its `decimal` kind
-# crashes on them), so number settings also accept numeric strings ("0.05").
-NUMBER = th.CustomType(
-    {"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^[0-9]*\.?[0-9]+$"}]}
-)
+# crashes on them), so number settings also accept numeric strings ("0.05"). One schema
+# with a type list, not an anyOf: singer-sdk appends "null" to a property's type, and to an
+# anyOf it appended a bare "null" that crashed jsonschema on any invalid value.
+NUMBER = th.CustomType({"type": ["number", "string"], "pattern": r"^[0-9]*\.?[0-9]+$"})
 
 
 def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
@@ -147,6 +147,16 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
 
 
 CONFIG_SCHEMA = th.PropertiesList(
+    th.Property(
+        "ignore_unknown_settings",
+        th.ArrayType(th.StringType),
+        title="Ignore unknown settings",
+        description=(
+            "Setting names target-braze does not know that the config carries on purpose "
+            "(shared config files). Any other unknown name stops the run with one line "
+            "naming it and the closest known setting."
+        ),
+    ),
     th.Property(
         "api_key",
         th.StringType,
@@ -409,6 +419,10 @@ DEFAULTS: dict[str, object] = {
     for name, prop in schema["properties"].items()
     if "default" in prop
 }
+#: Settings whose values are secret: never shown, not even in a settings error.
+SECRET_SETTINGS: frozenset[str] = frozenset(
+    name for name, prop in CONFIG_SCHEMA["properties"].items() if prop.get("secret")
+)
 #: Settings that may be given at the top level (defaults) and per stream (stream_mappings).
 MAPPING_SETTINGS: tuple[str, ...] = tuple(
     prop.name for prop in _mapping_properties(with_defaults=False)

@@ -18,11 +18,12 @@ from singer_sdk.target_base import Target
 from typing_extensions import override
 
 from target_braze.batch_files import BatchFiles
+from target_braze.config_problems import schema_problem, unknown_setting
 from target_braze.errors import ConfigError, InputError, TargetBrazeError
 from target_braze.message_path import MessagePath
 from target_braze.reader import MessageReader
 from target_braze.run import Run
-from target_braze.settings import CONFIG_SCHEMA, apply_defaults
+from target_braze.settings import CONFIG_SCHEMA, MAPPING_SETTINGS, SECRET_SETTINGS, apply_defaults
 
 logger = logging.getLogger("target_braze")
 
@@ -71,13 +72,27 @@ class TargetBraze(Target):
         message_reader: GenericSingerReader | None = None,
     ) -> None:
         """Check the settings and build the run; bad settings fail here, before any input."""
-        super().__init__(
-            config=config,
-            parse_env_config=parse_env_config,
-            validate_config=validate_config,
-            setup_mapper=setup_mapper,
-            message_reader=message_reader,
-        )
+        schema = type(self).config_jsonschema
+        type(self).append_builtin_config(schema)  # what singer-sdk adds, as it adds it
+        try:
+            super().__init__(
+                config=config,
+                parse_env_config=parse_env_config,
+                validate_config=validate_config,
+                setup_mapper=setup_mapper,
+                message_reader=message_reader,
+            )
+        except ConfigValidationError as exc:
+            # singer-sdk's messages are jsonschema's; ours name the setting and the fix.
+            # `config` is set before singer-sdk validates it (checked by a test).
+            problem = schema_problem(self.config, schema, SECRET_SETTINGS)
+            raise ConfigError(
+                f"{problem or _config_problem(exc)} (fix it in the target's config or "
+                "TARGET_BRAZE_* variables)"
+            ) from None
+        unknown = unknown_setting(self.config, schema["properties"], MAPPING_SETTINGS)
+        if unknown:
+            raise ConfigError(unknown)
         settings = apply_defaults(self.config)
         self.run = Run(settings)
         TargetBraze._active = self
@@ -149,7 +164,10 @@ class TargetBraze(Target):
         except TerminationRequested as exc:
             _drain_after_signal(cls._active, exc)
         except ConfigValidationError as exc:
-            raise ConfigError(_config_problem(exc)) from None
+            raise ConfigError(
+                f"{_config_problem(exc)} (fix it in the target's config or TARGET_BRAZE_* "
+                "variables)"
+            ) from None
         except (InputError, ConfigError):
             # Bad input mid-stream: what came before it is valid. Send it and let STATE
             # follow Braze's confirmations up to the bad point, so a rerun resumes there.
@@ -236,7 +254,7 @@ def _config_problem(exc: ConfigValidationError) -> str:
         message, _, where = str(error).partition(" in config[")
         setting = ".".join(part.strip("'\"") for part in where.rstrip("]").split("]["))
         problems.append(f"setting {setting}: {message}" if setting else message)
-    return "; ".join(problems) + " (fix it in the target's config or TARGET_BRAZE_* variables)"
+    return "; ".join(problems)
 
 
 __all__ = ["TargetBraze", "TargetBrazeError"]
