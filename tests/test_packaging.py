@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -129,3 +131,84 @@ def test_plugin_definition_declares_every_setting_of_about_with_kind_default_and
         if "enum" in schema:
             assert setting["kind"] == "options", setting
             assert [option["value"] for option in setting["options"]] == schema["enum"]
+
+
+def find_python(version: str) -> str:
+    """An interpreter of `version`: on PATH, or one pyenv installed (its shims may refuse).
+
+    None found fails the test: every Python the classifiers name must be tested.
+    """
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(map(str, root.glob(f"versions/{version}.*/bin/python{version}")))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.startswith(f"{version}."):
+            return candidate
+    pytest.fail(f"no working Python {version} (PATH, or pyenv under {root}): install it")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
+def test_both_wheels_sync_the_sample_into_the_sandbox_on_each_supported_python(
+    tmp_path, python, start_sandbox
+):
+    """The wheels, installed into a clean venv of each Python the classifiers name, run a
+    sync a user would: the tap's bundled sample piped into target-braze, into the sandbox."""
+    interpreter = find_python(python)
+    dist = tmp_path / "dist"
+    for directory, _ in PLUGINS:
+        _run(
+            UV, "build", "--quiet", "--wheel", "--out-dir", str(dist), str(PROJECT_ROOT / directory)
+        )
+    venv = tmp_path / "venv"
+    _run(UV, "venv", "--quiet", "--python", interpreter, str(venv))
+    _run(
+        UV, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+        *map(str, sorted(dist.glob("*.whl"))),
+    )  # fmt: skip
+    version = _run(str(venv / "bin" / "python"), "--version").stdout
+    assert version.startswith(f"Python {python}."), version
+    sandbox = start_sandbox()
+    tap_config = tmp_path / "tap.json"
+    tap_config.write_text(json.dumps({"allow_sample_warehouse": True}))
+    target_config = tmp_path / "target.json"
+    target_config.write_text(
+        json.dumps(
+            {
+                "rest_endpoint": sandbox.url,
+                "api_key": sandbox.api_key,
+                "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+            }
+        )
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TAP_", "TARGET_", "PEAK_"))}
+    tap = subprocess.Popen(
+        [str(venv / "bin" / "tap-peak-attributes"), "--config", str(tap_config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=clean,
+    )
+    target = subprocess.run(
+        [str(venv / "bin" / "target-braze"), "--config", str(target_config)],
+        stdin=tap.stdout,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean,
+        timeout=600,
+        check=False,
+    )
+    assert tap.stdout is not None
+    tap.stdout.close()
+    assert tap.wait(timeout=60) == 0
+    assert target.returncode == 0, target.stderr[-3000:]
+    assert json.loads(target.stdout.splitlines()[-1])["bookmarks"]
+    assert len(sandbox.profiles()) == 1200
