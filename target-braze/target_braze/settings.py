@@ -96,6 +96,23 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
             ),
         ),
         th.Property(
+            "colliding_fields",
+            th.StringType,
+            default=default("reject"),
+            allowed_values=["reject", "drop"],
+            title="Colliding fields",
+            description=(
+                "What happens to a record field that would replace the user's identity or "
+                "steer Braze: external_id, braze_id, user_alias, a Braze control key "
+                "(_update_existing_only, _merge_objects) and, when identifier_type is email "
+                "or phone, email and phone; for events and purchases, the property keys "
+                "Braze reserves (time, event_name, and for purchases product_id, price, "
+                "currency, quantity). reject: the record is rejected (IDENTIFIER_COLLISION) "
+                "naming the field. drop: the field is not sent, with one warning per stream "
+                "and field. The identity always comes from identifier_property alone."
+            ),
+        ),
+        th.Property(
             "event_name",
             th.StringType,
             title="Event name",
