@@ -46,7 +46,7 @@ class RejectedRecords:
 
     def __init__(self, path: str | None, stats: RunStats, run_id: str) -> None:
         """Open the output lazily: a clean run leaves no empty file behind."""
-        self._output = JsonlOutput(path) if path else None
+        self._output = JsonlOutput(path, setting="rejected_records_path") if path else None
         self._stats = stats
         self._run_id = run_id
 

@@ -17,6 +17,7 @@ from target_braze.checkpoint import Checkpoint, StateOutput
 from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
 from target_braze.delivery import Delivery
 from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
+from target_braze.private_files import check_output_path
 from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
@@ -53,6 +54,12 @@ class Run:
         )
         self.flush_interval = float(config["flush_interval_seconds"])
         self.report_path: str | None = config.get("run_report_path")
+        # Refused before any work: a link or another user's file is never written through.
+        for setting in ("run_report_path", "rejected_records_path"):
+            if config.get(setting):
+                check_output_path(config[setting], setting)
+        if self.dry_run:
+            check_output_path(config["dry_run_path"], "dry_run_path")
         self.checkpoint = Checkpoint()
         self.stats = RunStats(
             float(config["progress_interval_seconds"]),
