@@ -301,6 +301,38 @@ CONFIG_SCHEMA = th.PropertiesList(
         ),
     ),
     th.Property(
+        "batch_files_dir",
+        th.StringType,
+        title="BATCH files directory",
+        description=(
+            "BATCH messages are read only from files under this directory (real paths: "
+            "'..' and symbolic links cannot leave it), regular files only. Default: "
+            "batch_files_cleanup_dir; with neither set, a BATCH message ends the run with "
+            "one line. meltano.yml sets both to tap-peak-attributes' private BATCH directory."
+        ),
+    ),
+    th.Property(
+        "batch_files_cleanup_dir",
+        th.StringType,
+        title="BATCH files cleanup directory",
+        description=(
+            "A BATCH file under this directory is deleted once its records are settled (it "
+            "holds customer data): the directory of a tap whose files the target owns once "
+            "announced, such as tap-peak-attributes' private one. Files elsewhere are read "
+            "and left in place for their writer to clean up. Unset: nothing is deleted."
+        ),
+    ),
+    th.Property(
+        "max_batch_file_bytes",
+        th.IntegerType,
+        default=1 << 30,
+        title="Max BATCH file bytes",
+        description=(
+            "The most bytes read from one BATCH file, after decompression (default 1 GiB): "
+            "a larger file ends the run with one line naming it."
+        ),
+    ),
+    th.Property(
         "max_rejected_ratio",
         NUMBER,
         default=0.0,

@@ -82,7 +82,7 @@ class TargetBraze(Target):
         self.run = Run(settings)
         TargetBraze._active = self
         self.path = MessagePath(settings, self.mapper, self.run)
-        self.path.batch_reader = BatchFiles(self.path, self.run.checkpoint).read
+        self.path.batch_reader = BatchFiles(self.path, self.run.checkpoint, settings).read
         reader = self.message_reader
         if not isinstance(reader, MessageReader):
             msg = "target-braze reads its input with its own MessageReader"
