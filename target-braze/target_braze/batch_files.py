@@ -36,6 +36,7 @@ from target_braze.checkpoint import Checkpoint
 from target_braze.errors import ConfigError, InputError
 from target_braze.message_path import MessagePath
 from target_braze.messages import READ_BUFFER_BYTES, BatchMessage
+from target_braze.reader import skip_rest_of_line
 
 logger = logging.getLogger("target_braze")
 
@@ -86,8 +87,10 @@ class BatchFiles:
         for uri in message.manifest:
             file = _local_path(uri, line, directory)
             name = str(file)
-            for file_line, record in _records(file, compression, line, self._max_bytes):
-                deliver(routes, record, (line, name, file_line))
+            records = _records(file, compression, line, self._max_bytes, self._path, message.stream)
+            for file_line, record in records:
+                if record is not None:
+                    deliver(routes, record, (line, name, file_line))
             if cleanup is not None and file.is_relative_to(cleanup):
                 self._checkpoint.add_file(file)
             elif not self._left_in_place_noted:
@@ -153,8 +156,9 @@ def _local_path(uri: str, line: int, directory: Path) -> Path:
 
 
 def _records(
-    file: Path, compression: str, line: int, max_bytes: int
-) -> Iterator[tuple[int, dict[str, Any]]]:
+    file: Path, compression: str, line: int, max_bytes: int, path: MessagePath, stream: str
+) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """The file's records by line; None where a line was rejected unread (too long or deep)."""
     try:
         handle = _open(file, line)
     except OSError as exc:
@@ -163,12 +167,22 @@ def _records(
             "stays before it: rerun the sync so the tap writes it again"
         ) from None
     unpacked = gzip.GzipFile(fileobj=handle, mode="rb") if compression == "gzip" else handle
-    with handle, unpacked as stream:
+    with handle, unpacked as lines:
         file_line = 0
         read = 0
+        limit = path.max_record_bytes + 1
+        readline = lines.readline
         try:
-            for raw in stream:
+            while raw := readline(limit):
                 file_line += 1
+                if len(raw) >= limit and raw[-1:] != b"\n":
+                    rest = skip_rest_of_line(readline)
+                    read += len(raw) + rest
+                    if read <= max_bytes:
+                        origin = (line, str(file), file_line)
+                        path.oversized(raw, rest, origin, stream)
+                        yield file_line, None
+                        continue
                 read += len(raw)
                 if read > max_bytes:
                     raise InputError(
@@ -179,6 +193,10 @@ def _records(
                     )
                 try:
                     record = _decode(raw)
+                except RecursionError:
+                    path.too_deep(raw, (line, str(file), file_line), stream)
+                    yield file_line, None
+                    continue
                 except msgspec.DecodeError as exc:
                     if not raw.strip():
                         continue

@@ -15,6 +15,8 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from target_braze.objects import BrazeObject, Origin, Rejection
 from target_braze.stream_settings import StreamSettings
 from target_braze.values import (
@@ -87,13 +89,14 @@ class ObjectBuilder:
     def build(self, record: dict[str, Any], seq: int, line: Origin) -> BrazeObject | Rejection:
         """Turn one record into a Braze object, or a rejection naming what is wrong."""
         raw_id = record.get(self._identifier_property)
-        identifier = raw_id if type(raw_id) is str else None if raw_id is None else str(raw_id)
+        identifier = raw_id if type(raw_id) is str else None if raw_id is None else _id(raw_id)
         try:
             if not identifier:
                 settings = self.settings
+                problem = "an object or array" if isinstance(raw_id, dict | list) else "empty"
                 raise UnsendableValue(
-                    f"'{settings.identifier_property}' is empty; every Braze object needs an "
-                    f"identifier ({settings.identifier_type})"
+                    f"'{settings.identifier_property}' is {problem}; every Braze object needs "
+                    f"an identifier ({settings.identifier_type})"
                 )
             if self._required and not self._required.issubset(record):
                 missing = sorted(self._required - set(record))
@@ -120,18 +123,21 @@ class ObjectBuilder:
         except UnsendableValue as exc:
             return Rejection(self.stream, identifier, record, str(exc), line)
         # Positional: for each of the run's records, keyword arguments cost measurably more.
-        return BrazeObject(
-            self._object_type,
-            (self._identifier_type, identifier),
-            body,
-            data_points,
-            [seq],
-            [record],
-            [line],
-            self.stream,
-            identifier,
-            key_values,
-        )
+        try:
+            return BrazeObject(
+                self._object_type,
+                (self._identifier_type, identifier),
+                body,
+                data_points,
+                [seq],
+                [record],
+                [line],
+                self.stream,
+                identifier,
+                key_values,
+            )
+        except orjson.JSONEncodeError as exc:  # encoded once, here: e.g. a 65-bit integer
+            return Rejection(self.stream, identifier, record, _unencodable(body, exc), line)
 
     def _identify(self, identifier: str) -> dict[str, Any]:
         settings = self.settings
@@ -365,6 +371,21 @@ def python_types(prop: dict[str, Any]) -> tuple[type, ...]:
     if any(name not in _JSON_TYPES for name in names):
         return ()
     return tuple(dict.fromkeys(kind for name in names for kind in _JSON_TYPES[name]))
+
+
+def _id(value: Any) -> str | None:
+    """A non-string identifier as text; an object or array is not an identifier."""
+    return None if isinstance(value, dict | list) else str(value)
+
+
+def _unencodable(body: dict[str, Any], exc: orjson.JSONEncodeError) -> str:
+    """The reason for a body JSON cannot carry, naming the first value at fault."""
+    for name, value in body.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return f"'{name}' cannot be sent as JSON ({exc}); Braze takes 64-bit integers"
+    return f"the object cannot be sent as JSON ({exc})"
 
 
 class _Collision(UnsendableValue):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -33,6 +34,42 @@ def _origin_fields(origin: Origin) -> dict[str, Any]:
 def _default(value: Any) -> Any:
     # Records may still hold Decimal or other reader types; keep them readable.
     return str(value)
+
+
+#: A rejected record is written whole up to this many bytes of JSON, else truncated.
+MAX_RECORD_EXCERPT_BYTES = 64 * 1024
+
+
+def _record_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the rejects line carries it: whole, or its JSON's start, saying so.
+
+    A record JSON cannot carry (a 65-bit integer, nesting too deep for orjson) is written
+    as far as Python's own encoder manages, or else by its reason alone.
+    """
+    try:
+        encoded = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        try:
+            encoded = json.dumps(record, default=str).encode()
+        except (ValueError, TypeError, RecursionError) as exc:
+            return {"record": None, "record_unwritable": f"{type(exc).__name__}: {exc}"[:200]}
+        else:
+            return _excerpt(encoded)
+    if len(encoded) <= MAX_RECORD_EXCERPT_BYTES:
+        return {"record": orjson.Fragment(encoded)}  # encoded once, embedded as is
+    return _excerpt(encoded)
+
+
+def _excerpt(encoded: bytes) -> dict[str, Any]:
+    if len(encoded) <= MAX_RECORD_EXCERPT_BYTES:
+        return {"record_json": encoded.decode("utf-8", "replace")}
+    return {
+        "record_truncated": (
+            f"the record's JSON is {len(encoded)} bytes; record_json holds its first "
+            f"{MAX_RECORD_EXCERPT_BYTES}"
+        ),
+        "record_json": encoded[:MAX_RECORD_EXCERPT_BYTES].decode("utf-8", "ignore"),
+    }
 
 
 class RejectedRecords:
@@ -69,7 +106,7 @@ class RejectedRecords:
                 **_origin_fields(origin),
                 "reason": reason,
                 "error_type": kind,
-                "record": record,
+                **_record_fields(record),
             },
             default=_default,
             option=orjson.OPT_NON_STR_KEYS,

@@ -301,6 +301,17 @@ CONFIG_SCHEMA = th.PropertiesList(
         ),
     ),
     th.Property(
+        "max_record_bytes",
+        th.IntegerType,
+        default=4_000_000,
+        title="Max record bytes",
+        description=(
+            "A Singer line (or BATCH file line) longer than this is rejected unread "
+            "(RECORD_TOO_LARGE), never held whole in memory: Braze takes at most 4 MB per "
+            "request. A longer line that is not a RECORD ends the run with one line."
+        ),
+    ),
+    th.Property(
         "batch_files_dir",
         th.StringType,
         title="BATCH files directory",
