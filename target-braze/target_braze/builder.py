@@ -115,6 +115,8 @@ class ObjectBuilder:
             else:
                 data_points = self._event_or_purchase(record, body)
                 key_values = tuple(record.get(name) for name in self._key_properties) or None
+                if key_values is not None:
+                    _check_key_values(key_values, self._key_properties)
             # The identity is decided above, from identifier_property alone; set again last
             # (in place, so the key order is kept) so that nothing can have replaced it.
             body.update(identity)
@@ -376,6 +378,17 @@ def python_types(prop: dict[str, Any]) -> tuple[type, ...]:
 def _id(value: Any) -> str | None:
     """A non-string identifier as text; an object or array is not an identifier."""
     return None if isinstance(value, dict | list) else str(value)
+
+
+def _check_key_values(values: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    """The event's identity (its key properties) must be JSON the ledger can digest."""
+    try:
+        orjson.dumps(values)
+    except orjson.JSONEncodeError as exc:
+        raise UnsendableValue(
+            f"the key properties {list(names)} cannot be read as JSON ({exc}); Braze takes "
+            "64-bit integers"
+        ) from None
 
 
 def _unencodable(body: dict[str, Any], exc: orjson.JSONEncodeError) -> str:
