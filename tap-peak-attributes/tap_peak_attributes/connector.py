@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tap_peak_attributes.errors import TapPeakError
 from tap_peak_attributes.timestamps import normalise, sqlite_text, to_utc
+from tap_peak_attributes.transport import LIBPQ_DIALECTS, safe_connect_args
 
 #: URL query parameters that carry credentials (Snowflake OAuth tokens, key passphrases).
 SECRET_QUERY_KEYS = frozenset(
@@ -248,11 +249,18 @@ class Warehouse:
     """One engine over the warehouse, with masking and friendly errors built in."""
 
     def __init__(
-        self, url: URL | str, *, connect_timeout: int = 30, source: str = "sqlalchemy_url"
+        self,
+        url: URL | str,
+        *,
+        connect_timeout: int = 30,
+        source: str = "sqlalchemy_url",
+        allow_insecure_postgres: bool = False,
     ) -> None:
         """Parse and validate the URL; the engine connects lazily.
 
         `source` names where the URL came from (a setting, or the variable one names).
+        Off loopback, PostgreSQL is reached with TLS and SCRAM only (`transport.py`) unless
+        `allow_insecure_postgres`.
         """
         try:
             self.url = make_url(url) if isinstance(url, str) else url
@@ -268,10 +276,11 @@ class Warehouse:
             if in_file and not Path(database).is_file():
                 msg = f"SQLite database file not found: {database}"
                 raise TapPeakError(msg)
+        connect_args = self._connect_args(connect_timeout)
+        if self.dialect_name in LIBPQ_DIALECTS and not allow_insecure_postgres:
+            connect_args.update(safe_connect_args(self.url.host, self.url.query, source))
         try:
-            self.engine = sa.create_engine(
-                self.url, connect_args=self._connect_args(connect_timeout)
-            )
+            self.engine = sa.create_engine(self.url, connect_args=connect_args)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             hint = (
                 " (install tap-peak-attributes[snowflake])"

@@ -28,8 +28,16 @@ from target_braze.ledger_store import (
     sqlite_ledger_path,
     workspace_identity,
 )
+from target_braze.ledger_store.transport import secure_postgres_url
 
-SETTINGS = ("ledger_url", "rest_endpoint", "api_key", "api_key_env", "ledger_workspace")
+SETTINGS = (
+    "ledger_url",
+    "rest_endpoint",
+    "api_key",
+    "api_key_env",
+    "ledger_workspace",
+    "allow_insecure_postgres",
+)
 PROG = "target-braze-ledger"
 
 
@@ -208,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        with _open_existing(settings.get("ledger_url") or default_ledger_url()) as store:
+        url = secure_postgres_url(
+            settings.get("ledger_url") or default_ledger_url(),
+            allow_insecure=settings.get("allow_insecure_postgres", "").lower() == "true",
+        )
+        with _open_existing(url) as store:
             if args.command == "stats":
                 stats(store)
             elif args.command == "clear-workspace":

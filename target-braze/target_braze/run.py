@@ -17,6 +17,7 @@ from target_braze.checkpoint import Checkpoint, StateOutput
 from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
 from target_braze.delivery import Delivery
 from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
+from target_braze.ledger_store.transport import secure_postgres_url
 from target_braze.private_files import check_output_path
 from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
@@ -144,6 +145,10 @@ class Run:
         # Imported here: a run with the ledger off does not load it (or SQLite, or xxhash).
         from target_braze.ledger import Ledger  # noqa: PLC0415
 
+        if config.get("ledger_url"):
+            allow = bool(config["allow_insecure_postgres"])
+            secured = secure_postgres_url(config["ledger_url"], allow_insecure=allow)
+            config = {**config, "ledger_url": secured}
         return Ledger(config, endpoint, api_key, dry_run=self.dry_run)
 
     def _ratio_allows_release(self) -> bool:

@@ -415,6 +415,18 @@ CONFIG_SCHEMA = th.PropertiesList(
         ),
     ),
     th.Property(
+        "allow_insecure_postgres",
+        th.BooleanType,
+        default=False,
+        title="Allow insecure PostgreSQL",
+        description=(
+            "For a PostgreSQL ledger_url whose host is not loopback, the connection uses "
+            "sslmode=verify-full and require_auth=scram-sha-256 (libpq 16+), and a URL asking "
+            "for less is refused: libpq's default sends the password to a server that "
+            "refuses TLS. true: connect exactly as the URL says."
+        ),
+    ),
+    th.Property(
         "ledger_workspace",
         th.StringType,
         title="Ledger workspace name",
