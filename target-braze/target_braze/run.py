@@ -23,7 +23,7 @@ from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
 from target_braze.sender import UsersTrackSender
-from target_braze.settings import resolve_api_key
+from target_braze.settings import check_setting_values, resolve_api_key
 from target_braze.settlement import Settlement
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class Run:
 
         `config` holds every setting, defaults included (see `settings.apply_defaults`).
         """
+        check_setting_values(config)
         self.dry_run = bool(config["dry_run"])
         self.run_id = uuid.uuid4().hex[:12]
         self.max_rejected_ratio = float(config["max_rejected_ratio"])

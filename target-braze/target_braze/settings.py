@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import (
@@ -12,6 +14,7 @@ from singer_sdk.helpers.capabilities import (
     TARGET_VALIDATE_RECORDS_CONFIG,
 )
 
+from target_braze.errors import ConfigError
 from target_braze.objects import IDENTIFIER_TYPES, OBJECT_TYPES
 
 # Meltano has no number kind that survives environment variables (its `decimal` kind
@@ -479,8 +482,76 @@ def apply_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_api_key(config: Mapping[str, Any]) -> str | None:
-    """The API key: `api_key`, or else the environment variable `api_key_env` names."""
+    """The API key: `api_key`, or else the environment variable `api_key_env` names.
+
+    Raises:
+        ConfigError: the key holds a control character (CR/LF would add HTTP headers),
+            naming where it came from, never the key.
+
+    """
     if config.get("api_key"):
-        return str(config["api_key"])
-    name = config.get("api_key_env") or DEFAULTS["api_key_env"]
-    return os.environ.get(str(name)) or None
+        key, source = str(config["api_key"]), "api_key"
+    else:
+        name = str(config.get("api_key_env") or DEFAULTS["api_key_env"])
+        key, source = os.environ.get(name) or "", f"the variable {name} (api_key_env)"
+    if _CONTROL.search(key):
+        raise ConfigError(
+            f"{source} holds a control character (such as CR or LF, often a pasted line "
+            "end); give the Braze REST API key alone"
+        )
+    return key or None
+
+
+# Settings no value check reads: stream maps are expressions, and their own business.
+_FREE_FORM = frozenset({"stream_maps", "stream_map_config"})
+# Settings that are URLs of services other than the ledger: a password does not belong
+# there (it would reach logs and error messages); the ledger URL may carry one (secret).
+_URL_SETTINGS = ("rest_endpoint",)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_setting_values(config: Mapping[str, Any]) -> None:
+    """Refuse control characters anywhere and userinfo in URL settings, naming the setting.
+
+    The value is never echoed: it may be a key or hold a password.
+
+    Raises:
+        ConfigError: one line naming the setting and what to do.
+
+    """
+    for name, value in _strings(config, ""):
+        if _CONTROL.search(value):
+            raise ConfigError(
+                f"{name} holds a control character (such as CR or LF, often a pasted line "
+                "end); remove it"
+            )
+    for setting in _URL_SETTINGS:
+        url = config.get(setting)
+        if not isinstance(url, str):
+            continue
+        try:
+            netloc = urlsplit(url.strip()).netloc
+        except ValueError:
+            raise ConfigError(
+                f"{setting} is not a valid URL (nor a Braze instance code such as US-03)"
+            ) from None
+        if "@" in netloc:
+            raise ConfigError(
+                f"{setting} holds a user name or password (user:password@host); give the URL "
+                "without it: the API key is the only credential Braze takes"
+            )
+
+
+def _strings(value: Any, where: str) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(where, value)]
+    if isinstance(value, Mapping):
+        return [
+            found
+            for key, item in value.items()
+            if not (where == "" and key in _FREE_FORM)
+            for found in _strings(item, f"{where}.{key}" if where else str(key))
+        ]
+    if isinstance(value, list | tuple):
+        return [found for i, item in enumerate(value) for found in _strings(item, f"{where}[{i}]")]
+    return []

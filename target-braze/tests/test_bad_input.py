@@ -94,11 +94,12 @@ def test_a_bad_line_is_one_error_naming_its_line_and_state_stops_before_it(
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"object_type": "event"}, "setting object_type: 'event' is not one of"),
-        ({"max_retries": "lots"}, "setting max_retries: 'lots' is not of type 'integer'"),
+        ({"object_type": "event"}, "setting object_type: the value given is not one of"),
+        ({"max_retries": "lots"}, "setting max_retries: the value given is not of type 'integer'"),
         (
             {"stream_mappings": {"customer_attributes": {"null_values": "drop"}}},
-            "setting stream_mappings.customer_attributes.null_values: 'drop' is not one of",
+            "setting stream_mappings.customer_attributes.null_values: "
+            "the value given is not one of",
         ),
     ],
 )
