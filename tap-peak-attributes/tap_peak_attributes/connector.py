@@ -25,6 +25,8 @@ from tap_peak_attributes.transport import LIBPQ_DIALECTS, safe_connect_args
 SECRET_QUERY_KEYS = frozenset(
     {"token", "password", "private_key", "private_key_file_pwd", "passcode", "access_token"}
 )
+#: Query parameter names that suggest a secret (sslpassword, proxy_password, client_secret).
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
 #: JSON Schema of Snowflake's semi-structured types, by reflected type name. A VARIANT
 #: holds any JSON value (Peak's nested attributes are objects, but nothing enforces it).
@@ -37,23 +39,28 @@ SEMI_STRUCTURED: dict[str, list[str]] = {
 
 
 def mask_url(url: URL | str) -> str:
-    """Render a URL for logs and errors: password and token-like query values hidden."""
+    """Render a URL for logs and errors: the password and every query value hidden.
+
+    Every value, not a list of known secret names: drivers keep adding parameters that
+    carry one (libpq's `sslpassword`, Snowflake's `proxy_password`, ...).
+    """
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except sa.exc.ArgumentError:
         return "<unparseable sqlalchemy_url>"
-    query = {
-        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
-        for key, value in parsed.query.items()
-    }
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    query = dict.fromkeys(parsed.query, "***")
+    rendered = parsed.set(query=query).render_as_string(hide_password=True)
+    return rendered.replace("=%2A%2A%2A", "=***")  # SQLAlchemy percent-encodes the mask
 
 
 def url_secrets(url: URL) -> list[str]:
-    """The secret strings inside a URL, to scrub them from driver error messages."""
+    """The secret strings inside a URL, to scrub them from driver error messages.
+
+    The password, and the values of query parameters whose names say they hold one.
+    """
     found = [url.password] if url.password else []
     for key, value in url.query.items():
-        if key.lower() in SECRET_QUERY_KEYS:
+        if key.lower() in SECRET_QUERY_KEYS or _SECRET_NAME.search(key):
             found.extend([value] if isinstance(value, str) else list(value))
     return [str(s) for s in found if s]
 
