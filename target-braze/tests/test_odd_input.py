@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -157,23 +158,8 @@ def test_a_200_mb_line_is_rejected_unread_in_bounded_memory(braze, tmp_path):
         file.write('{"customer_id": "huge", "plan": "' + "x" * 200_000_000 + '"}}\n')
         file.write(json.dumps(rec(customer_id="good-1", plan="gold")) + "\n")
         file.write(json.dumps(state("after")) + "\n")
-    # The child's own peak resident memory, measured by a parent that runs nothing else.
-    measure = (
-        "import resource, subprocess, sys\n"
-        "with open(sys.argv[1], 'rb') as stdin:\n"
-        "    done = subprocess.run(sys.argv[2:], stdin=stdin, capture_output=True, timeout=300)\n"
-        "sys.stderr.write(done.stderr.decode(errors='replace'))\n"
-        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", measure, str(source), *target_command(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=360,
-        check=False,
-    )
-    returncode, peak_kib = map(int, done.stdout.split())
-    assert returncode == 0, done.stderr
+    returncode, peak_kib, stderr = run_measuring_memory(source, config_path)
+    assert returncode == 0, stderr
     assert peak_kib < 200 * 1024, f"peak {peak_kib} KiB"
     assert braze.profile("good-1") is not None
     assert braze.profile("huge") is None
@@ -214,3 +200,54 @@ def test_an_oversized_line_in_a_batch_file_is_rejected_unread(braze, tmp_path):
     [reject] = read_jsonl(tmp_path / "rejects.jsonl")
     assert reject["error_type"] == "RECORD_TOO_LARGE"
     assert (reject["batch_file"], reject["batch_line"]) == (str(file), 2)
+
+
+def run_measuring_memory(source: Path, config_path: Path) -> tuple[int, int, str]:
+    """Run the CLI on `source`; its exit code, peak resident memory (KiB) and stderr.
+
+    Measured by a parent process that runs nothing else, so the peak is the target's own.
+    """
+    measure = (
+        "import resource, subprocess, sys\n"
+        "with open(sys.argv[1], 'rb') as stdin:\n"
+        "    done = subprocess.run(sys.argv[2:], stdin=stdin, capture_output=True, timeout=300)\n"
+        "sys.stderr.write(done.stderr.decode(errors='replace'))\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, str(source), *target_command(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=360,
+        check=False,
+    )
+    returncode, peak_kib = map(int, done.stdout.split())
+    return returncode, peak_kib, done.stderr
+
+
+def test_a_gzip_batch_file_holding_a_200_mb_line_is_read_in_bounded_memory(braze, tmp_path):
+    directory = tmp_path / "batches"
+    directory.mkdir()
+    file = directory / "part.jsonl.gz"
+    with gzip.open(file, "wt", compresslevel=6) as out:
+        out.write('{"customer_id": "huge", "plan": "' + "x" * 200_000_000 + '"}\n')
+        out.write(json.dumps({"customer_id": "good-1", "plan": "gold"}) + "\n")
+    assert file.stat().st_size < 1_000_000  # a small file that unpacks to 200 MB
+    config = target_config(braze, tmp_path, max_rejected_ratio=0.5, batch_files_dir=str(directory))
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    batch = {
+        "type": "BATCH",
+        "stream": "customer_attributes",
+        "encoding": {"format": "jsonl", "compression": "gzip"},
+        "manifest": [file.as_uri()],
+    }
+    source = tmp_path / "input.jsonl"
+    messages = [schema_message(properties=PROPERTIES, bookmark=None), batch, state("after")]
+    source.write_text("".join(json.dumps(m) + "\n" for m in messages))
+    returncode, peak_kib, stderr = run_measuring_memory(source, config_path)
+    assert returncode == 0, stderr
+    assert peak_kib < 200 * 1024, f"peak {peak_kib} KiB"
+    assert braze.profile("good-1") is not None
+    [reject] = read_jsonl(tmp_path / "rejects.jsonl")
+    assert reject["error_type"] == "RECORD_TOO_LARGE"
