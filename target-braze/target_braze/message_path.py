@@ -199,7 +199,9 @@ class MessagePath:
             found = _RECORD_STREAM.search(head)
             if found is None or _RECORD_TYPE.search(head) is None:
                 raise InputError(
-                    f"line {origin}: a message that is not a RECORD {problem}; fix the tap"
+                    f"line {origin}: a message {problem}, and its first {_HEAD_BYTES // 1024} "
+                    "KiB do not say it is a RECORD of a named stream, so it cannot be rejected "
+                    "alone; fix the tap"
                 )
             stream = found.group(1).decode("utf-8", "replace")
         self.reject_unread(stream, head, f"the record {problem}", origin, kind)

@@ -251,3 +251,18 @@ def test_a_gzip_batch_file_holding_a_200_mb_line_is_read_in_bounded_memory(braze
     assert braze.profile("good-1") is not None
     [reject] = read_jsonl(tmp_path / "rejects.jsonl")
     assert reject["error_type"] == "RECORD_TOO_LARGE"
+
+
+def test_an_oversized_line_that_is_not_a_record_is_one_clean_line(braze, tmp_path):
+    config = target_config(braze, tmp_path, max_record_bytes=1000)
+    messages = [
+        schema_message(properties=PROPERTIES, bookmark=None),
+        rec(customer_id="good-1", plan="gold"),
+        {"type": "STATE", "value": {"bookmarks": {"x": "y" * 5000}}},
+    ]
+    run = run_target(config, messages, tmp_path)
+    assert run.returncode == 1, run.stderr
+    [line] = error_lines(run.stderr)
+    assert "line 3: a message is 50" in line
+    assert "cannot be rejected alone" in line
+    assert "Traceback" not in run.stderr

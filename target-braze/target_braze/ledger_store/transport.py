@@ -34,7 +34,7 @@ def secure_postgres_url(url: str, *, allow_insecure: bool, setting: str = "ledge
             defaults, for a host that is not loopback, and `allow_insecure` is false.
 
     """
-    if allow_insecure:
+    if allow_insecure or not url.startswith("postgres"):
         return url
     base, _, query = url.partition("?")
     params = dict(parse_qsl(query, keep_blank_values=True))
