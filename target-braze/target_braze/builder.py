@@ -34,7 +34,7 @@ MAX_EXTERNAL_ID_BYTES = 987
 IDENTIFIER_COLLISION = "IDENTIFIER_COLLISION"
 # Keys of an attributes object that identify the user or steer Braze: a record field by one
 # of these names would send the record's data to another profile, or change how Braze
-# treats it. `email` and `phone` join them where they identify (`identity_keys`).
+# treats it. `email` and `phone` join them where they identify (`reserved_fields`).
 _PRIMARY_IDENTIFIERS = frozenset({"external_id", "user_alias", "braze_id"})
 _BRAZE_CONTROL_KEYS = frozenset({"_update_existing_only", "_merge_objects"})
 _SECONDARY_IDENTIFIERS = frozenset({"email", "phone"})
