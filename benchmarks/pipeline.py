@@ -63,6 +63,9 @@ def environment(bench: Bench, url: str, mode: str, run: str) -> dict[str, str]:
                 "storage": {"root": root.as_uri()},
             }
         )
+        # target-braze reads (and cleans) BATCH files only in the tap's directory.
+        env["TARGET_BRAZE_BATCH_FILES_DIR"] = str(root)
+        env["TARGET_BRAZE_BATCH_FILES_CLEANUP_DIR"] = str(root)
     return env
 
 

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
@@ -136,6 +137,28 @@ def base_environment(sys_dir: Path) -> dict[str, str]:
     return env
 
 
+def _target_batch_directory(env: dict[str, str]) -> dict[str, str]:
+    """Where a test moved the tap's BATCH files, target-braze reads (and cleans) them.
+
+    meltano.yml points both at tap-peak-attributes' default directory; a test that sets
+    another `storage.root` for its tap configures the target as a user would have to.
+    """
+    if "TARGET_BRAZE_BATCH_FILES_CLEANUP_DIR" in env:
+        return {}
+    for name, value in env.items():
+        if name.startswith("TAP_") and name.endswith("_BATCH_CONFIG") and value.strip():
+            root = (json.loads(value).get("storage") or {}).get("root")
+            if root:
+                parts = urlsplit(root)
+                local = parts.netloc in ("", "localhost")
+                directory = unquote(parts.path if local else parts.netloc + parts.path)
+                return {
+                    "TARGET_BRAZE_BATCH_FILES_DIR": directory,
+                    "TARGET_BRAZE_BATCH_FILES_CLEANUP_DIR": directory,
+                }
+    return {}
+
+
 @dataclass
 class RunResult:
     """What one `meltano run` did."""
@@ -195,6 +218,7 @@ class Pipeline:
         if self.warehouse is not None:
             env["TAP_PEAK_ATTRIBUTES_SQLALCHEMY_URL"] = f"sqlite:///{self.warehouse}"
         env.update(self.settings)
+        env.update(_target_batch_directory(env))
         return env
 
     def command(

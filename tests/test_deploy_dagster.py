@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
 import sys
 import uuid
@@ -418,3 +419,48 @@ def test_sensor_with_a_refused_token_fails_naming_the_variable_never_the_token(
         tick(defs, None)
     assert "an-expired-token-not-to-be-echoed" not in str(raised.value)
     assert "HTTP 401" in str(raised.value)
+
+
+def _run_missing_secret_job(tmp_path: Path) -> Any:
+    """A job that fails at once (its key is not set), after its run directory was made."""
+    entry = workspace_entry(
+        "acme-us", "http://127.0.0.1:9", tmp_path / "w.sqlite", tmp_path / "s", "sqlite:///l"
+    )
+    config = write_config(tmp_path / "dagster", [entry])
+    return (
+        build_definitions(load_settings(config))
+        .resolve_job_def("sync_acme_us")
+        .execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    )
+
+
+def _failure_message(result: Any) -> str:
+    failure = next(e for e in result.all_node_events if e.event_type_value == "STEP_FAILURE")
+    return failure.step_failure_data.error.message
+
+
+def test_the_run_directory_base_is_created_private(tmp_path, monkeypatch):
+    clean_environment(monkeypatch)
+    result = _run_missing_secret_job(tmp_path)
+    assert "ACME_US_BRAZE_API_KEY not set" in _failure_message(result)
+    runs = tmp_path / "dagster" / "runs"
+    assert runs.stat().st_mode & 0o777 == 0o700
+    assert list(runs.iterdir()) == []
+
+
+@pytest.mark.parametrize("problem", ["open to other users", "belongs to another user"])
+def test_a_run_directory_base_another_user_could_control_is_refused(tmp_path, monkeypatch, problem):
+    clean_environment(monkeypatch)
+    runs = tmp_path / "dagster" / "runs"
+    runs.mkdir(parents=True)
+    if problem == "open to other users":
+        runs.chmod(0o777)
+    else:
+        runs.chmod(0o700)
+        os.chown(runs, 65534, 65534)  # the tests run as root here and in CI
+    result = _run_missing_secret_job(tmp_path)
+    assert not result.success
+    message = _failure_message(result)
+    assert f"run_directory {runs} " in message
+    assert problem in message
+    assert list(runs.iterdir()) == []  # nothing was made in it

@@ -231,6 +231,9 @@ def test_a_fresh_container_resumes_from_the_bookmark_in_s3_and_braze_ends_equal_
                     "batch_size": STATE_EVERY,
                 }
             ),
+            # target-braze reads (and cleans) BATCH files only in the tap's directory.
+            "TARGET_BRAZE_BATCH_FILES_DIR": "batch-files",
+            "TARGET_BRAZE_BATCH_FILES_CLEANUP_DIR": "batch-files",
         }
     )
 

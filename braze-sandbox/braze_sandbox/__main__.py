@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +17,12 @@ from aiohttp import web
 from braze_sandbox.contract import ContractLimits
 from braze_sandbox.faults import FaultSettings, parse_error_mapping, parse_latency
 from braze_sandbox.ratelimit import RESET_STYLES, RETRY_AFTER_STYLES, RateLimitSettings
-from braze_sandbox.server import Sandbox, SandboxOptions
+from braze_sandbox.server import (
+    ADMIN_TOKEN_HEADER,
+    ADMIN_TOKEN_VARIABLE,
+    Sandbox,
+    SandboxOptions,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=None, help="seed of the fault decisions")
     add("--ready-file", default=None, metavar="PATH",
         help="write the URL there once listening")  # fmt: skip
+    add("--allow-host", action="append", default=[], metavar="NAME",
+        help="a Host header name /_sandbox/ answers besides loopback's (and --host); "
+        "repeatable")  # fmt: skip
     return parser
 
 
@@ -80,7 +90,10 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
             raise ValueError(f"--{name.replace('_', '-')} must be a probability within 0..1")
     if args.fail_after_requests < 0:
         raise ValueError("--fail-after-requests must be 0 (off) or a positive count")
+    token = os.environ.get(ADMIN_TOKEN_VARIABLE) or secrets.token_urlsafe(24)
     return SandboxOptions(
+        admin_token=token,
+        allowed_hosts=[*args.allow_host, args.host],
         db_path=args.db,
         api_keys=args.api_keys or ["sandbox-key"],
         permissionless_keys=args.permissionless_key,
@@ -141,6 +154,18 @@ async def serve(options: SandboxOptions, host: str, port: int, ready_file: str |
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     print(f"braze-sandbox listening on {url}", flush=True)
+    if not os.environ.get(ADMIN_TOKEN_VARIABLE):
+        print(
+            f"braze-sandbox: /_sandbox/ admin token (header {ADMIN_TOKEN_HEADER}): "
+            f"{options.admin_token} (set {ADMIN_TOKEN_VARIABLE} to choose it)",
+            flush=True,
+        )
+    if not _is_loopback(host):
+        sys.stderr.write(
+            f"braze-sandbox: warning: listening on {host}, not loopback: other machines can "
+            "reach it (its admin API needs the token); use --host 127.0.0.1 unless you "
+            "mean it\n"
+        )
     if ready_file:
         write_ready_file(ready_file, url)
     try:
@@ -172,6 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

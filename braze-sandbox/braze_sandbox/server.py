@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,10 @@ from braze_sandbox.runtime_config import apply_config, current_config
 from braze_sandbox.stats import SandboxStats
 
 TRACK_PERMISSION = "users.track"
+#: The header carrying the admin token, and the variable it is read from at start.
+ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"  # noqa: S105 (a header name)
+ADMIN_TOKEN_VARIABLE = "BRAZE_SANDBOX_ADMIN_TOKEN"  # noqa: S105 (a variable name)
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 EXPORT_PERMISSION = "users.export.ids"
 JSON = "application/json"
 IDLE_FOLD_SECONDS = 0.25
@@ -50,6 +56,10 @@ class SandboxOptions:
     limits: ContractLimits = field(default_factory=ContractLimits)
     rate: RateLimitSettings = field(default_factory=RateLimitSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
+    #: The token `/_sandbox/` endpoints want in `ADMIN_TOKEN_HEADER` (health excepted).
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    #: Host header names `/_sandbox/` answers besides loopback's (a DNS-rebinding guard).
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 class _Dropped(Exception):
@@ -82,17 +92,18 @@ class Sandbox:
         app = web.Application(client_max_size=max(self.limits.max_body_bytes * 4, 64 << 20))
         app.router.add_post("/users/track", self.track)
         app.router.add_post("/users/export/ids", self.export)
-        app.router.add_get("/_sandbox/profiles", self.admin_profiles)
-        app.router.add_get("/_sandbox/events", self.admin_events)
-        app.router.add_get("/_sandbox/purchases", self.admin_purchases)
-        app.router.add_get("/_sandbox/stats", self.admin_stats)
-        app.router.add_get("/_sandbox/requests", self.admin_requests)
-        app.router.add_get("/_sandbox/config", self.admin_get_config)
-        app.router.add_put("/_sandbox/config", self.admin_set_config)
-        app.router.add_patch("/_sandbox/config", self.admin_set_config)
-        app.router.add_post("/_sandbox/reset", self.admin_reset)
+        admin = self._admin
+        app.router.add_get("/_sandbox/profiles", admin(self.admin_profiles))
+        app.router.add_get("/_sandbox/events", admin(self.admin_events))
+        app.router.add_get("/_sandbox/purchases", admin(self.admin_purchases))
+        app.router.add_get("/_sandbox/stats", admin(self.admin_stats))
+        app.router.add_get("/_sandbox/requests", admin(self.admin_requests))
+        app.router.add_get("/_sandbox/config", admin(self.admin_get_config))
+        app.router.add_put("/_sandbox/config", admin(self.admin_set_config))
+        app.router.add_patch("/_sandbox/config", admin(self.admin_set_config))
+        app.router.add_post("/_sandbox/reset", admin(self.admin_reset))
         app.router.add_get("/_sandbox/health", self.admin_health)
-        app.router.add_post("/_sandbox/flush", self.admin_flush)
+        app.router.add_post("/_sandbox/flush", admin(self.admin_flush))
         app.cleanup_ctx.append(self._fold_when_idle)
         return app
 
@@ -345,6 +356,28 @@ class Sandbox:
 
     # -- /_sandbox/ ------------------------------------------------------------------
 
+    def _admin(self, handler: Handler) -> Handler:
+        """`handler`, answered only with the admin token and a Host naming this sandbox.
+
+        The token: anyone who can reach the port could otherwise read every profile or
+        reconfigure faults. The Host check: a web page the developer visits could
+        otherwise reach a loopback sandbox through a rebound DNS name.
+        """
+        token = self.options.admin_token.encode()
+        allowed = LOOPBACK_NAMES | {h.lower() for h in self.options.allowed_hosts}
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if _host_name(request.host) not in allowed:
+                message = "Host not allowed: start the sandbox with --allow-host NAME"
+                return _json(403, {"message": message}, {})
+            given = request.headers.get(ADMIN_TOKEN_HEADER, "").encode()
+            if not hmac.compare_digest(given, token):
+                message = f"/_sandbox/ needs the admin token in {ADMIN_TOKEN_HEADER}"
+                return _json(401, {"message": message}, {})
+            return await handler(request)
+
+        return guarded
+
     async def admin_profiles(self, request: web.Request) -> web.StreamResponse:
         """All profiles, or those with ``?external_id=``."""
         ext = request.query.get("external_id")
@@ -431,6 +464,17 @@ class Sandbox:
     def close(self) -> None:
         """Release the database."""
         self.store.close()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _host_name(host: str | None) -> str:
+    """The name in a Host header, without its port (IPv6 literals unbracketed)."""
+    value = (host or "").strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def _json(status: int, body: Any, headers: dict[str, str]) -> web.Response:

@@ -15,6 +15,8 @@ repeats the flag, ``errors={"id": "TYPE"}`` becomes ``--error id=TYPE`` and
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from typing import Any
 import orjson
 
 from braze_sandbox.__main__ import build_parser, options_from_args, start
-from braze_sandbox.server import Sandbox
+from braze_sandbox.server import ADMIN_TOKEN_HEADER, ADMIN_TOKEN_VARIABLE, Sandbox
 
 DEFAULT_API_KEY = "sandbox-key"
 
@@ -66,17 +68,26 @@ def cli_arguments(options: dict[str, Any]) -> list[str]:
 
 
 class SandboxClient:
-    """Admin and read-back calls against a running sandbox at ``url``."""
+    """Admin and read-back calls against a running sandbox at ``url``.
 
-    def __init__(self, url: str, api_key: str = DEFAULT_API_KEY) -> None:
+    Admin calls (``/_sandbox/``) carry ``admin_token``: by default the one in
+    ``BRAZE_SANDBOX_ADMIN_TOKEN``, which the sandbox also reads at start.
+    """
+
+    def __init__(
+        self, url: str, api_key: str = DEFAULT_API_KEY, admin_token: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
+        self.admin_token = admin_token or os.environ.get(ADMIN_TOKEN_VARIABLE, "")
 
     def _call(self, method: str, path: str, body: Any = None, auth: bool = False) -> Any:
         data = None if body is None else orjson.dumps(body)
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if path.startswith("/_sandbox/") and self.admin_token:
+            headers[ADMIN_TOKEN_HEADER] = self.admin_token
         request = urllib.request.Request(  # noqa: S310 - URL is the sandbox's own
             self.url + path, data=data, headers=headers, method=method
         )
@@ -163,9 +174,11 @@ class SandboxProcess(SandboxClient):
         db_path: str | None = None,
         startup_timeout: float = 15.0,
         python: str = sys.executable,
+        admin_token: str | None = None,
         **options: Any,
     ) -> None:
-        super().__init__("", api_key)
+        # A token of its own (not the caller's environment's), handed to the process.
+        super().__init__("", api_key, admin_token or secrets.token_urlsafe(24))
         self._workdir = tempfile.TemporaryDirectory(prefix="braze-sandbox-")
         self.db_path = db_path or str(Path(self._workdir.name) / "sandbox.db")
         self.startup_timeout = startup_timeout
@@ -195,7 +208,12 @@ class SandboxProcess(SandboxClient):
         ]
         with open(self._stderr_path, "wb") as stderr:
             self._process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                # In the environment, not on the command line where `ps` shows it.
+                env={**os.environ, ADMIN_TOKEN_VARIABLE: self.admin_token},
             )
         deadline = time.monotonic() + self.startup_timeout
         while not ready.exists():
@@ -256,12 +274,13 @@ class SandboxThread(SandboxClient):
     """
 
     def __init__(self, *, api_key: str = DEFAULT_API_KEY, db_path: str = ":memory:",
-                 **options: Any) -> None:  # fmt: skip
-        super().__init__("", api_key)
+                 admin_token: str | None = None, **options: Any) -> None:  # fmt: skip
+        super().__init__("", api_key, admin_token or secrets.token_urlsafe(24))
         options.setdefault("api_keys", [api_key])
         args = build_parser().parse_args(["serve", "--db", db_path, *cli_arguments(options)])
         self.db_path = db_path
         self._options = options_from_args(args)
+        self._options.admin_token = self.admin_token
         self._host = args.host
         self._port = args.port
         self._loop = asyncio.new_event_loop()

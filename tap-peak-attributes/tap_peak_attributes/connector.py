@@ -19,11 +19,14 @@ from sqlalchemy.engine import URL, make_url
 
 from tap_peak_attributes.errors import TapPeakError
 from tap_peak_attributes.timestamps import normalise, sqlite_text, to_utc
+from tap_peak_attributes.transport import LIBPQ_DIALECTS, safe_connect_args
 
 #: URL query parameters that carry credentials (Snowflake OAuth tokens, key passphrases).
 SECRET_QUERY_KEYS = frozenset(
     {"token", "password", "private_key", "private_key_file_pwd", "passcode", "access_token"}
 )
+#: Query parameter names that suggest a secret (sslpassword, proxy_password, client_secret).
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
 #: JSON Schema of Snowflake's semi-structured types, by reflected type name. A VARIANT
 #: holds any JSON value (Peak's nested attributes are objects, but nothing enforces it).
@@ -36,23 +39,28 @@ SEMI_STRUCTURED: dict[str, list[str]] = {
 
 
 def mask_url(url: URL | str) -> str:
-    """Render a URL for logs and errors: password and token-like query values hidden."""
+    """Render a URL for logs and errors: the password and every query value hidden.
+
+    Every value, not a list of known secret names: drivers keep adding parameters that
+    carry one (libpq's `sslpassword`, Snowflake's `proxy_password`, ...).
+    """
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except sa.exc.ArgumentError:
         return "<unparseable sqlalchemy_url>"
-    query = {
-        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
-        for key, value in parsed.query.items()
-    }
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    query = dict.fromkeys(parsed.query, "***")
+    rendered = parsed.set(query=query).render_as_string(hide_password=True)
+    return rendered.replace("=%2A%2A%2A", "=***")  # SQLAlchemy percent-encodes the mask
 
 
 def url_secrets(url: URL) -> list[str]:
-    """The secret strings inside a URL, to scrub them from driver error messages."""
+    """The secret strings inside a URL, to scrub them from driver error messages.
+
+    The password, and the values of query parameters whose names say they hold one.
+    """
     found = [url.password] if url.password else []
     for key, value in url.query.items():
-        if key.lower() in SECRET_QUERY_KEYS:
+        if key.lower() in SECRET_QUERY_KEYS or _SECRET_NAME.search(key):
             found.extend([value] if isinstance(value, str) else list(value))
     return [str(s) for s in found if s]
 
@@ -248,11 +256,18 @@ class Warehouse:
     """One engine over the warehouse, with masking and friendly errors built in."""
 
     def __init__(
-        self, url: URL | str, *, connect_timeout: int = 30, source: str = "sqlalchemy_url"
+        self,
+        url: URL | str,
+        *,
+        connect_timeout: int = 30,
+        source: str = "sqlalchemy_url",
+        allow_insecure_postgres: bool = False,
     ) -> None:
         """Parse and validate the URL; the engine connects lazily.
 
         `source` names where the URL came from (a setting, or the variable one names).
+        Off loopback, PostgreSQL is reached with TLS and SCRAM only (`transport.py`) unless
+        `allow_insecure_postgres`.
         """
         try:
             self.url = make_url(url) if isinstance(url, str) else url
@@ -268,10 +283,11 @@ class Warehouse:
             if in_file and not Path(database).is_file():
                 msg = f"SQLite database file not found: {database}"
                 raise TapPeakError(msg)
+        connect_args = self._connect_args(connect_timeout)
+        if self.dialect_name in LIBPQ_DIALECTS and not allow_insecure_postgres:
+            connect_args.update(safe_connect_args(self.url.host, self.url.query, source))
         try:
-            self.engine = sa.create_engine(
-                self.url, connect_args=self._connect_args(connect_timeout)
-            )
+            self.engine = sa.create_engine(self.url, connect_args=connect_args)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             hint = (
                 " (install tap-peak-attributes[snowflake])"

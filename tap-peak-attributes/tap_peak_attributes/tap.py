@@ -323,6 +323,16 @@ class TapPeakAttributes(Tap):
             description="How long to wait for the warehouse (and Peak's API).",
         ),
         th.Property(
+            "allow_insecure_postgres",
+            th.BooleanType,
+            default=False,
+            title="Allow insecure PostgreSQL",
+            description="For a PostgreSQL or Redshift warehouse whose host is not loopback, "
+            "the connection uses sslmode=verify-full and require_auth=scram-sha-256 (libpq "
+            "16+), and a URL asking for less is refused: libpq's default sends the password "
+            "to a server that refuses TLS. true: connect exactly as the URL says.",
+        ),
+        th.Property(
             "batch_config",
             BATCH_SETTINGS,
             title="BATCH messages",
@@ -482,6 +492,7 @@ class TapPeakAttributes(Tap):
         """The warehouse: a URL, Peak's API, or the bundled sample (see `credentials.py`)."""
         secret = credentials.resolve(self.config)
         timeout = int(self.config.get("connect_timeout_seconds") or 30)
+        insecure = bool(self.config.get("allow_insecure_postgres"))
         if secret.peak_api_key:
             answer = peak_api.fetch_credentials(
                 secret.peak_api_key,
@@ -490,9 +501,19 @@ class TapPeakAttributes(Tap):
                 timeout=timeout,
                 source=secret.source,
             )
-            return Warehouse(peak_api.warehouse_url(answer), connect_timeout=timeout)
+            return Warehouse(
+                peak_api.warehouse_url(answer),
+                connect_timeout=timeout,
+                source="the warehouse URL from Peak's API",
+                allow_insecure_postgres=insecure,
+            )
         if secret.url:
-            return Warehouse(secret.url, connect_timeout=timeout, source=secret.source)
+            return Warehouse(
+                secret.url,
+                connect_timeout=timeout,
+                source=secret.source,
+                allow_insecure_postgres=insecure,
+            )
         if not self.config.get("allow_sample_warehouse"):
             msg = (
                 f"no warehouse configured ({secret.source} is set): export the warehouse "

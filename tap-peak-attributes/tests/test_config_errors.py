@@ -203,3 +203,15 @@ def test_a_file_that_is_not_a_database_is_one_line(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith(PREFIX + "cannot read customer_attributes at")
+
+
+def test_every_query_value_of_the_warehouse_url_is_masked_in_the_error_line(tmp_path):
+    secrets = {"sslpassword": "ssl-secret-1", "application_name": "app-secret-2"}
+    query = "&".join(f"{key}={value}" for key, value in secrets.items())
+    url = f"postgresql+psycopg://u:pw-secret-3@127.0.0.1:1/db?{query}"
+    done = run_tap(tmp_path, "--discover", config={"sqlalchemy_url": url})
+    assert done.returncode == 1, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith(PREFIX)]
+    assert "cannot connect to the warehouse at postgresql+psycopg://u:***@127.0.0.1:1/db?" in line
+    for secret in [*secrets.values(), "pw-secret-3"]:
+        assert secret not in done.stderr + done.stdout

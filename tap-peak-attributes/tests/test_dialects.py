@@ -137,11 +137,13 @@ def test_a_long_table_s_json_values_are_sent_as_the_values_they_hold(
     }
 
 
-def test_masking_hides_passwords_and_tokens():
-    masked = mask_url("snowflake://u:pw1@acct/db?token=tok1&warehouse=wh")
-    assert "pw1" not in masked
-    assert "tok1" not in masked
-    assert "warehouse=wh" in masked
+def test_masking_hides_the_password_and_every_query_value():
+    masked = mask_url(
+        "snowflake://u:pw1@acct/db?token=tok1&warehouse=wh&proxy_password=pp1&sslpassword=sp1"
+    )
+    for secret in ("pw1", "tok1", "wh", "pp1", "sp1"):
+        assert secret not in masked
+    assert "warehouse=***" in masked
 
 
 # --- Snowflake as it really behaves, where the fakesnow emulator differs ---------------

@@ -11,8 +11,11 @@ instead of ending the run.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from target_braze.objects import BrazeObject, Origin, Rejection
 from target_braze.stream_settings import StreamSettings
@@ -24,7 +27,22 @@ from target_braze.values import (
     to_braze,
 )
 
+logger = logging.getLogger("target_braze")
+
 MAX_EXTERNAL_ID_BYTES = 987
+#: The rejection kind of a record field that would replace the identity or steer Braze.
+IDENTIFIER_COLLISION = "IDENTIFIER_COLLISION"
+# Keys of an attributes object that identify the user or steer Braze: a record field by one
+# of these names would send the record's data to another profile, or change how Braze
+# treats it. `email` and `phone` join them where they identify (`reserved_fields`).
+_PRIMARY_IDENTIFIERS = frozenset({"external_id", "user_alias", "braze_id"})
+_BRAZE_CONTROL_KEYS = frozenset({"_update_existing_only", "_merge_objects"})
+_SECONDARY_IDENTIFIERS = frozenset({"email", "phone"})
+# Property keys Braze reserves inside an event's or a purchase's `properties`.
+_RESERVED_PROPERTIES = {
+    "events": frozenset({"time", "event_name"}),
+    "purchases": frozenset({"time", "event_name", "product_id", "price", "currency", "quantity"}),
+}
 # No identifier this long or shorter can exceed it in UTF-8 (4 bytes a character at most).
 _SHORT_IDENTIFIER = MAX_EXTERNAL_ID_BYTES // 4
 # What the attribute loop does with a value, by its Python type (see `ObjectBuilder._rule`).
@@ -60,6 +78,8 @@ class ObjectBuilder:
         self._object_type = settings.object_type
         self._attributes_only = settings.object_type == "attributes"
         self._identifier_type = settings.identifier_type
+        self._reserved = reserved_fields(settings.object_type, settings.identifier_type)
+        self._drop_colliding = settings.colliding_fields == "drop"
         # The identity is one key (external_id, braze_id, email, phone) unless it is an
         # alias or `_update_existing_only` is set: that common body is built inline.
         self._plain_identity = (
@@ -69,45 +89,57 @@ class ObjectBuilder:
     def build(self, record: dict[str, Any], seq: int, line: Origin) -> BrazeObject | Rejection:
         """Turn one record into a Braze object, or a rejection naming what is wrong."""
         raw_id = record.get(self._identifier_property)
-        identifier = raw_id if type(raw_id) is str else None if raw_id is None else str(raw_id)
+        identifier = raw_id if type(raw_id) is str else None if raw_id is None else _id(raw_id)
         try:
             if not identifier:
                 settings = self.settings
+                problem = "an object or array" if isinstance(raw_id, dict | list) else "empty"
                 raise UnsendableValue(
-                    f"'{settings.identifier_property}' is empty; every Braze object needs an "
-                    f"identifier ({settings.identifier_type})"
+                    f"'{settings.identifier_property}' is {problem}; every Braze object needs "
+                    f"an identifier ({settings.identifier_type})"
                 )
             if self._required and not self._required.issubset(record):
                 missing = sorted(self._required - set(record))
                 raise UnsendableValue(
                     f"does not match the stream's schema: required {missing} missing"
                 )
-            body = (
+            identity = (
                 {self._identifier_type: identifier}
                 if self._plain_identity and len(identifier) <= _SHORT_IDENTIFIER
                 else self._identify(identifier)  # checks an external_id's length
             )
+            body = dict(identity)
             if self._attributes_only:
                 data_points = self._attributes(record, body)
                 key_values = None
             else:
                 data_points = self._event_or_purchase(record, body)
                 key_values = tuple(record.get(name) for name in self._key_properties) or None
+                if key_values is not None:
+                    _check_key_values(key_values, self._key_properties)
+            # The identity is decided above, from identifier_property alone; set again last
+            # (in place, so the key order is kept) so that nothing can have replaced it.
+            body.update(identity)
+        except _Collision as exc:
+            return Rejection(self.stream, identifier, record, str(exc), line, IDENTIFIER_COLLISION)
         except UnsendableValue as exc:
             return Rejection(self.stream, identifier, record, str(exc), line)
         # Positional: for each of the run's records, keyword arguments cost measurably more.
-        return BrazeObject(
-            self._object_type,
-            (self._identifier_type, identifier),
-            body,
-            data_points,
-            [seq],
-            [record],
-            [line],
-            self.stream,
-            identifier,
-            key_values,
-        )
+        try:
+            return BrazeObject(
+                self._object_type,
+                (self._identifier_type, identifier),
+                body,
+                data_points,
+                [seq],
+                [record],
+                [line],
+                self.stream,
+                identifier,
+                key_values,
+            )
+        except orjson.JSONEncodeError as exc:  # encoded once, here: e.g. a 65-bit integer
+            return Rejection(self.stream, identifier, record, _unencodable(body, exc), line)
 
     def _identify(self, identifier: str) -> dict[str, Any]:
         settings = self.settings
@@ -144,6 +176,17 @@ class ObjectBuilder:
         ):
             self._rules[name] = _SKIP
             return _SKIP
+        if name in self._reserved:
+            if not self._drop_colliding:
+                raise self._collision(name)
+            logger.warning(
+                "stream '%s': field '%s' is not sent (colliding_fields: drop): %s",
+                self.stream,
+                name,
+                self._collision(name),
+            )
+            self._rules[name] = _SKIP
+            return _SKIP
         if name.startswith("$"):
             raise UnsendableValue(
                 f"attribute name '{name[:40]}' starts with '$', which Braze forbids"
@@ -164,6 +207,20 @@ class ObjectBuilder:
             actions = {kind: actions.get(kind, _CONVERT) for kind in allowed}
         self._rules[name] = actions
         return actions
+
+    def _collision(self, name: str) -> _Collision:
+        where = (
+            "a key Braze reserves in event and purchase properties"
+            if not self._attributes_only
+            else "a Braze control key"
+            if name in _BRAZE_CONTROL_KEYS
+            else f"an identifier key (the stream identifies users by {self._identifier_type} "
+            f"from '{self._identifier_property}')"
+        )
+        return _Collision(
+            f"field '{name}' collides with {where}; rename or exclude it "
+            "(exclude_properties), or set colliding_fields: drop to leave it out"
+        )
 
     def _attributes(self, record: dict[str, Any], body: dict[str, Any]) -> int:
         # The hot loop of the target: one pass, one lookup per value, plain values copied.
@@ -225,6 +282,10 @@ class ObjectBuilder:
                 continue
             if settings.included is not None and name not in settings.included:
                 continue
+            if name in self._reserved:
+                rule = self._rules.get(name)
+                if (rule if rule is not None else self._rule(name)) is _SKIP:
+                    continue  # colliding_fields: drop (`_rule` rejects unless dropping)
             properties[name] = self._value(name, value, name in self._datetimes)
         if properties:
             body["properties"] = properties
@@ -259,6 +320,22 @@ class ObjectBuilder:
                         "quantity from 1 to 100"
                     )
                 body["quantity"] = quantity
+
+
+def reserved_fields(object_type: str, identifier_type: str) -> frozenset[str]:
+    """Record fields that would collide with the identity, a control key or a reserved key.
+
+    For attributes, a field is a key of the object itself, so the identifiers and the
+    control keys are reserved (email and phone too when they identify: Braze looks a user
+    up by them when no primary identifier is present). For events and purchases, fields go
+    into `properties`, where Braze reserves its own keys.
+    """
+    if object_type == "attributes":
+        secondary = (
+            _SECONDARY_IDENTIFIERS if identifier_type in _SECONDARY_IDENTIFIERS else frozenset()
+        )
+        return _PRIMARY_IDENTIFIERS | _BRAZE_CONTROL_KEYS | secondary
+    return _RESERVED_PROPERTIES.get(object_type, frozenset())
 
 
 def _is_datetime(prop: dict[str, Any]) -> bool:
@@ -296,6 +373,36 @@ def python_types(prop: dict[str, Any]) -> tuple[type, ...]:
     if any(name not in _JSON_TYPES for name in names):
         return ()
     return tuple(dict.fromkeys(kind for name in names for kind in _JSON_TYPES[name]))
+
+
+def _id(value: Any) -> str | None:
+    """A non-string identifier as text; an object or array is not an identifier."""
+    return None if isinstance(value, dict | list) else str(value)
+
+
+def _check_key_values(values: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    """The event's identity (its key properties) must be JSON the ledger can digest."""
+    try:
+        orjson.dumps(values)
+    except orjson.JSONEncodeError as exc:
+        raise UnsendableValue(
+            f"the key properties {list(names)} cannot be read as JSON ({exc}); Braze takes "
+            "64-bit integers"
+        ) from None
+
+
+def _unencodable(body: dict[str, Any], exc: orjson.JSONEncodeError) -> str:
+    """The reason for a body JSON cannot carry, naming the first value at fault."""
+    for name, value in body.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return f"'{name}' cannot be sent as JSON ({exc}); Braze takes 64-bit integers"
+    return f"the object cannot be sent as JSON ({exc})"
+
+
+class _Collision(UnsendableValue):
+    """A record field that collides with the identity, a control key or a reserved key."""
 
 
 def _type_mismatch(name: str, value: Any, allowed: tuple[type, ...]) -> UnsendableValue:

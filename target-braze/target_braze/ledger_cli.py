@@ -36,8 +36,16 @@ from target_braze.ledger_store import (
     sqlite_ledger_path,
     workspace_identity,
 )
+from target_braze.ledger_store.transport import secure_postgres_url
 
-SETTINGS = ("ledger_url", "rest_endpoint", "api_key", "api_key_env", "ledger_workspace")
+SETTINGS = (
+    "ledger_url",
+    "rest_endpoint",
+    "api_key",
+    "api_key_env",
+    "ledger_workspace",
+    "allow_insecure_postgres",
+)
 PROG = "target-braze-ledger"
 
 
@@ -427,7 +435,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        url = settings.get("ledger_url") or default_ledger_url()
+        url = secure_postgres_url(
+            settings.get("ledger_url") or default_ledger_url(),
+            allow_insecure=settings.get("allow_insecure_postgres", "").lower() == "true",
+        )
         # init and import create the ledger; every other command reads an existing one.
         opener = open_store if args.command in ("init", "import") else _open_existing
         with opener(url) as store:

@@ -10,6 +10,7 @@ path: every record, from stdin or a file, mapped or not, is handled here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from singer_sdk import metrics
 from singer_sdk.mapper import PluginMapper, SameRecordTransform, StreamMap
 
 from target_braze.builder import ObjectBuilder
-from target_braze.errors import InputError
+from target_braze.errors import ConfigError, InputError, TargetBrazeError
 from target_braze.messages import (
     ActivateVersionMessage,
     BatchMessage,
@@ -63,6 +64,10 @@ class MessagePath:
         self._register = run.checkpoint.register_record
         self._add = run.delivery.add
         self.batch_reader: Callable[[BatchMessage, int], None] | None = None
+        #: The longest line (or BATCH file line) read as a record; a longer one is rejected.
+        self.max_record_bytes = int(config["max_record_bytes"])
+        if self.max_record_bytes < 1:
+            raise ConfigError("max_record_bytes must be at least 1")
 
     def schema(self, message: SchemaMessage, line: int) -> None:
         """Resolve the stream's maps, settings and builder (again, if the schema changed)."""
@@ -71,8 +76,16 @@ class MessagePath:
             raise InputError(
                 f"line {line}: the SCHEMA of stream '{stream}' has no 'properties' object"
             )
+        check_schema(stream, message.schema, line)
         key_properties = message.key_properties or []
-        self._mapper.register_raw_stream_schema(stream, message.schema, key_properties)
+        try:
+            self._mapper.register_raw_stream_schema(stream, message.schema, key_properties)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise InputError(
+                f"line {line}: the SCHEMA of stream '{stream}' cannot be used by the stream "
+                f"maps ({type(exc).__name__}: {str(exc)[:200]}); fix the tap's schema or the "
+                "stream_maps setting"
+            ) from None
         entry_of: dict[str, Mapping[str, Any] | None] = {}
         routes = []
         for stream_map in self._mapper.stream_maps[stream]:
@@ -120,7 +133,21 @@ class MessagePath:
         run = self._run
         for route in routes:
             transform = route.transform
-            transformed = record if transform is None else transform(record)
+            if transform is None:
+                transformed: dict[str, Any] | None = record
+            else:
+                try:
+                    transformed = transform(record)
+                except TargetBrazeError:
+                    raise
+                except Exception as exc:  # any expression may fail on some record
+                    reason = (
+                        f"the stream map of '{route.alias}' failed on this record "
+                        f"({type(exc).__name__}: {str(exc)[:200]}); fix the expression in "
+                        "stream_maps or the record"
+                    )
+                    self._reject(route.alias, record, reason, origin, "STREAM_MAP_FAILED")
+                    continue
             if transformed is None:  # filtered out by a stream map
                 continue
             seq = self._register()
@@ -142,6 +169,64 @@ class MessagePath:
                 # batch_size_rows: wait until Braze confirmed everything so far.
                 self._since_drain = 0
                 run.delivery.drain()
+
+    def oversized(
+        self, start: bytes | str, rest: int, origin: Origin, stream: str | None = None
+    ) -> None:
+        """A line longer than `max_record_bytes`: reject its record, unread (never a crash).
+
+        Only its start was read. From the input, the type and stream are taken from there
+        (`stream` None); a line that is not a RECORD (a huge SCHEMA or STATE) cannot be
+        skipped safely, so it ends the run. From a BATCH file, `stream` is the BATCH's.
+        """
+        problem = (
+            f"is {len(start) + rest} bytes, longer than max_record_bytes "
+            f"({self.max_record_bytes}; Braze takes at most 4 MB per request)"
+        )
+        self._reject_line(start, origin, stream, problem, "RECORD_TOO_LARGE")
+
+    def too_deep(self, text: bytes | str, origin: Origin, stream: str | None = None) -> None:
+        """A line nested too deep to decode: reject its record (or end the run if not one)."""
+        problem = "is nested too deep to decode (Braze nested attributes are shallow)"
+        self._reject_line(text, origin, stream, problem, "RECORD_TOO_DEEP")
+
+    def _reject_line(
+        self, text: bytes | str, origin: Origin, stream: str | None, problem: str, kind: str
+    ) -> None:
+        head = text[:_HEAD_BYTES]
+        head = head if isinstance(head, bytes) else head.encode("utf-8", "surrogateescape")
+        if stream is None:
+            found = _RECORD_STREAM.search(head)
+            if found is None or _RECORD_TYPE.search(head) is None:
+                raise InputError(
+                    f"line {origin}: a message {problem}, and its first {_HEAD_BYTES // 1024} "
+                    "KiB do not say it is a RECORD of a named stream, so it cannot be rejected "
+                    "alone; fix the tap"
+                )
+            stream = found.group(1).decode("utf-8", "replace")
+        self.reject_unread(stream, head, f"the record {problem}", origin, kind)
+
+    def reject_unread(
+        self, stream: str, excerpt: bytes, reason: str, origin: Origin, kind: str
+    ) -> None:
+        """Reject a record that could not be read whole; `excerpt` is the start of its line."""
+        routes = self._routes.get(stream)
+        if routes is None:
+            raise InputError(
+                f"line {origin}: a RECORD of stream '{stream[:100]}' arrived before its SCHEMA; "
+                "the tap must send each stream's SCHEMA message first"
+            )
+        start = excerpt[:_EXCERPT_BYTES].decode("utf-8", "ignore")
+        record = {"_unread_line_start": start}
+        for route in routes:
+            self._reject(route.alias, record, reason, origin, kind)
+
+    def _reject(
+        self, stream: str, record: dict[str, Any], reason: str, origin: Origin, kind: str
+    ) -> None:
+        seq = self._register()
+        rejection = Rejection(stream, None, record, reason, origin, kind)
+        self._run.settlement.reject_record(rejection, seq)
 
     def state(self, message: StateMessage, line: int) -> None:
         """Queue the STATE behind the records so far; a partly filled request is sent soon."""
@@ -184,6 +269,68 @@ class MessagePath:
                 ", ".join(unused),
             )
         self._run.finish()
+
+
+# Where `oversized` looks for the type and stream of a line it did not read whole.
+_HEAD_BYTES = 64 * 1024
+# How much of such a line the rejects output shows (its record was never read).
+_EXCERPT_BYTES = 16 * 1024
+_RECORD_TYPE = re.compile(rb'"type"\s*:\s*"RECORD"')
+_RECORD_STREAM = re.compile(rb'"stream"\s*:\s*"([^"\\]{1,1000})"')
+# How deep `check_schema` follows a schema: far beyond any real stream's.
+_MAX_SCHEMA_DEPTH = 64
+
+
+def check_schema(stream: str, schema: dict[str, Any], line: int) -> None:
+    """Refuse, with one line naming the stream and property, a schema the target cannot use."""
+
+    def fail(where: str, problem: str) -> InputError:
+        return InputError(
+            f"line {line}: the SCHEMA of stream '{stream}' is malformed at {where}: {problem}; "
+            "fix the tap's schema"
+        )
+
+    def check(prop: Any, where: str, depth: int) -> None:
+        if depth > _MAX_SCHEMA_DEPTH:
+            raise fail(where, f"nested deeper than {_MAX_SCHEMA_DEPTH} levels")
+        if not isinstance(prop, dict):
+            raise fail(where, f"a {type(prop).__name__}, not a JSON Schema object")
+        declared = prop.get("type")
+        if declared is not None and not (
+            isinstance(declared, str)
+            or (isinstance(declared, list) and all(isinstance(t, str) for t in declared))
+        ):
+            raise fail(where, f"'type' is {str(declared)[:40]}, not a type name or list of them")
+        for keyword in ("anyOf", "oneOf", "allOf"):
+            options = prop.get(keyword)
+            if options is None:
+                continue
+            if not isinstance(options, list):
+                raise fail(where, f"'{keyword}' is not a list")
+            for i, option in enumerate(options):
+                check(option, f"{where}.{keyword}[{i}]", depth + 1)
+        nested = prop.get("properties")
+        if nested is not None:
+            if not isinstance(nested, dict):
+                raise fail(where, "'properties' is not an object")
+            for name, child in nested.items():
+                check(child, f"{where}.{name}", depth + 1)
+        items = prop.get("items")
+        if items is not None and not isinstance(items, bool):
+            check(items, f"{where}[]", depth + 1)
+        required = prop.get("required")
+        if required is not None and not (
+            isinstance(required, list) and all(isinstance(r, str) for r in required)
+        ):
+            raise fail(where, "'required' is not a list of property names")
+
+    for name, prop in schema["properties"].items():
+        check(prop, f"property '{name}'", 1)
+    required = schema.get("required")
+    if required is not None and not (
+        isinstance(required, list) and all(isinstance(r, str) for r in required)
+    ):
+        raise fail("'required'", "not a list of property names")
 
 
 def _transform_of(

@@ -88,15 +88,25 @@ class MessageReader(GenericSingerReader[Any]):
             ActivateVersionMessage: ("ACTIVATE_VERSION", path.activate_version),
         }
         line_number = self.line_number
-        for line in file_input or self.default_input:
+        stream = file_input or self.default_input
+        readline = stream.readline
+        # A line is read at most `limit` long, so an oversized one never sits in memory whole.
+        limit = path.max_record_bytes + 1
+        while line := readline(limit):
             line_number += 1
             self.line_number = line_number
+            if len(line) >= limit and line[-1:] not in _NEWLINES:
+                path.oversized(line, skip_rest_of_line(readline), line_number)
+                continue
             try:
                 message = decode(line)
             except msgspec.DecodeError as exc:
                 if not line.strip():
                     continue  # a blank line carries no message
                 raise InputError(_decode_problem(line, exc, line_number)) from None
+            except RecursionError:
+                path.too_deep(line, line_number)
+                continue
             if type(message) is RecordMessage:
                 records += 1
                 record(message, line_number)
@@ -106,6 +116,20 @@ class MessageReader(GenericSingerReader[Any]):
             counts[name] += 1
         counts["RECORD"] += records
         return counts
+
+
+_NEWLINES = (b"\n", "\n")
+_SKIP_CHUNK = 1 << 20
+
+
+def skip_rest_of_line(readline: Callable[[int], Any]) -> int:
+    """Read past the rest of an oversized line, a chunk at a time; return its length."""
+    skipped = 0
+    while chunk := readline(_SKIP_CHUNK):
+        skipped += len(chunk)
+        if chunk[-1:] in _NEWLINES:
+            break
+    return skipped
 
 
 def _decode_problem(line: Any, exc: msgspec.DecodeError, line_number: int) -> str:

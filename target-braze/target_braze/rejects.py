@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -35,6 +36,42 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+#: A rejected record is written whole up to this many bytes of JSON, else truncated.
+MAX_RECORD_EXCERPT_BYTES = 64 * 1024
+
+
+def _record_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the rejects line carries it: whole, or its JSON's start, saying so.
+
+    A record JSON cannot carry (a 65-bit integer, nesting too deep for orjson) is written
+    as far as Python's own encoder manages, or else by its reason alone.
+    """
+    try:
+        encoded = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        try:
+            encoded = json.dumps(record, default=str).encode()
+        except (ValueError, TypeError, RecursionError) as exc:
+            return {"record": None, "record_unwritable": f"{type(exc).__name__}: {exc}"[:200]}
+        else:
+            return _excerpt(encoded)
+    if len(encoded) <= MAX_RECORD_EXCERPT_BYTES:
+        return {"record": orjson.Fragment(encoded)}  # encoded once, embedded as is
+    return _excerpt(encoded)
+
+
+def _excerpt(encoded: bytes) -> dict[str, Any]:
+    if len(encoded) <= MAX_RECORD_EXCERPT_BYTES:
+        return {"record_json": encoded.decode("utf-8", "replace")}
+    return {
+        "record_truncated": (
+            f"the record's JSON is {len(encoded)} bytes; record_json holds its first "
+            f"{MAX_RECORD_EXCERPT_BYTES}"
+        ),
+        "record_json": encoded[:MAX_RECORD_EXCERPT_BYTES].decode("utf-8", "ignore"),
+    }
+
+
 class RejectedRecords:
     """Writes rejected records to JSONL, each with the run id, the time and its input line.
 
@@ -46,7 +83,7 @@ class RejectedRecords:
 
     def __init__(self, path: str | None, stats: RunStats, run_id: str) -> None:
         """Open the output lazily: a clean run leaves no empty file behind."""
-        self._output = JsonlOutput(path) if path else None
+        self._output = JsonlOutput(path, setting="rejected_records_path") if path else None
         self._stats = stats
         self._run_id = run_id
 
@@ -74,7 +111,7 @@ class RejectedRecords:
                 **_origin_fields(origin),
                 "reason": reason,
                 "error_type": kind,
-                "record": record,
+                **_record_fields(record),
             },
             default=_default,
             option=orjson.OPT_NON_STR_KEYS,

@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from target_braze.private_files import replace_private
 
 logger = logging.getLogger("target_braze")
 
@@ -138,7 +139,6 @@ class RunStats:
         }
 
     def write_report(self, path: str, *, outcome: str) -> None:
-        """Write the JSON run report."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.as_dict(outcome=outcome), indent=2) + "\n")
+        """Write the JSON run report: whole, 0600, renamed over the previous one."""
+        report = json.dumps(self.as_dict(outcome=outcome), indent=2) + "\n"
+        replace_private(path, "run_report_path", report.encode())

@@ -17,11 +17,13 @@ from target_braze.checkpoint import Checkpoint, StateOutput
 from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
 from target_braze.delivery import Delivery
 from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
+from target_braze.ledger_store.transport import secure_postgres_url
+from target_braze.private_files import check_output_path
 from target_braze.rate_limiter import RateLimiter
 from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
 from target_braze.sender import UsersTrackSender
-from target_braze.settings import resolve_api_key
+from target_braze.settings import check_setting_values, resolve_api_key
 from target_braze.settlement import Settlement
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ class Run:
 
         `config` holds every setting, defaults included (see `settings.apply_defaults`).
         """
+        check_setting_values(config)
         self.dry_run = bool(config["dry_run"])
         self.run_id = uuid.uuid4().hex[:12]
         self.max_rejected_ratio = float(config["max_rejected_ratio"])
@@ -53,6 +56,12 @@ class Run:
         )
         self.flush_interval = float(config["flush_interval_seconds"])
         self.report_path: str | None = config.get("run_report_path")
+        # Refused before any work: a link or another user's file is never written through.
+        for setting in ("run_report_path", "rejected_records_path"):
+            if config.get(setting):
+                check_output_path(config[setting], setting)
+        if self.dry_run:
+            check_output_path(config["dry_run_path"], "dry_run_path")
         self.checkpoint = Checkpoint()
         self.stats = RunStats(
             float(config["progress_interval_seconds"]),
@@ -137,6 +146,10 @@ class Run:
         # Imported here: a run with the ledger off does not load it (or SQLite, or xxhash).
         from target_braze.ledger import Ledger  # noqa: PLC0415
 
+        if config.get("ledger_url"):
+            allow = bool(config["allow_insecure_postgres"])
+            secured = secure_postgres_url(config["ledger_url"], allow_insecure=allow)
+            config = {**config, "ledger_url": secured}
         return Ledger(config, endpoint, api_key, dry_run=self.dry_run)
 
     def _ratio_allows_release(self) -> bool:

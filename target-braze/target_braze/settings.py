@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import (
@@ -12,6 +14,7 @@ from singer_sdk.helpers.capabilities import (
     TARGET_VALIDATE_RECORDS_CONFIG,
 )
 
+from target_braze.errors import ConfigError
 from target_braze.objects import IDENTIFIER_TYPES, OBJECT_TYPES
 
 # Meltano has no number kind that survives environment variables (its `decimal` kind
@@ -93,6 +96,23 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
             description=(
                 "unset: a null removes the attribute from the profile, so Braze mirrors the "
                 "source (a stale churn score is not left behind). skip: nulls are not sent."
+            ),
+        ),
+        th.Property(
+            "colliding_fields",
+            th.StringType,
+            default=default("reject"),
+            allowed_values=["reject", "drop"],
+            title="Colliding fields",
+            description=(
+                "What happens to a record field that would replace the user's identity or "
+                "steer Braze: external_id, braze_id, user_alias, a Braze control key "
+                "(_update_existing_only, _merge_objects) and, when identifier_type is email "
+                "or phone, email and phone; for events and purchases, the property keys "
+                "Braze reserves (time, event_name, and for purchases product_id, price, "
+                "currency, quantity). reject: the record is rejected (IDENTIFIER_COLLISION) "
+                "naming the field. drop: the field is not sent, with one warning per stream "
+                "and field. The identity always comes from identifier_property alone."
             ),
         ),
         th.Property(
@@ -294,6 +314,49 @@ CONFIG_SCHEMA = th.PropertiesList(
         ),
     ),
     th.Property(
+        "max_record_bytes",
+        th.IntegerType,
+        default=4_000_000,
+        title="Max record bytes",
+        description=(
+            "A Singer line (or BATCH file line) longer than this is rejected unread "
+            "(RECORD_TOO_LARGE), never held whole in memory: Braze takes at most 4 MB per "
+            "request. A longer line that is not a RECORD ends the run with one line."
+        ),
+    ),
+    th.Property(
+        "batch_files_dir",
+        th.StringType,
+        title="BATCH files directory",
+        description=(
+            "BATCH messages are read only from files under this directory (real paths: "
+            "'..' and symbolic links cannot leave it), regular files only. Default: "
+            "batch_files_cleanup_dir; with neither set, a BATCH message ends the run with "
+            "one line. meltano.yml sets both to tap-peak-attributes' private BATCH directory."
+        ),
+    ),
+    th.Property(
+        "batch_files_cleanup_dir",
+        th.StringType,
+        title="BATCH files cleanup directory",
+        description=(
+            "A BATCH file under this directory is deleted once its records are settled (it "
+            "holds customer data): the directory of a tap whose files the target owns once "
+            "announced, such as tap-peak-attributes' private one. Files elsewhere are read "
+            "and left in place for their writer to clean up. Unset: nothing is deleted."
+        ),
+    ),
+    th.Property(
+        "max_batch_file_bytes",
+        th.IntegerType,
+        default=1 << 30,
+        title="Max BATCH file bytes",
+        description=(
+            "The most bytes read from one BATCH file, after decompression (default 1 GiB): "
+            "a larger file ends the run with one line naming it."
+        ),
+    ),
+    th.Property(
         "max_rejected_ratio",
         NUMBER,
         default=0.0,
@@ -362,6 +425,18 @@ CONFIG_SCHEMA = th.PropertiesList(
             "Where the delivery ledger lives: sqlite:///path or postgresql://... (several "
             "workers or machines; needs target-braze[postgres]). Default: "
             "sqlite:///$XDG_STATE_HOME/target-braze/ledger.sqlite (~/.local/state/...)."
+        ),
+    ),
+    th.Property(
+        "allow_insecure_postgres",
+        th.BooleanType,
+        default=False,
+        title="Allow insecure PostgreSQL",
+        description=(
+            "For a PostgreSQL ledger_url whose host is not loopback, the connection uses "
+            "sslmode=verify-full and require_auth=scram-sha-256 (libpq 16+), and a URL asking "
+            "for less is refused: libpq's default sends the password to a server that "
+            "refuses TLS. true: connect exactly as the URL says."
         ),
     ),
     th.Property(
@@ -435,8 +510,76 @@ def apply_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_api_key(config: Mapping[str, Any]) -> str | None:
-    """The API key: `api_key`, or else the environment variable `api_key_env` names."""
+    """The API key: `api_key`, or else the environment variable `api_key_env` names.
+
+    Raises:
+        ConfigError: the key holds a control character (CR/LF would add HTTP headers),
+            naming where it came from, never the key.
+
+    """
     if config.get("api_key"):
-        return str(config["api_key"])
-    name = config.get("api_key_env") or DEFAULTS["api_key_env"]
-    return os.environ.get(str(name)) or None
+        key, source = str(config["api_key"]), "api_key"
+    else:
+        name = str(config.get("api_key_env") or DEFAULTS["api_key_env"])
+        key, source = os.environ.get(name) or "", f"the variable {name} (api_key_env)"
+    if _CONTROL.search(key):
+        raise ConfigError(
+            f"{source} holds a control character (such as CR or LF, often a pasted line "
+            "end); give the Braze REST API key alone"
+        )
+    return key or None
+
+
+# Settings no value check reads: stream maps are expressions, and their own business.
+_FREE_FORM = frozenset({"stream_maps", "stream_map_config"})
+# Settings that are URLs of services other than the ledger: a password does not belong
+# there (it would reach logs and error messages); the ledger URL may carry one (secret).
+_URL_SETTINGS = ("rest_endpoint",)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_setting_values(config: Mapping[str, Any]) -> None:
+    """Refuse control characters anywhere and userinfo in URL settings, naming the setting.
+
+    The value is never echoed: it may be a key or hold a password.
+
+    Raises:
+        ConfigError: one line naming the setting and what to do.
+
+    """
+    for name, value in _strings(config, ""):
+        if _CONTROL.search(value):
+            raise ConfigError(
+                f"{name} holds a control character (such as CR or LF, often a pasted line "
+                "end); remove it"
+            )
+    for setting in _URL_SETTINGS:
+        url = config.get(setting)
+        if not isinstance(url, str):
+            continue
+        try:
+            netloc = urlsplit(url.strip()).netloc
+        except ValueError:
+            raise ConfigError(
+                f"{setting} is not a valid URL (nor a Braze instance code such as US-03)"
+            ) from None
+        if "@" in netloc:
+            raise ConfigError(
+                f"{setting} holds a user name or password (user:password@host); give the URL "
+                "without it: the API key is the only credential Braze takes"
+            )
+
+
+def _strings(value: Any, where: str) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(where, value)]
+    if isinstance(value, Mapping):
+        return [
+            found
+            for key, item in value.items()
+            if not (where == "" and key in _FREE_FORM)
+            for found in _strings(item, f"{where}.{key}" if where else str(key))
+        ]
+    if isinstance(value, list | tuple):
+        return [found for i, item in enumerate(value) for found in _strings(item, f"{where}[{i}]")]
+    return []

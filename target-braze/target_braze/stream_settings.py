@@ -86,6 +86,7 @@ class StreamSettings:
     object_type: ObjectType
     update_existing_only: bool | None
     null_values: str
+    colliding_fields: str
     event_name: str | None
     event_name_property: str | None
     time_property: str | None
@@ -155,6 +156,7 @@ class StreamSettings:
             object_type=object_type,
             update_existing_only=get("update_existing_only"),
             null_values=get("null_values"),
+            colliding_fields=get("colliding_fields"),
             event_name=get("event_name"),
             event_name_property=settings["event_name_property"],
             time_property=settings["time_property"],

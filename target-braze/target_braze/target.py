@@ -6,6 +6,7 @@ import contextlib
 import gc
 import io
 import logging
+import re
 import signal
 import typing as t
 from pathlib import PurePath
@@ -97,7 +98,7 @@ class TargetBraze(Target):
         self.run = Run(settings)
         TargetBraze._active = self
         self.path = MessagePath(settings, self.mapper, self.run)
-        self.path.batch_reader = BatchFiles(self.path, self.run.checkpoint).read
+        self.path.batch_reader = BatchFiles(self.path, self.run.checkpoint, settings).read
         reader = self.message_reader
         if not isinstance(reader, MessageReader):
             msg = "target-braze reads its input with its own MessageReader"
@@ -247,11 +248,29 @@ def _drain_after_signal(target: TargetBraze | None, first: TerminationRequested)
     raise SystemExit(code)
 
 
+# Where a JSON Schema validation message stops quoting the value and starts saying what
+# is wrong with it ("12345 is not of type 'string'").
+_AFTER_VALUE = re.compile(
+    r" (?:is not of type|is not one of|is not valid under|does not match|is too long|"
+    r"is too short|is less than|is greater than|is not a multiple|is not a|is not an|"
+    r"should be|is expected|has non-unique|is not allowed|was expected)"
+)
+
+
+def _without_value(message: str) -> str:
+    """The message with the offending value replaced: settings may be secrets."""
+    found = list(_AFTER_VALUE.finditer(message))
+    if not found:
+        return message
+    return "the value given" + message[found[-1].start() :]
+
+
 def _config_problem(exc: ConfigValidationError) -> str:
-    """singer-sdk's settings validation errors as one line naming each setting."""
+    """singer-sdk's settings validation errors as one line naming each setting, no value."""
     problems = []
     for error in exc.errors:
         message, _, where = str(error).partition(" in config[")
+        message = _without_value(message)
         setting = ".".join(part.strip("'\"") for part in where.rstrip("]").split("]["))
         problems.append(f"setting {setting}: {message}" if setting else message)
     return "; ".join(problems)

@@ -18,6 +18,9 @@ import orjson
 
 MAX_STRING_LENGTH = 255
 MAX_NESTED_OBJECT_BYTES = 100 * 1024
+#: Nested objects and arrays deeper than this are refused: far beyond what a profile
+#: attribute needs, and well inside what the JSON encoders (orjson: 254) can write.
+MAX_NESTING_DEPTH = 32
 _UTC = dt.UTC
 
 
@@ -118,7 +121,10 @@ def _nested_object(value: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _check_nested_size(converted: Any, name: str) -> None:
-    size = len(orjson.dumps(converted))
+    try:
+        size = len(orjson.dumps(converted))
+    except orjson.JSONEncodeError as exc:
+        raise UnsendableValue(f"'{name}' cannot be sent as JSON ({exc})") from None
     if size > MAX_NESTED_OBJECT_BYTES:
         raise UnsendableValue(
             f"'{name}' is a nested object of {size} bytes; Braze takes at most "
@@ -126,8 +132,13 @@ def _check_nested_size(converted: Any, name: str) -> None:
         )
 
 
-def _nested(value: Any, name: str) -> Any:
+def _nested(value: Any, name: str, depth: int = 1) -> Any:
     """Convert inside nested objects, where Braze wants dates as {"$time": iso}."""
+    if depth > MAX_NESTING_DEPTH and isinstance(value, dict | list):
+        raise UnsendableValue(
+            f"'{name.split('.', 1)[0].split('[', 1)[0]}' is nested deeper than "
+            f"{MAX_NESTING_DEPTH} levels; Braze nested attributes are meant to be shallow"
+        )
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
@@ -136,10 +147,10 @@ def _nested(value: Any, name: str) -> Any:
                     f"'{name}' has the nested key {str(key)[:40]!r}; Braze forbids '.', '$' "
                     "and spaces in nested keys"
                 )
-            out[key] = _nested(item, f"{name}.{key}")
+            out[key] = _nested(item, f"{name}.{key}", depth + 1)
         return out
     if isinstance(value, list):
-        return [_nested(item, f"{name}[{i}]") for i, item in enumerate(value)]
+        return [_nested(item, f"{name}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, dt.datetime):
         return {"$time": iso_utc(value)}
     if isinstance(value, dt.date):

@@ -94,11 +94,19 @@ def test_a_bad_line_is_one_error_naming_its_line_and_state_stops_before_it(
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"object_type": "event"}, "setting object_type: 'event' is not one of"),
-        ({"max_retries": "lots"}, "setting max_retries: 'lots' is not of type 'integer'"),
+        (
+            {"object_type": "event"},
+            "setting object_type: 'event' is not allowed; use one of: attributes, events, "
+            "purchases",
+        ),
+        (
+            {"max_retries": "lots"},
+            "setting max_retries: 'lots' is not a whole number; give a whole number, e.g. 8",
+        ),
         (
             {"stream_mappings": {"customer_attributes": {"null_values": "drop"}}},
-            "setting stream_mappings.customer_attributes.null_values: 'drop' is not one of",
+            "setting stream_mappings.customer_attributes.null_values: 'drop' is not allowed; "
+            "use one of: unset, skip",
         ),
     ],
 )

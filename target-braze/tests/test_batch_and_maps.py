@@ -15,13 +15,14 @@ from braze_target_harness import (
     run_target,
     schema_message,
     state,
-    target_config,
 )
+from braze_target_harness import target_config as harness_target_config
 
 
 def batch_file(tmp_path: Path, records: list[dict], name: str, *, gzipped: bool = False) -> Path:
     """Records as a tap writes them in a jsonl batch file: one record body per line."""
-    path = tmp_path / name
+    path = tmp_path / "batches" / name
+    path.parent.mkdir(exist_ok=True)
     lines = "".join(json.dumps(message["record"]) + "\n" for message in records).encode()
     path.write_bytes(gzip.compress(lines) if gzipped else lines)
     return path
@@ -34,6 +35,14 @@ def batch_message(*files: Path, compression: str = "none", stream: str = "custom
         "encoding": {"format": "jsonl", "compression": compression},
         "manifest": [file.as_uri() for file in files],
     }
+
+
+def target_config(braze, tmp_path: Path, **overrides):
+    """The target's settings, with the tap's batch directory as the one it may clean."""
+    (tmp_path / "batches").mkdir(exist_ok=True)
+    return harness_target_config(
+        braze, tmp_path, batch_files_cleanup_dir=str(tmp_path / "batches"), **overrides
+    )
 
 
 def profiles(braze) -> dict[str, dict]:
@@ -78,7 +87,7 @@ def test_the_state_after_a_batch_waits_for_every_record_of_it(braze, tmp_path):
 
 
 def test_a_missing_batch_file_ends_the_run_with_one_line_naming_it(braze, tmp_path):
-    missing = tmp_path / "gone.jsonl"
+    missing = tmp_path / "batches" / "gone.jsonl"
     messages = [schema_message(), state("before"), batch_message(missing), state("after")]
 
     run = run_target(target_config(braze, tmp_path), messages, tmp_path)

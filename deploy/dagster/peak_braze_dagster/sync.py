@@ -13,9 +13,12 @@ must live in a state backend (`MELTANO_STATE_BACKEND_URI`, s3:// in production),
 the per-run system database.
 """
 
+import contextlib
 import os
 import shutil
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,10 +87,42 @@ def meltano_command(settings: Settings, workspace: Workspace, run_id: str) -> li
     ]
 
 
+def private_base(base: Path) -> Path:
+    """`base`, created 0700 if missing; refused unless a real directory of ours, 0700."""
+    missing = []
+    current = base
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+    status = base.lstat()
+    problem = None
+    if stat.S_ISLNK(status.st_mode) or not stat.S_ISDIR(status.st_mode):
+        problem = "is not a directory (a symbolic link or a file)"
+    elif status.st_uid != os.geteuid():
+        problem = f"belongs to another user (uid {status.st_uid})"
+    elif stat.S_IMODE(status.st_mode) & 0o077:
+        problem = f"is open to other users (mode {stat.S_IMODE(status.st_mode):o})"
+    if problem:
+        msg = (
+            f"run_directory {base} {problem}: each run's Meltano system directory holds its "
+            "config and state; chmod 700 a directory of this user, or set run_directory to one"
+        )
+        raise Failure(description=msg)
+    return base
+
+
 def run_directory(settings: Settings, run_id: str) -> Path:
-    """A fresh Meltano system directory for one run, the installed plugins linked in."""
-    directory = settings.run_directory / run_id
-    directory.mkdir(parents=True, exist_ok=False)
+    """A fresh Meltano system directory for one run, the installed plugins linked in.
+
+    Made by `mkdtemp` (a new 0700 directory with an unpredictable name) under the private
+    base `run_directory`: a fixed name in a shared place (`/tmp/peak-braze-dagster`) can be
+    created first by another local user, who would then own the run's state and config.
+    """
+    base = private_base(settings.run_directory)
+    directory = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=base))
     for plugin_type in ("extractors", "loaders"):
         installed = settings.plugins_dir / plugin_type
         if not installed.is_dir():

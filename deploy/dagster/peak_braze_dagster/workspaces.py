@@ -110,6 +110,18 @@ def default_meltano() -> str:
     return shutil.which("meltano") or "meltano"
 
 
+def default_run_directory() -> Path:
+    """The current user's own base for run directories, checked private before each run.
+
+    $XDG_RUNTIME_DIR (private, per user) if there is one, else a per-user name in the
+    temporary directory.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "peak-braze-dagster"
+    return Path(tempfile.gettempdir()) / f"peak-braze-dagster-{os.geteuid()}"
+
+
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read and check the configuration file (default: `PEAK_BRAZE_WORKSPACES`)."""
     source = Path(path or os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG).resolve()
@@ -131,9 +143,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         msg = f"{source}: project_dir {project_dir} holds no meltano.yml"
         raise ConfigError(msg)
     plugins_dir = (project_dir / str(document.get("plugins_dir", ".meltano"))).resolve()
-    run_directory = Path(
-        document.get("run_directory") or Path(tempfile.gettempdir()) / "peak-braze-dagster"
-    )
+    run_directory = Path(document.get("run_directory") or default_run_directory())
     entries = document.get("workspaces")
     if not isinstance(entries, list) or not entries:
         msg = f"{source}: `workspaces` must be a non-empty list"

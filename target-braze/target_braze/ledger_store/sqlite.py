@@ -13,6 +13,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from target_braze.errors import ConfigError
 from target_braze.ledger_store import base
 from target_braze.ledger_store.base import (
     _SQLITE_PREFIX,
@@ -27,6 +28,7 @@ from target_braze.ledger_store.base import (
     _now,
     mask_url,
 )
+from target_braze.private_files import make_private_directories, open_private
 
 
 def sqlite_ledger_path(url: str) -> Path | None:
@@ -102,7 +104,9 @@ class SqliteLedgerStore(LedgerStore):
         """Create the directory (0700) and file (0600): the ledger is per-user state."""
         parent = self.path.parent
         try:
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_directories(parent)
+            if not parent.is_dir():
+                raise NotADirectoryError
         except PermissionError:
             raise self._error(
                 f"cannot be created: permission denied for directory {parent}; point "
@@ -120,7 +124,9 @@ class SqliteLedgerStore(LedgerStore):
                 "ledger_url elsewhere"
             )
         try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.close(open_private(self.path, "ledger_url", os.O_RDWR))
+        except ConfigError as exc:
+            raise self._error(str(exc).removeprefix("ledger_url: ")) from None
         except IsADirectoryError:
             raise self._error("is a directory: point ledger_url at a file") from None
         except PermissionError:
