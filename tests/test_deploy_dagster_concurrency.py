@@ -37,6 +37,7 @@ from pipeline_harness import (
     VENV_BIN,
     expected_profiles,
     generate_warehouse,
+    init_ledger,
     mismatches,
     sandbox_attributes,
     summarise,
@@ -135,6 +136,9 @@ def test_one_run_per_workspace_at_a_time_and_workspaces_side_by_side(
         tmp_path / "state-b",
         f"sqlite:///{tmp_path / 'ledger-b.sqlite'}",
     )
+    # The prod environment requires an existing ledger: a deployment creates each once.
+    init_ledger(f"sqlite:///{tmp_path / 'ledger-a.sqlite'}", sandbox_a.url, KEY_A, "ws-a")
+    init_ledger(f"sqlite:///{tmp_path / 'ledger-b.sqlite'}", sandbox_b.url, KEY_B, "ws-b")
     config = write_config(tmp_path / "code-location", [entry_a, entry_b])
     workspace_file = tmp_path / "workspace.yaml"
     workspace_file.write_text(
