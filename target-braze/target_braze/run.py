@@ -62,6 +62,7 @@ class Run:
         )
         self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats, self.run_id)
         self.stop = threading.Event()
+        self.limiter: RateLimiter | None = None
         self.client = self._client(config)
         self.ledger = self._ledger(config)
         self.settlement = Settlement(self.checkpoint, self.rejects, self.stats, self.ledger)
@@ -71,6 +72,7 @@ class Run:
             self.stats,
             int(config["max_concurrent_requests"]),
             self.stop,
+            self.limiter.in_flight_needed if self.limiter is not None else None,
         )
         self.delivery = Delivery(self.limits, self.sender, self.settlement, self.stats, self.ledger)
         self.state_output = StateOutput(
@@ -103,8 +105,11 @@ class Run:
                 "written to disk) or set api_key, with a REST API key that has the users.track "
                 "permission; or set dry_run: true"
             )
-        limiter = RateLimiter(
-            int(config["max_requests_per_window"]), float(config["rate_limit_window_seconds"])
+        limiter = self.limiter = RateLimiter(
+            int(config["max_requests_per_window"]),
+            float(config["rate_limit_window_seconds"]),
+            margin_seconds=float(config["rate_limit_margin_seconds"]),
+            per_hour=int(config["max_requests_per_hour"]),
         )
         return BrazeClient(
             endpoint,
@@ -118,6 +123,7 @@ class Run:
             ),
             bulk_header=bool(config["bulk_header"]),
             stop=self.stop,
+            max_connections=int(config["max_concurrent_requests"]),
         )
 
     def _ledger(self, config: Mapping[str, Any]) -> Ledger | None:
@@ -170,6 +176,8 @@ class Run:
         if self.stats.counts["rejected"]:
             outcome = "partial_success" if ratio <= self.max_rejected_ratio else "failed"
         logger.info("Run %s summary (%s): %s", self.run_id, outcome, self.stats.summary())
+        if note := self.stats.ceiling_note():
+            logger.warning("%s", note)
         if self.stats.rejected_by_reason:
             logger.warning("Rejected records by reason: %s", self.stats.rejection_summary())
         self._report(outcome)
@@ -195,6 +203,8 @@ class Run:
         self._close_outputs()
         log = logger.warning if outcome == "interrupted" else logger.error
         log("Run %s %s: %s", self.run_id, outcome, self.stats.summary())
+        if note := self.stats.ceiling_note():
+            logger.warning("%s", note)
         self._report(outcome)
 
     def _close_outputs(self) -> None:

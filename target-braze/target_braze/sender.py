@@ -2,11 +2,13 @@
 
 The flow of one batch: `submit` (main thread) waits until no in-flight request touches
 the same users (so one user's updates reach Braze in order), takes one of the in-flight
-slots (back-pressure: memory stays flat; `InFlightSlots` opens them, up to
-`max_concurrent_requests`, as Braze's latency needs), and hands the batch to a sender
-thread. There `client.send` gets Braze's final answer; 400/413 split the
-batch; `errors[]` entries are mapped back to their objects; each object is then accepted
-or rejected through the `Settlement`, which settles its records in the checkpoint.
+slots (back-pressure: memory stays flat; `InFlight` opens them, up to
+`max_concurrent_requests`, as rate x latency needs), and hands the batch to a sender
+thread. There `client.send` gets Braze's final answer; 400/413 split the batch; an
+ambiguous answer to a request holding events or purchases (Braze may have applied it)
+settles its objects as of unknown delivery; `errors[]` entries are mapped back to their
+objects; each object is then accepted or rejected through the `Settlement`, which
+settles its records in the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from target_braze.batching import UsersTrackBatch
 from target_braze.client import Outcome, Sends
 from target_braze.errors import TargetBrazeError
-from target_braze.in_flight import InFlightSlots
+from target_braze.in_flight import InFlight
 from target_braze.objects import BrazeObject
 from target_braze.report import RunStats
 from target_braze.settlement import Settlement
@@ -46,14 +49,20 @@ class UsersTrackSender:
         stats: RunStats,
         max_concurrent: int,
         stop: threading.Event,
+        in_flight_needed: Callable[[float], float] | None = None,
     ) -> None:
-        """Start the sender threads; `stop` is set when a request fails the run."""
+        """Start the sender threads; `stop` is set when a request fails the run.
+
+        `in_flight_needed` (the rate limiter's) sizes the requests in flight; without it
+        (a dry run) the first few slots are all there is.
+        """
         self._client = client
         self._settlement = settlement
         self._stats = stats
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._slots = InFlightSlots(max_concurrent, self._start_thread, client.answers_pending)
+        self._slots = InFlight(max_concurrent, self._start_thread, in_flight_needed or _none)
+        stats.watch_in_flight(self._slots)
         self._lock = threading.Lock()
         self._users_in_flight: dict[tuple[str, str], Future[None]] = {}
         self._futures: set[Future[None]] = set()
@@ -161,7 +170,14 @@ class UsersTrackSender:
         self._stop.set()
 
     def _send(self, batch: UsersTrackBatch, unindexed_resends: int) -> None:
-        outcome = self._client.send(batch.body(), len(batch))
+        outcome = self._client.send(
+            batch.body(),
+            len(batch),
+            resend_safe=all(obj.array == "attributes" for obj in batch.objects),
+        )
+        if outcome.ambiguous:
+            self._ambiguous(batch, outcome)
+            return
         if outcome.split:
             self._split(batch, outcome, unindexed_resends)
             return
@@ -189,6 +205,11 @@ class UsersTrackSender:
             self._unindexed(accepted, unindexed, batch, unindexed_resends)
         else:
             self._settlement.accept(accepted)
+
+    def _ambiguous(self, batch: UsersTrackBatch, outcome: Outcome) -> None:
+        """Braze may have applied the request, and no answer says so: nothing is resent."""
+        for obj in batch.objects:
+            self._settlement.reject(obj, f"delivery unknown: {outcome.message}", "DELIVERY_UNKNOWN")
 
     def _unindexed(
         self,
@@ -254,3 +275,7 @@ class UsersTrackSender:
             "object alone",
             f"HTTP_{outcome.status}",
         )
+
+
+def _none(_latency_at_least: float) -> float:
+    return 0.0
