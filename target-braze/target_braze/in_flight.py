@@ -99,14 +99,14 @@ class InFlight:
             with self._cond:
                 if needed > self.allowed:
                     self.allowed = min(self.ceiling, needed)
-                if needed > self.ceiling:
-                    at_ceiling = True
                 if self._count < self.allowed:
                     self._taken()
                     if at_ceiling:
                         self.ceiling_waits += 1
                     self._main_waits = False
                     return
+                if needed > self.ceiling:
+                    at_ceiling = True  # more would be sent now, but the ceiling holds them
                 self._main_waits = True
                 self._cond.wait(step)
             # Waits lengthen: a Braze that answers at once ends the first; a distant one
