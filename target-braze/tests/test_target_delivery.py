@@ -451,10 +451,26 @@ def test_long_runs_log_progress_lines_and_a_final_summary(braze, tmp_path):
     assert "records in" in progress[0]
     assert "429s" in progress[0]
     assert "records/s" in progress[0]
+    assert re.search(r"\d+ in flight \(peak 1\)", progress[-1]), progress[-1]
     assert re.search(
         r"Run \w+ summary \(success\): 1500 records in, 1500 objects sent in 20 requests",
         run.stderr,
     ), run.stderr
+    # 20 ms at up to 1,000 requests/s calls for ~20 in flight: the one allowed held it back.
+    ceiling = [
+        line for line in run.stderr.splitlines() if "reached max_concurrent_requests" in line
+    ]
+    assert len(ceiling) == 1, run.stderr
+    assert "raise max_concurrent_requests" in ceiling[0]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["in_flight_peak"] == 1
+    assert report["in_flight_ceiling_waits"] > 0
+
+
+def test_without_a_ceiling_in_the_way_the_summary_says_nothing_of_it(braze, tmp_path):
+    run = run_target(target_config(braze, tmp_path), stream_of(300), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "max_concurrent_requests" not in run.stderr
 
 
 def test_legacy_per_array_limits_fill_each_array_and_default_counts_them_together(braze, tmp_path):
