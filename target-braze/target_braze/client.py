@@ -210,8 +210,10 @@ class BrazeClient:
             retry_in, problem, outcome = self._attempt(body, objects, resend_safe)
             if outcome is not None:
                 return outcome
-            if retry_in is not None and problem.startswith("429"):
-                paced += 1  # Braze named when to come back: waiting is no failure
+            # Only a 429 names when to come back; waiting for it is no failure.
+            paced_429 = retry_in is not None
+            if paced_429:
+                paced += 1
                 over = paced > MAX_PACED_429S
             else:
                 over = attempt >= self._retry.max_retries
@@ -233,7 +235,7 @@ class BrazeClient:
             )
             if self._stop.wait(wait):
                 raise BrazeFatalError("stopped: another request already failed the run")
-            if retry_in is None or not problem.startswith("429"):
+            if not paced_429:
                 attempt += 1
 
     def _attempt(
@@ -254,7 +256,9 @@ class BrazeClient:
                 return None, "", Outcome(0, ambiguous=True, message=lost.what)
             return None, lost.what, None
         finally:
-            self._limiter.release(sent_at)
+            # Counted from when the request was written out (see transport._Timed); one
+            # that never was is counted from its slot's grant, which is earlier: safe.
+            self._limiter.release(self._transport.written_at() or sent_at)
         self._answered = True
         return self._answer(answer, objects, len(body), resend_safe)
 

@@ -6,7 +6,9 @@ jitter push more than the limit into one of Braze's windows. Instead each reques
 one of `limit` slots when it is sent, and the slot cools until
 `max(send + window + margin, response arrival)`.
 
-Why that is enough, and what it assumes: a request sent at `s` arrives at Braze between
+Why that is enough, and what it assumes: a request written out at `s` (the transport
+notes when: a new connection's handshakes and any wait for the GIL come before, and
+vary far more than the network) arrives at Braze between
 `s + d_min` and `s + d_max` (one-way network delay), and always before its response
 comes back. The next request on the same slot is sent no earlier than
 `s + window + margin`, so it arrives no earlier than `s + window + margin + d_min`: at
@@ -143,7 +145,11 @@ class RateLimiter:
         return 0.0, ""
 
     def release(self, sent_at: float) -> None:
-        """The answer arrived (or the request failed): the slot cools, as the module says."""
+        """The answer arrived (or the request failed): the slot cools, as the module says.
+
+        `sent_at`: when the request was written out (on this limiter's clock), or when
+        `acquire` returned if it never was.
+        """
         with self._cond:
             now = self._clock()
             self._in_use -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -290,3 +291,42 @@ def test_a_429_naming_its_reset_does_not_use_up_the_retries(httpserver: HTTPServ
     )
     assert client_for(httpserver, max_retries=1).send(b"{}", 1).status == 201
     assert len(httpserver.log) == 5
+
+
+def test_a_429_naming_a_far_reset_pauses_every_sender_until_then(httpserver: HTTPServer):
+    httpserver.expect_request("/users/track").respond_with_data(
+        "",
+        status=429,
+        headers={"X-Ratelimit-Retry-After": "1800"},  # the hourly limit
+    )
+    limiter = RateLimiter(0, 3.0)
+    stop = threading.Event()
+    stats = RunStats(60.0)
+    client = BrazeClient(
+        httpserver.url_for("").rstrip("/"),
+        KEY,
+        limiter,
+        stats,
+        retry=RetryPolicy(max_retries=0, base_seconds=0.01),
+        stop=stop,
+    )
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            client.send(b"{}", 1)
+        except BrazeFatalError as exc:
+            failures.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    while not stats.counts["retries"] and sender.is_alive():  # the 429 was read
+        time.sleep(0.01)
+    other = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(), other.set()), daemon=True).start()
+    assert not other.wait(0.5)  # another sender is held too
+    assert len(httpserver.log) == 1  # and the request waits, it does not retry at once
+    assert sender.is_alive()  # max_retries 0, yet the run goes on: waiting is no failure
+    stop.set()
+    sender.join(5)
+    assert "another request already failed" in str(failures[0])
