@@ -252,6 +252,9 @@ class BrazeClient:
             return None, f"{failure.what} ({self.url})", None
         except AnswerLost as lost:
             self._stats.add(requests=1, connection_errors=1)
+            if lost.tls and not self._answered:
+                # Before any answer a TLS failure is the endpoint, not an outage.
+                raise BrazeFatalError(self._no_braze(lost)) from None
             if not resend_safe:
                 return None, "", Outcome(0, ambiguous=True, message=lost.what)
             return None, lost.what, None
@@ -262,12 +265,16 @@ class BrazeClient:
         self._answered = True
         return self._answer(answer, objects, len(body), resend_safe)
 
-    def _no_braze(self, failure: ConnectFailed) -> str:
+    def _no_braze(self, failure: ConnectFailed | AnswerLost) -> str:
         proxy = f" through the proxy {self._transport.proxy_name}" if self._transport.proxy else ""
         return (
             f"rest_endpoint {self.base_url}: {failure.what} at {self.url}{proxy}; check "
             "rest_endpoint (instance code or URL) and any HTTPS_PROXY"
-            + (" or REQUESTS_CA_BUNDLE" if failure.certificate else "")
+            + (
+                " or REQUESTS_CA_BUNDLE"
+                if isinstance(failure, ConnectFailed) and failure.certificate
+                else ""
+            )
         )
 
     def _answer(

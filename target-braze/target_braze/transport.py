@@ -95,10 +95,11 @@ class ConnectFailed(Exception):
 class AnswerLost(Exception):
     """The request may have reached Braze, and no answer came back."""
 
-    def __init__(self, what: str) -> None:
-        """`what`: one phrase."""
+    def __init__(self, what: str, *, tls: bool = False) -> None:
+        """`what`: one phrase; `tls`: TLS itself failed (not a certificate refused)."""
         super().__init__(what)
         self.what = what
+        self.tls = tls
 
 
 def ca_bundle() -> str:
@@ -203,7 +204,9 @@ class Transport:
                 raise ConnectFailed(
                     f"the TLS certificate does not verify ({_reason(exc)})", certificate=True
                 ) from None
-            raise AnswerLost(f"TLS failed: {_reason(exc)}") from None
+            # Mostly a handshake that broke (an https URL at a plain-HTTP port, say); urllib3
+            # does not say whether the request had gone out, so it may have.
+            raise AnswerLost(f"TLS failed ({_reason(exc)})", tls=True) from None
         except errors.ReadTimeoutError:
             raise AnswerLost("no answer within request_timeout_seconds (read timeout)") from None
         except (errors.HTTPError, OSError) as exc:

@@ -330,3 +330,12 @@ def test_a_429_naming_a_far_reset_pauses_every_sender_until_then(httpserver: HTT
     stop.set()
     sender.join(5)
     assert "another request already failed" in str(failures[0])
+
+
+def test_https_at_a_plain_http_port_fails_at_once_naming_rest_endpoint(httpserver: HTTPServer):
+    url = httpserver.url_for("").rstrip("/").replace("http://", "https://")
+    with pytest.raises(BrazeFatalError, match=r"^rest_endpoint https://.*: TLS failed") as caught:
+        BrazeClient(url, KEY, RateLimiter(0, 3.0), RunStats(60.0), retry=RetryPolicy(8, 5.0)).send(
+            b"{}", 1
+        )
+    assert "\n" not in str(caught.value)
