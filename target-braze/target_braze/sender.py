@@ -61,7 +61,7 @@ class UsersTrackSender:
         self._stats = stats
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._slots = InFlight(max_concurrent, self._start_thread, in_flight_needed or _none)
+        self._slots = InFlight(max_concurrent, self._start_thread, in_flight_needed or _no_latency)
         stats.watch_in_flight(self._slots)
         self._lock = threading.Lock()
         self._users_in_flight: dict[tuple[str, str], Future[None]] = {}
@@ -277,5 +277,6 @@ class UsersTrackSender:
         )
 
 
-def _none(_latency_at_least: float) -> float:
+def _no_latency(_latency_at_least: float) -> float:
+    """A dry run's answers come at once: nothing beyond the first slots is needed."""
     return 0.0
