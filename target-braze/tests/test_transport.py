@@ -58,7 +58,8 @@ def _pem(cert: Any, key: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, Path]:
-    """A test CA, a certificate it signed for 127.0.0.1, and one a stranger CA signed."""
+    """A test CA, certificates it signed for 127.0.0.1 and for another name, and one a
+    stranger CA signed for 127.0.0.1."""
     folder = tmp_path_factory.mktemp("pki")
     paths = {}
     for ca_label, leaf_label in (("ca", "loopback"), ("stranger_ca", "stranger")):
@@ -70,6 +71,12 @@ def pki(tmp_path_factory) -> dict[str, Path]:
         key, cert = _cert(leaf_label, ca_name, ca_key, ca=False, sans=sans)
         paths[leaf_label] = folder / f"{leaf_label}.pem"
         paths[leaf_label].write_bytes(_pem(cert, key))
+        if ca_label == "ca":  # the trusted CA, for another host name than 127.0.0.1
+            other_key, other = _cert(
+                "other", ca_name, ca_key, ca=False, sans=[x509.DNSName("braze.example")]
+            )
+            paths["other_name"] = folder / "other_name.pem"
+            paths["other_name"].write_bytes(_pem(other, other_key))
     return paths
 
 
@@ -268,6 +275,14 @@ def test_a_certificate_no_trusted_ca_signed_fails_the_run_with_one_line(serve, p
     assert message.startswith(f"rest_endpoint {braze.url}: the TLS certificate does not verify")
     assert "\n" not in message
     assert KEY not in message
+    assert braze.requests == []
+
+
+def test_a_certificate_for_another_host_name_fails_the_run_with_one_line(serve, pki, environment):
+    braze = serve(BrazeStandIn(server_context(pki["other_name"])))
+    with pytest.raises(BrazeFatalError, match=r"^rest_endpoint .*does not verify") as caught:
+        client(braze.url).send(b"{}", 1)
+    assert "\n" not in str(caught.value)
     assert braze.requests == []
 
 
