@@ -426,6 +426,11 @@ def _sandbox(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: Figures measured apart from this harness (`python -m benchmarks.send_path`), kept by
+#: hand and carried into every rendering of BENCHMARKS.md.
+SEND_PATH_SECTION = Path(__file__).resolve().parent / "results" / "send-path.md"
+
+
 def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: Path) -> str:
     """BENCHMARKS.md."""
     rel_chart = os.path.relpath(chart_path.resolve(), path.resolve().parent)
@@ -459,6 +464,8 @@ def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: P
         *_tap(results),
         *_sandbox(results),
     ]
+    if SEND_PATH_SECTION.exists():
+        lines += [SEND_PATH_SECTION.read_text(encoding="utf-8").rstrip(), ""]
     if results["notes"]:
         lines += ["## Notes", "", *[f"- {note}" for note in results["notes"]], ""]
     lines += [f"Raw numbers: [`{os.path.basename(rel_json)}`]({rel_json}).", ""]

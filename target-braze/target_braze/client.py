@@ -1,36 +1,40 @@
 """`BrazeClient`: one /users/track request, its retries, and what Braze's answer means.
 
-Where is a 429 handled? Here: `BrazeClient.send` retries 429, 5xx, dropped connections
-and timeouts with exponential backoff and jitter, honouring Braze's rate-limit headers;
-401/403/404 stop the run at once; 400 and 413 come back as `Outcome.split` so the caller
-can split the request. The API key lives in the request headers only: it is never logged
-and never part of an exception message. `DryRunClient` stands in for it in dry runs.
+Where is a 429 handled? Here: `BrazeClient.send` retries what Braze certainly did not
+apply: a 429 (honouring Braze's rate-limit headers: a 429 naming its reset pauses every
+sender until then, and does not use up `max_retries`), and a connection that was never
+made. What Braze may have applied and not confirmed (a 5xx, a read timeout, a connection
+that broke after the request went out) is *ambiguous*: retried with backoff when the
+caller says a resend is safe (attributes only), else returned at once as
+`Outcome(ambiguous=True)`. 401/403/404 stop the run at once; 400 and 413 come back as
+`Outcome.split` so the caller can split the request.
+
+Until Braze has answered once in this run, a refused connection, an unknown host or a
+certificate that does not verify is a setting to fix, not an outage to wait out: the run
+ends at once with one line naming `rest_endpoint`. The API key lives in the request
+headers only: it is never logged and never part of an exception message. `DryRunClient`
+stands in for the client in dry runs.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import logging
-import os
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import certifi
 import orjson
-import requests
 
 from target_braze.errors import BrazeFatalError, ConfigError
-from target_braze.http11 import Endpoint, Http11Connection, ResponseHeaders
 from target_braze.jsonl_output import JsonlOutput
 from target_braze.rate_limiter import RateLimiter
 from target_braze.report import RunStats
+from target_braze.transport import Answer, AnswerLost, ConnectFailed, Transport
 
 logger = logging.getLogger("target_braze.client")
 
@@ -109,10 +113,6 @@ class Sends(Protocol):
         """Release connections or files."""
         ...
 
-    def answers_pending(self) -> tuple[int, int]:
-        """Requests sent with no answer yet, and those whose answer is arriving (any thread)."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -161,86 +161,13 @@ def _number_header(headers: Any, name: str) -> float | None:
         return None
 
 
-class _Connections:
-    """One keep-alive `Http11Connection` per sender thread, to one `Endpoint`.
-
-    TLS is always verified (certifi's bundle, or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE); an
-    http:// proxy from the environment (HTTPS_PROXY, NO_PROXY honoured) is used through a
-    CONNECT tunnel. All of it is read once, here.
-    """
-
-    def __init__(self, url: str, timeout: float, headers: dict[str, str]) -> None:
-        parts = urlsplit(url)
-        https = parts.scheme == "https"
-        context = None
-        if https:
-            ca_bundle = (
-                os.environ.get("REQUESTS_CA_BUNDLE")
-                or os.environ.get("CURL_CA_BUNDLE")
-                or certifi.where()
-            )
-            # create_default_context: CERT_REQUIRED and hostname checking, never switched off.
-            context = ssl.create_default_context(cafile=ca_bundle)
-        proxy = _proxy(url)
-        self.endpoint = Endpoint(
-            host=parts.hostname or "",
-            port=parts.port or (443 if https else 80),
-            path=parts.path or "/",
-            timeout=timeout,
-            context=context,
-            proxy=proxy[0] if proxy else None,
-            proxy_headers=proxy[1] if proxy else {},
-        )
-        self._headers = headers
-        self._local = threading.local()
-        self._all: list[Http11Connection] = []
-        self._lock = threading.Lock()
-
-    def get(self) -> Http11Connection:
-        """The calling thread's connection."""
-        connection: Http11Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = Http11Connection(self.endpoint, self._headers)
-            self._local.connection = connection
-            with self._lock:
-                self._all.append(connection)
-        return connection
-
-    def answers_pending(self) -> tuple[int, int]:
-        """Connections that sent a request and see no answer yet; those seeing one arrive."""
-        with self._lock:
-            connections = list(self._all)
-        states = [connection.answer_state() for connection in connections]
-        return states.count(1), states.count(2)
-
-    def close_all(self) -> None:
-        """Close every thread's connection."""
-        with self._lock:
-            connections, self._all = self._all, []
-        for connection in connections:
-            connection.close()
-
-
-def _proxy(url: str) -> tuple[tuple[str, int], dict[str, str]] | None:
-    """The proxy the environment names for `url` (NO_PROXY honoured), and its auth header."""
-    proxy_url = requests.utils.get_environ_proxies(url).get(urlsplit(url).scheme)
-    if not proxy_url:
-        return None
-    proxy = urlsplit(proxy_url if "//" in proxy_url else f"http://{proxy_url}")
-    if proxy.scheme != "http" or not proxy.hostname:
-        raise ConfigError(
-            "the proxy in HTTPS_PROXY/HTTP_PROXY must be an http:// URL (target-braze "
-            "tunnels TLS to Braze through it with CONNECT)"
-        )
-    headers = {}
-    if proxy.username:
-        token = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-    return (proxy.hostname, proxy.port or 8080), headers
+#: A 429 naming its reset does not use up `max_retries` (waiting for a known reset is not
+#: a failure); this many in a row for one request still end the run.
+MAX_PACED_429S = 100
 
 
 class BrazeClient:
-    """Sends /users/track bodies; thread-safe (one keep-alive connection per thread)."""
+    """Sends /users/track bodies; thread-safe (a shared pool of keep-alive connections)."""
 
     def __init__(
         self,
@@ -254,38 +181,48 @@ class BrazeClient:
         bulk_header: bool = True,
         max_wait_seconds: float = 3600.0,
         stop: threading.Event | None = None,
+        max_connections: int = 16,
     ) -> None:
         """Configure; nothing is sent until `send`."""
+        self.base_url = base_url
         self.url = f"{base_url}/users/track"
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
         if bulk_header:
             headers["X-Braze-Bulk"] = "true"
-        self._connections = _Connections(self.url, timeout, headers)
+        self._transport = Transport(
+            self.url, headers, timeout=timeout, max_connections=max_connections
+        )
         self._limiter = limiter
         self._stats = stats
         self._retry = retry
         self._max_wait = max_wait_seconds
         self._stop = stop or threading.Event()
-        self._in_flight = 0
-        self._lock = threading.Lock()
+        self._answered = False  # Braze answered a request of this run: it exists
 
     def send(self, body: bytes, objects: int, *, resend_safe: bool = True) -> Outcome:
-        """POST one body until Braze gives a final answer (see `Sends.send`).
+        """POST one body until Braze gives a final answer (or an ambiguous one, see module).
 
         Raises:
-            BrazeFatalError: 401/403/404, or retries exhausted.
+            BrazeFatalError: 401/403/404, retries exhausted, or no Braze at rest_endpoint.
 
         """
-        attempt = 0
+        attempt = paced = 0
         while True:
             if self._stop.is_set():
                 raise BrazeFatalError("stopped: another request already failed the run")
             retry_in, problem, outcome = self._attempt(body, objects, resend_safe)
             if outcome is not None:
                 return outcome
-            if attempt >= self._retry.max_retries:
+            # Only a 429 names when to come back; waiting for it is no failure.
+            paced_429 = retry_in is not None
+            if paced_429:
+                paced += 1
+                over = paced > MAX_PACED_429S
+            else:
+                over = attempt >= self._retry.max_retries
+            if over:
                 raise BrazeFatalError(
-                    f"gave up on a /users/track request after {attempt + 1} attempts "
+                    f"gave up on a /users/track request after {attempt + paced + 1} attempts "
                     f"(last: {problem}); raise max_retries or check Braze's status page. "
                     "STATE stays at the last confirmed point: rerun to resume"
                 )
@@ -301,36 +238,59 @@ class BrazeClient:
             )
             if self._stop.wait(wait):
                 raise BrazeFatalError("stopped: another request already failed the run")
-            attempt += 1
+            if not paced_429:
+                attempt += 1
 
     def _attempt(
         self, body: bytes, objects: int, resend_safe: bool
     ) -> tuple[float | None, str, Outcome | None]:
         """One try. Returns (wait hint, problem, None) to retry, or (.., .., outcome)."""
-        self._limiter.acquire()
-        with self._lock:
-            self._in_flight += 1
-            in_flight = self._in_flight
+        sent_at = self._limiter.acquire()
         try:
-            status, reason, headers, data = self._post(body)
-        except OSError as exc:  # the connection closed itself: the next request reconnects
+            answer = self._transport.post(body)
+        except ConnectFailed as failure:
             self._stats.add(requests=1, connection_errors=1)
-            problem = f"{type(exc).__name__} talking to {self.url}"
-            # Refused: nothing was sent. Any other error may have come after the body was.
-            if not resend_safe and not isinstance(exc, ConnectionRefusedError):
-                return None, problem, Outcome(0, ambiguous=True, message=problem)
-            return None, problem, None
+            if not self._answered:
+                raise BrazeFatalError(self._no_braze(failure)) from None
+            return None, f"{failure.what} ({self.url})", None
+        except AnswerLost as lost:
+            self._stats.add(requests=1, connection_errors=1)
+            if lost.tls and not self._answered:
+                # Before any answer a TLS failure is the endpoint, not an outage.
+                raise BrazeFatalError(self._no_braze(lost)) from None
+            if not resend_safe:
+                return None, "", Outcome(0, ambiguous=True, message=lost.what)
+            return None, lost.what, None
         finally:
-            with self._lock:
-                self._in_flight -= 1
-            self._limiter.release()
-        self._observe_limits(headers, in_flight)
+            # Counted from when the request was written out (see transport._Timed); one
+            # that never was is counted from its slot's grant, which is earlier: safe.
+            self._limiter.release(self._transport.written_at() or sent_at)
+        self._answered = True
+        return self._answer(answer, objects, len(body), resend_safe)
+
+    def _no_braze(self, failure: ConnectFailed | AnswerLost) -> str:
+        proxy = f" through the proxy {self._transport.proxy_name}" if self._transport.proxy else ""
+        return (
+            f"rest_endpoint {self.base_url}: {failure.what} at {self.url}{proxy}; check "
+            "rest_endpoint (instance code or URL) and any HTTPS_PROXY"
+            + (
+                " or REQUESTS_CA_BUNDLE"
+                if isinstance(failure, ConnectFailed) and failure.certificate
+                else ""
+            )
+        )
+
+    def _answer(
+        self, answer: Answer, objects: int, size: int, resend_safe: bool
+    ) -> tuple[float | None, str, Outcome | None]:
+        status, headers = answer.status, answer.headers
+        self._observe_limits(headers)
         if status in (201, 202):
-            payload = _json(data)
-            self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
+            payload = _json(answer.body)
+            self._stats.add(requests=1, objects_sent=objects, bytes_sent=size)
             return None, "", Outcome(status, errors=list(payload.get("errors") or []))
         self._stats.add(requests=1)
-        message = str(_json(data).get("message", "") or reason or "")[:200]
+        message = str(_json(answer.body).get("message", "") or answer.reason or "")[:200]
         if status == 429:
             self._stats.add(rate_limited=1)
             wait = retry_after_seconds(headers)
@@ -340,8 +300,12 @@ class BrazeClient:
         if status >= 500:
             self._stats.add(server_errors=1)
             problem = f"{status} {message}".strip()
-            if not resend_safe:  # a gateway may answer 5xx after Braze applied it
-                return None, problem, Outcome(status, ambiguous=True, message=problem)
+            if not resend_safe:
+                return (
+                    None,
+                    "",
+                    Outcome(status, ambiguous=True, message=f"Braze answered {problem}"),
+                )
             return None, problem, None
         if status in (400, 413):
             return None, "", Outcome(status, split=True, message=message)
@@ -349,25 +313,17 @@ class BrazeClient:
             raise BrazeFatalError(_FATAL_REASONS[status].format(url=self.url))
         raise BrazeFatalError(f"Braze answered {status} {message!r} to /users/track; not retried")
 
-    def _post(self, body: bytes) -> tuple[int, str, ResponseHeaders, bytes]:
-        response = self._connections.get().post(body)
-        return response.status, response.reason, response.headers, response.body
-
-    def _observe_limits(self, headers: ResponseHeaders, in_flight: int) -> None:
+    def _observe_limits(self, headers: Any) -> None:
         remaining = _number_header(headers, "X-RateLimit-Remaining")
         self._limiter.observe(
             None if remaining is None else int(remaining),
             reset_in_seconds(headers),
-            in_flight,
+            self._limiter.in_use,
         )
-
-    def answers_pending(self) -> tuple[int, int]:
-        """Requests sent to Braze with no answer yet, and those whose answer is arriving."""
-        return self._connections.answers_pending()
 
     def close(self) -> None:
         """Close the keep-alive connections."""
-        self._connections.close_all()
+        self._transport.close()
 
 
 def _json(data: bytes) -> dict[str, Any]:
@@ -392,10 +348,6 @@ class DryRunClient:
         self._output.write_line(body)
         self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
         return Outcome(201)
-
-    def answers_pending(self) -> tuple[int, int]:
-        """None: a dry run answers every request at once."""
-        return 0, 0
 
     def close(self) -> None:
         """Close the output."""

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from target_braze.private_files import replace_private
 
@@ -36,6 +36,19 @@ COUNTERS = (
 )
 
 
+class InFlightGauge(Protocol):
+    """What the report reads of the requests in flight (`in_flight.InFlight`)."""
+
+    @property
+    def current(self) -> int:
+        """Requests in flight now."""
+        ...
+
+    peak: int
+    ceiling: int
+    ceiling_waits: int
+
+
 class RunStats:
     """Thread-safe counters shared by the message path, the sender threads and the client."""
 
@@ -58,6 +71,35 @@ class RunStats:
         self.started = time.monotonic()
         self._progress_interval = progress_interval
         self._next_progress = self.started + progress_interval
+        self._in_flight: InFlightGauge | None = None
+
+    def watch_in_flight(self, gauge: InFlightGauge) -> None:
+        """Read the requests in flight from `gauge` in the progress line and the report."""
+        self._in_flight = gauge
+
+    def in_flight_figures(self) -> dict[str, int]:
+        """Requests in flight now and at the peak, the ceiling, and waits at the ceiling."""
+        gauge = self._in_flight
+        if gauge is None:
+            return {}
+        return {
+            "in_flight": gauge.current,
+            "in_flight_peak": gauge.peak,
+            "max_concurrent_requests": gauge.ceiling,
+            "in_flight_ceiling_waits": gauge.ceiling_waits,
+        }
+
+    def ceiling_note(self) -> str:
+        """One line when in-flight requests ran into `max_concurrent_requests`, else ''."""
+        figures = self.in_flight_figures()
+        if not figures.get("in_flight_ceiling_waits"):
+            return ""
+        return (
+            f"Requests in flight reached max_concurrent_requests "
+            f"({figures['max_concurrent_requests']}) while more were waiting to go "
+            f"({figures['in_flight_ceiling_waits']} waits): raise max_concurrent_requests "
+            "for more throughput at this latency"
+        )
 
     def add(self, **increments: int) -> None:
         """Add to named counters."""
@@ -115,8 +157,14 @@ class RunStats:
             f"{c['unchanged']} unchanged, {c['duplicates']} duplicates, "
             f"{c['rejected']} rejected, {c['unknown']} delivery unknown, "
             f"{c['data_points']} data points, "
-            f"{c['records_in'] / elapsed:,.0f} records/s"
+            f"{c['records_in'] / elapsed:,.0f} records/s{self._in_flight_text()}"
         )
+
+    def _in_flight_text(self) -> str:
+        figures = self.in_flight_figures()
+        if not figures:
+            return ""
+        return f", {figures['in_flight']} in flight (peak {figures['in_flight_peak']})"
 
     def summary(self) -> str:
         """The final one-line summary."""
@@ -135,6 +183,7 @@ class RunStats:
             "elapsed_seconds": round(elapsed, 3),
             "records_per_second": round(counts["records_in"] / elapsed, 1) if elapsed else None,
             **counts,
+            **self.in_flight_figures(),
             "rejected_by_reason": reasons,
         }
 

@@ -71,6 +71,7 @@ class Run:
         )
         self.rejects = RejectedRecords(config.get("rejected_records_path"), self.stats, self.run_id)
         self.stop = threading.Event()
+        self.limiter: RateLimiter | None = None
         self.client = self._client(config)
         self.ledger = self._ledger(config)
         self.settlement = Settlement(self.checkpoint, self.rejects, self.stats, self.ledger)
@@ -80,6 +81,7 @@ class Run:
             self.stats,
             int(config["max_concurrent_requests"]),
             self.stop,
+            self.limiter.in_flight_needed if self.limiter is not None else None,
         )
         self.delivery = Delivery(self.limits, self.sender, self.settlement, self.stats, self.ledger)
         self.state_output = StateOutput(
@@ -112,8 +114,11 @@ class Run:
                 "written to disk) or set api_key, with a REST API key that has the users.track "
                 "permission; or set dry_run: true"
             )
-        limiter = RateLimiter(
-            int(config["max_requests_per_window"]), float(config["rate_limit_window_seconds"])
+        limiter = self.limiter = RateLimiter(
+            int(config["max_requests_per_window"]),
+            float(config["rate_limit_window_seconds"]),
+            margin_seconds=float(config["rate_limit_margin_seconds"]),
+            per_hour=int(config["max_requests_per_hour"]),
         )
         return BrazeClient(
             endpoint,
@@ -127,6 +132,7 @@ class Run:
             ),
             bulk_header=bool(config["bulk_header"]),
             stop=self.stop,
+            max_connections=int(config["max_concurrent_requests"]),
         )
 
     def _ledger(self, config: Mapping[str, Any]) -> Ledger | None:
@@ -185,6 +191,8 @@ class Run:
         elif self.stats.counts["unknown"]:
             outcome = "partial_success"
         logger.info("Run %s summary (%s): %s", self.run_id, outcome, self.stats.summary())
+        if note := self.stats.ceiling_note():
+            logger.warning("%s", note)
         if self.stats.rejected_by_reason:
             logger.warning("Rejected records by reason: %s", self.stats.rejection_summary())
         self._warn_unknown()
@@ -213,6 +221,8 @@ class Run:
         log = logger.warning if outcome == "interrupted" else logger.error
         log("Run %s %s: %s", self.run_id, outcome, self.stats.summary())
         self._warn_unknown()
+        if note := self.stats.ceiling_note():
+            logger.warning("%s", note)
         self._report(outcome)
 
     def _warn_unknown(self) -> None:

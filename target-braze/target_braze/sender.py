@@ -2,11 +2,13 @@
 
 The flow of one batch: `submit` (main thread) waits until no in-flight request touches
 the same users (so one user's updates reach Braze in order), takes one of the in-flight
-slots (back-pressure: memory stays flat; `InFlightSlots` opens them, up to
-`max_concurrent_requests`, as Braze's latency needs), and hands the batch to a sender
-thread. There `client.send` gets Braze's final answer; 400/413 split the
-batch; `errors[]` entries are mapped back to their objects; each object is then accepted
-or rejected through the `Settlement`, which settles its records in the checkpoint.
+slots (back-pressure: memory stays flat; `InFlight` opens them, up to
+`max_concurrent_requests`, as rate x latency needs), and hands the batch to a sender
+thread. There `client.send` gets Braze's final answer; 400/413 split the batch; an
+ambiguous answer to a request holding events or purchases (Braze may have applied it)
+settles its objects as of unknown delivery; `errors[]` entries are mapped back to their
+objects; each object is then accepted or rejected through the `Settlement`, which
+settles its records in the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from target_braze.batching import UsersTrackBatch
 from target_braze.client import Outcome, Sends
 from target_braze.errors import TargetBrazeError
-from target_braze.in_flight import InFlightSlots
+from target_braze.in_flight import InFlight
 from target_braze.objects import BrazeObject
 from target_braze.report import RunStats
 from target_braze.settlement import Settlement
@@ -46,14 +49,20 @@ class UsersTrackSender:
         stats: RunStats,
         max_concurrent: int,
         stop: threading.Event,
+        in_flight_needed: Callable[[float], float] | None = None,
     ) -> None:
-        """Start the sender threads; `stop` is set when a request fails the run."""
+        """Start the sender threads; `stop` is set when a request fails the run.
+
+        `in_flight_needed` (the rate limiter's) sizes the requests in flight; without it
+        (a dry run) the first few slots are all there is.
+        """
         self._client = client
         self._settlement = settlement
         self._stats = stats
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._slots = InFlightSlots(max_concurrent, self._start_thread, client.answers_pending)
+        self._slots = InFlight(max_concurrent, self._start_thread, in_flight_needed or _no_latency)
+        stats.watch_in_flight(self._slots)
         self._lock = threading.Lock()
         self._users_in_flight: dict[tuple[str, str], Future[None]] = {}
         self._futures: set[Future[None]] = set()
@@ -292,3 +301,8 @@ class UsersTrackSender:
             "object alone",
             f"HTTP_{outcome.status}",
         )
+
+
+def _no_latency(_latency_at_least: float) -> float:
+    """A dry run's answers come at once: nothing beyond the first slots is needed."""
+    return 0.0

@@ -262,15 +262,40 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="The window of max_requests_per_window.",
     ),
     th.Property(
+        "rate_limit_margin_seconds",
+        NUMBER,
+        default=0.1,
+        title="Rate limit margin (seconds)",
+        description=(
+            "A request's slot of max_requests_per_window is reused no sooner than "
+            "window + this margin after its send (and never before its answer): it covers "
+            "variation in the one-way network delay to Braze, so no window of Braze's sees "
+            "more than the limit."
+        ),
+    ),
+    th.Property(
+        "max_requests_per_hour",
+        th.IntegerType,
+        default=0,
+        title="Max requests per hour",
+        description=(
+            "An hourly /users/track budget (Braze's MAU contracts), counted per clock hour "
+            "(UTC): once spent, requests wait for the next hour and the log says so once "
+            "an hour. 0 turns it off."
+        ),
+    ),
+    th.Property(
         "max_concurrent_requests",
         th.IntegerType,
-        default=16,
+        default=400,
         title="Max concurrent requests",
         description=(
-            "The most requests in flight at once. Up to 4 open as requests need them, more "
-            "only while Braze's latency keeps them all waiting (all of them at tens of "
-            "milliseconds); the run report's sender_threads says how many opened. Two "
-            "in-flight requests never share a user."
+            "The most requests in flight at once. In flight is sized by rate x latency "
+            "(Little's law): the rate the limits allow times the latency Braze answers "
+            "with (3,000 per 3 s at 300 ms needs about 300); 4 open at once, more as the "
+            "latency asks. The progress line and run report show in flight now and at the "
+            "peak, and the summary says when this ceiling held the run back. Two in-flight "
+            "requests never share a user."
         ),
     ),
     th.Property(
