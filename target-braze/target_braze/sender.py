@@ -221,19 +221,19 @@ class UsersTrackSender:
 
         Attributes are idempotent (setting a value twice leaves the same profile), so
         they are sent again, up to `UNINDEXED_RESENDS` times. Events and purchases are
-        never deduplicated by Braze: a resend could count them twice, so they go to
-        the rejects output marked as of unknown delivery, for a person to decide.
+        never deduplicated by Braze: a resend could count them twice, so they settle as
+        *delivery unknown* (`Settlement.unknown`), for a person to decide.
         """
         kinds_text = ", ".join(sorted(set(kinds)))
         resendable = [obj for obj in objects if obj.array == "attributes"]
         for obj in objects:
             if obj.array != "attributes":
-                self._settlement.reject(
+                # As after a lost answer: Braze may hold it, so the ledger records it
+                # unknown and no rerun or re-emit sends it until a person releases it.
+                self._settlement.unknown(
                     obj,
-                    f"Braze reported {kinds_text} without saying which object; delivery "
-                    f"unknown, and {obj.array} are not resent because Braze does not "
-                    "deduplicate them",
-                    "UNINDEXED_ERROR",
+                    f"Braze reported {kinds_text} without saying which object; {obj.array} "
+                    "are not resent because Braze does not deduplicate them",
                 )
         if not resendable:
             return

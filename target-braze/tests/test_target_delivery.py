@@ -232,7 +232,7 @@ def test_unindexed_errors_resend_attributes_and_lose_nothing(braze, tmp_path):
         assert "without an index after 2 resends" in rejection["reason"]
 
 
-def test_unindexed_errors_on_events_go_to_rejects_and_are_not_resent(braze, tmp_path):
+def test_unindexed_errors_on_events_settle_as_delivery_unknown_never_resent(braze, tmp_path):
     braze.configure(fault_unindexed_error=1.0)
     props = {
         "customer_id": {"type": "string"},
@@ -259,9 +259,16 @@ def test_unindexed_errors_on_events_go_to_rejects_and_are_not_resent(braze, tmp_
     assert run.returncode == 0, run.stderr
     rejects = read_jsonl(tmp_path / "rejects.jsonl")
     assert {r["identifier"] for r in rejects} == {"u0", "u1", "u2", "u3"}
-    assert all(r["error_type"] == "UNINDEXED_ERROR" for r in rejects)
+    assert all(r["error_type"] == "DELIVERY_UNKNOWN" for r in rejects)
+    assert rejects[0]["reason"].startswith("delivery unknown: Braze reported")
     assert "not resent" in rejects[0]["reason"]
     assert braze.stats()["requests"] == 1
+    # The ledger remembers them: Braze healed, the same input again sends none of them.
+    braze.configure(fault_unindexed_error=0.0)
+    again = run_target(config, messages, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert braze.stats()["requests"] == 1
+    assert braze.stats()["events_processed"] == 0
 
 
 def test_max_input_length_exceeded_splits_and_resends(braze, tmp_path):
