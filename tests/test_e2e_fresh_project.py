@@ -249,3 +249,88 @@ def test_csv_rows_of_a_third_party_tap_arrive_in_braze_with_the_key_only_in_braz
             problems.append(f"{user['user_id']}: {profile.get('custom_attributes')} != {expected}")
     assert not problems, "\n".join(problems[:20])
     assert BRAZE_KEY not in (project.root / "meltano.yml").read_text(encoding="utf-8")
+
+
+def test_csv_values_are_typed_and_a_json_column_becomes_event_properties(fresh_project, tmp_path):
+    """The README's CSV example: every CSV value is text; property_types sends a score as a
+    number, a flag as a boolean and a date as a time, properties_property sends a JSON
+    column as each event's properties (an object, not one long string), and a stream map
+    drops a column."""
+    with (tmp_path / "scores.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "churn_score", "vip", "signed_up", "seats", "internal_note"])
+        writer.writerow(["typed-1", "87.5", "yes", "2026-11-01 06:00:00", "12", "call back"])
+        writer.writerow(["typed-2", "3", "no", "2026-10-15T08:30:00Z", "", ""])
+    with (tmp_path / "events.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "user_id", "event", "at", "properties"])
+        writer.writerow(
+            ["e1", "typed-1", "upgraded", "2026-11-28T06:00:00Z", '{"plan": "pro", "seats": 5}']
+        )
+        writer.writerow(["e2", "typed-2", "logged_in", "2026-11-28T07:00:00Z", ""])
+    files = [
+        {
+            "path": str(tmp_path / "scores.csv"),
+            "format": "csv",
+            "table_name": "scores",
+            "primary_keys": ["user_id"],
+        },
+        {
+            "path": str(tmp_path / "events.csv"),
+            "format": "csv",
+            "table_name": "app_events",
+            "primary_keys": ["event_id"],
+        },
+    ]
+    mappings = {
+        "scores": {
+            "property_types": {
+                "churn_score": "number",
+                "vip": "boolean",
+                "signed_up": "time",
+                "seats": "integer",
+            }
+        },
+        "app_events": {
+            "object_type": "events",
+            "event_name_property": "event",
+            "time_property": "at",
+            "properties_property": "properties",
+        },
+    }
+    project = fresh_project
+    project.meltano("config", "set", THIRD_PARTY_TAP, "files", json.dumps(files))
+    sandbox = SandboxProcess(api_key=BRAZE_KEY).start()
+    try:
+        for name, value in (
+            ("rest_endpoint", sandbox.url),
+            ("identifier_property", "user_id"),
+            ("include_properties", "[]"),
+            ("stream_mappings", json.dumps(mappings)),
+            # A stream map drops a column before anything else sees it.
+            ("stream_maps", json.dumps({"scores": {"internal_note": "__NULL__"}})),
+            ("ledger_url", f"sqlite:///{tmp_path / 'ledger.sqlite'}"),
+        ):
+            project.meltano("config", "set", "target-braze", name, value)
+        project.meltano(
+            "run", THIRD_PARTY_TAP, "target-braze", extra_env={"BRAZE_API_KEY": BRAZE_KEY}
+        )
+        profiles = {p["external_id"]: p["custom_attributes"] for p in sandbox.profiles()}
+        events = {e["external_id"]: e for e in sandbox.events()}
+    finally:
+        sandbox.stop()
+    assert profiles["typed-1"] == {
+        "churn_score": 87.5,
+        "vip": True,
+        "signed_up": "2026-11-01T06:00:00+00:00",
+        "seats": 12,
+    }
+    # An empty cell is a missing value: null removes the attribute (null_values: unset).
+    assert profiles["typed-2"] == {
+        "churn_score": 3,
+        "vip": False,
+        "signed_up": "2026-10-15T08:30:00+00:00",
+    }
+    assert events["typed-1"]["name"] == "upgraded"
+    assert events["typed-1"]["properties"] == {"plan": "pro", "seats": 5}
+    assert "properties" not in events["typed-2"] or not events["typed-2"]["properties"]

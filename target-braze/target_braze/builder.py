@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from target_braze.objects import BrazeObject, Origin, Rejection
+from target_braze.property_types import CONVERTERS, TypedProperties
 from target_braze.stream_settings import StreamSettings
 from target_braze.values import (
     MAX_STRING_LENGTH,
@@ -66,7 +67,16 @@ class ObjectBuilder:
             if validate
             else {}
         )
-        self._datetimes = frozenset(name for name, prop in properties.items() if _is_datetime(prop))
+        declared = settings.property_types
+        self._typed = TypedProperties(declared) if declared else None
+        for name, kind in declared.items():  # converted before the types are checked
+            if validate:
+                self._types[name] = (*CONVERTERS[kind][1], type(None))
+        self._datetimes = frozenset(
+            name
+            for name, prop in properties.items()
+            if _is_datetime(prop) or declared.get(name) == "time"
+        )
         self._required = frozenset(schema.get("required") or []) if validate else frozenset()
         self._rules: dict[str, dict[type, str]] = {}
         # Keys `_identify` puts in every body: not attributes, not data points.
@@ -88,6 +98,13 @@ class ObjectBuilder:
 
     def build(self, record: dict[str, Any], seq: int, line: Origin) -> BrazeObject | Rejection:
         """Turn one record into a Braze object, or a rejection naming what is wrong."""
+        original = record
+        if self._typed is not None:  # declared property_types: the record, converted
+            try:
+                record = self._typed.convert(record)
+            except UnsendableValue as exc:
+                raw = record.get(self._identifier_property)
+                return Rejection(self.stream, _id(raw), record, str(exc), line)
         raw_id = record.get(self._identifier_property)
         identifier = raw_id if type(raw_id) is str else None if raw_id is None else _id(raw_id)
         try:
@@ -121,9 +138,11 @@ class ObjectBuilder:
             # (in place, so the key order is kept) so that nothing can have replaced it.
             body.update(identity)
         except _Collision as exc:
-            return Rejection(self.stream, identifier, record, str(exc), line, IDENTIFIER_COLLISION)
+            return Rejection(
+                self.stream, identifier, original, str(exc), line, IDENTIFIER_COLLISION
+            )
         except UnsendableValue as exc:
-            return Rejection(self.stream, identifier, record, str(exc), line)
+            return Rejection(self.stream, identifier, original, str(exc), line)
         # Positional: for each of the run's records, keyword arguments cost measurably more.
         try:
             return BrazeObject(
@@ -132,14 +151,14 @@ class ObjectBuilder:
                 body,
                 data_points,
                 [seq],
-                [record],
+                [original],
                 [line],
                 self.stream,
                 identifier,
                 key_values,
             )
         except orjson.JSONEncodeError as exc:  # encoded once, here: e.g. a 65-bit integer
-            return Rejection(self.stream, identifier, record, _unencodable(body, exc), line)
+            return Rejection(self.stream, identifier, original, _unencodable(body, exc), line)
 
     def _identify(self, identifier: str) -> dict[str, Any]:
         settings = self.settings
@@ -276,6 +295,11 @@ class ObjectBuilder:
             body["name"] = to_braze(str(name), settings.event_name_property or "event_name")
         else:
             self._purchase_fields(record, body)
+        if settings.properties_property:
+            given = self._properties_object(record, settings.properties_property)
+            if given:
+                body["properties"] = given
+            return 1 + len(given)
         properties: dict[str, Any] = {}
         for name, value in record.items():
             if name in settings.excluded or value is None or name.startswith("_sdc_"):
@@ -290,6 +314,25 @@ class ObjectBuilder:
         if properties:
             body["properties"] = properties
         return 1 + len(properties)
+
+    def _properties_object(self, record: dict[str, Any], name: str) -> dict[str, Any]:
+        """`properties_property`: the event's properties are that property's JSON object."""
+        value = record.get(name)
+        if value is None or value == "":
+            return {}
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise UnsendableValue(f"'{name}' (properties_property) is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise UnsendableValue(f"'{name}' (properties_property) is not a JSON object")
+        properties = {}
+        for key, item in value.items():
+            if key in self._reserved:
+                raise self._collision(key)
+            properties[str(key)] = to_braze(item, f"{name}.{key}")
+        return properties
 
     def _purchase_fields(self, record: dict[str, Any], body: dict[str, Any]) -> None:
         settings = self.settings

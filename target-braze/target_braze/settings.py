@@ -116,6 +116,28 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
             ),
         ),
         th.Property(
+            "property_types",
+            th.ObjectType(additional_properties=th.StringType),
+            title="Property types",
+            description=(
+                "The Braze type of properties a tap sends as text (a CSV tap types every "
+                'column as a string), by name: {"churn_score": "number", "vip": "boolean", '
+                '"signed_up": "time", "prefs": "json"}; also "integer". Each value is '
+                "converted before it is sent; one that is not of its type rejects the record "
+                "naming the property; an empty string is null."
+            ),
+        ),
+        th.Property(
+            "properties_property",
+            th.StringType,
+            title="Properties property",
+            description=(
+                "For events and purchases: the property holding a JSON object (as text or "
+                "an object) sent as the event's or purchase's properties; the stream's other "
+                "properties are then not sent as properties."
+            ),
+        ),
+        th.Property(
             "event_name",
             th.StringType,
             title="Event name",

@@ -14,6 +14,7 @@ from typing import Any
 
 from target_braze.errors import ConfigError
 from target_braze.objects import ObjectType
+from target_braze.property_types import TYPES
 from target_braze.settings import MAPPING_SETTINGS
 
 # Settings that name a property of the stream's records.
@@ -25,6 +26,7 @@ PROPERTY_SETTINGS = (
     "currency_property",
     "price_property",
     "quantity_property",
+    "properties_property",
 )
 # How alike an unmatched `stream_mappings` key and a stream name must be to count as a typo.
 _TYPO_SIMILARITY = 0.8
@@ -98,6 +100,8 @@ class StreamSettings:
     excluded: frozenset[str]
     included: frozenset[str] | None
     key_properties: tuple[str, ...]
+    property_types: Mapping[str, str]
+    properties_property: str | None
 
     @classmethod
     def from_config(
@@ -132,6 +136,12 @@ class StreamSettings:
                 "stores beside each alias name, for example 'peak_customer_id'"
             )
         structural = _check_object_settings(object_type, where, get)
+        property_types = _check_property_types(get("property_types"), stream, where, schema)
+        if get("properties_property") and object_type == "attributes":
+            raise ConfigError(
+                f"properties_property is for events and purchases (in {where}); stream "
+                f"'{stream}' sends attributes"
+            )
         if properties:
             for name, prop in settings.items():
                 if prop is not None and prop not in properties:
@@ -168,7 +178,29 @@ class StreamSettings:
             excluded=frozenset({*excluded, *structural, *metadata, identifier_property}),
             included=frozenset(include) if include else None,
             key_properties=tuple(key_properties),
+            property_types=property_types,
+            properties_property=settings["properties_property"],
         )
+
+
+def _check_property_types(
+    declared: Any, stream: str, where: str, schema: Mapping[str, Any]
+) -> dict[str, str]:
+    """`property_types`, checked: known types, properties the stream has."""
+    if not declared:
+        return {}
+    properties: Mapping[str, Any] = schema.get("properties") or {}
+    for name, kind in declared.items():
+        if kind not in TYPES:
+            raise ConfigError(
+                f"property_types.{name} is {kind!r} (in {where}); use one of: {', '.join(TYPES)}"
+            )
+        if properties and name not in properties:
+            raise ConfigError(
+                f"stream '{stream}' has no property '{name}' for property_types (in {where}); "
+                f"its properties are: {', '.join(sorted(properties))}"
+            )
+    return dict(declared)
 
 
 def _check_object_settings(object_type: str, where: str, get: Any) -> list[str]:
