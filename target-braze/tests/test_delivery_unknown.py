@@ -165,10 +165,13 @@ def test_without_event_deduplication_events_are_still_never_resent(braze, tmp_pa
 def test_events_of_a_run_that_failed_before_braze_applied_them_are_sent_by_the_rerun(
     braze, tmp_path
 ):
-    braze.configure(fault_429=1.0)  # certainly not applied
+    # Certainly not applied: 429s without a reset to wait for (no rate-limit headers), so
+    # max_retries runs out; a 429 that names its reset is waited for, not counted.
+    braze.configure(fault_429=1.0, rate_limit=0)
     config = events_config(braze, tmp_path, max_retries=1)
     failed = run_target(config, EVENTS, tmp_path)
     assert failed.returncode != 0
+    assert "gave up on a /users/track request" in failed.stderr
     braze.configure(fault_429=0.0)
 
     rerun = run_target(config, EVENTS, tmp_path)
