@@ -334,3 +334,18 @@ def test_csv_values_are_typed_and_a_json_column_becomes_event_properties(fresh_p
     assert events["typed-1"]["name"] == "upgraded"
     assert events["typed-1"]["properties"] == {"plan": "pro", "seats": 5}
     assert "properties" not in events["typed-2"] or not events["typed-2"]["properties"]
+
+
+def test_the_definitions_header_gives_the_command_this_project_was_built_with():
+    """The header's `meltano add` is the one the fixture ran (--plugin-type: added once)."""
+    header = [
+        line.removeprefix("#").strip()
+        for line in TARGET_DEFINITION.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    ]
+    command = (
+        "meltano add --plugin-type loader target-braze --from-ref "
+        "$PEAK_BRAZE_CHECKOUT/plugins/loaders/target-braze.yml"
+    )
+    assert command in header
+    assert "export PEAK_BRAZE_CHECKOUT=/path/to/checkout" in header
