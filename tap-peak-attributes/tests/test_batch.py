@@ -357,7 +357,8 @@ class TapProcess:
         """SIGSTOP the tap while it writes a file no BATCH announced yet; that file's name.
 
         Decided by progress: the tap is frozen when such a file exists, then everything it
-        wrote to the pipe is read; if the file was announced in the meantime, it goes on.
+        wrote to the pipe is read; if the file was announced in the meantime, or the tap no
+        longer holds it open (closed, its BATCH message not yet written), it goes on.
         """
         deadline = time.monotonic() + 120  # a safety net only
         while time.monotonic() < deadline:
@@ -370,13 +371,24 @@ class TapProcess:
                 while not self.stopped():
                     time.sleep(0.001)
                 self.read_available()
-                still_open = self._unannounced(root)
+                # Still open in the tap: being written, not a closed file whose BATCH
+                # message is on its way (stopped there, the file outlives the run until
+                # the next run removes it as a leftover, which this test is not about).
+                still_open = [n for n in self._unannounced(root) if n in self.open_files()]
                 if still_open:
                     (name,) = still_open
                     return name
                 self.process.send_signal(signal.SIGCONT)
             time.sleep(0.001)
         pytest.fail("never saw a batch file being written")
+
+    def open_files(self) -> set[str]:
+        """Names of the files the tap holds open (its /proc fd links)."""
+        names = set()
+        for link in Path(f"/proc/{self.process.pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                names.add(Path(os.readlink(link)).name)
+        return names
 
     def _unannounced(self, root: Path) -> list[str]:
         if not root.exists():
