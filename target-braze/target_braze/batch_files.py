@@ -11,12 +11,16 @@ The manifest comes from the input, so it is not trusted with the file system:
 - only files under `batch_files_dir` are read: an absolute `file://` URI without `..`,
   NUL, query or fragment, whose real path (links resolved) lies in the directory's real
   path; anything else ends the run with one line naming the URI and the problem;
-- a file is opened with `O_NOFOLLOW | O_NONBLOCK` and must be a regular file (`fstat`):
-  a FIFO or a device cannot stall the run or fill its memory;
+- a file is opened through handles on `batch_files_dir` and each directory below it,
+  none of them followed if it is a link (`private_files.open_beneath`), so a component
+  swapped for a link after the check cannot lead out of the directory; with `O_NONBLOCK`,
+  and it must be a regular file (`fstat`): a FIFO or a device cannot stall the run or
+  fill its memory;
 - at most `max_batch_file_bytes` are read from a file, after decompression;
 - a settled file is deleted only if it lies under `batch_files_cleanup_dir`, the
   directory whose files the target may clean (meltano.yml: tap-peak-attributes' private
-  BATCH directory); any other file is read and left where it is, for its writer to clean.
+  BATCH directory), reached the same way (`private_files.unlink_beneath`); any other file
+  is read and left where it is, for its writer to clean.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from target_braze.checkpoint import Checkpoint
 from target_braze.errors import ConfigError, InputError
 from target_braze.message_path import MessagePath
 from target_braze.messages import READ_BUFFER_BYTES, BatchMessage
+from target_braze.private_files import open_beneath
 from target_braze.reader import skip_rest_of_line
 
 logger = logging.getLogger("target_braze")
@@ -87,12 +92,14 @@ class BatchFiles:
         for uri in message.manifest:
             file = _local_path(uri, line, directory)
             name = str(file)
-            records = _records(file, compression, line, self._max_bytes, self._path, message.stream)
+            records = _records(
+                file, directory, compression, line, self._max_bytes, self._path, message.stream
+            )
             for file_line, record in records:
                 if record is not None:
                     deliver(routes, record, (line, name, file_line))
             if cleanup is not None and file.is_relative_to(cleanup):
-                self._checkpoint.add_file(file)
+                self._checkpoint.add_file(file, cleanup)
             elif not self._left_in_place_noted:
                 self._left_in_place_noted = True
                 logger.info(
@@ -156,11 +163,17 @@ def _local_path(uri: str, line: int, directory: Path) -> Path:
 
 
 def _records(
-    file: Path, compression: str, line: int, max_bytes: int, path: MessagePath, stream: str
+    file: Path,
+    directory: Path,
+    compression: str,
+    line: int,
+    max_bytes: int,
+    path: MessagePath,
+    stream: str,
 ) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """The file's records by line; None where a line was rejected unread (too long or deep)."""
     try:
-        handle = _open(file, line)
+        handle = _open(file, directory, line)
     except OSError as exc:
         raise InputError(
             f"line {line}: the BATCH file {file} cannot be read ({exc.strerror or exc}); STATE "
@@ -217,10 +230,10 @@ def _records(
             ) from None
 
 
-def _open(file: Path, line: int) -> IO[bytes]:
+def _open(file: Path, directory: Path, line: int) -> IO[bytes]:
     # Opened here and closed by the caller's `with`, so an open failure is told apart.
     # O_NONBLOCK: opening a FIFO must not wait for a writer; then it is refused by fstat.
-    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = open_beneath(directory, file, os.O_RDONLY | os.O_NONBLOCK)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -24,17 +24,20 @@ from typing import Any
 
 import orjson
 
+from target_braze.private_files import unlink_beneath
+
 logger = logging.getLogger("target_braze")
 
 
 class SettledFile:
     """A BATCH file whose records are all settled: it may be deleted (it holds customer data)."""
 
-    __slots__ = ("path",)
+    __slots__ = ("beneath", "path")
 
-    def __init__(self, path: Path) -> None:
-        """Remember the file."""
+    def __init__(self, path: Path, beneath: Path) -> None:
+        """Remember the file and the directory it must be removed from."""
         self.path = path
+        self.beneath = beneath
 
 
 Released = dict[str, Any] | SettledFile | None
@@ -74,10 +77,13 @@ class Checkpoint:
             pending.append((received, state))
             self._release()
 
-    def add_file(self, path: Path) -> None:
-        """A BATCH file whose records are all received: release it once they are settled."""
+    def add_file(self, path: Path, beneath: Path) -> None:
+        """A BATCH file whose records are all received: release it once they are settled.
+
+        It is removed through `beneath`, the directory the target may clean.
+        """
         with self._lock:
-            self._pending.append((self._next_seq, SettledFile(path)))
+            self._pending.append((self._next_seq, SettledFile(path, beneath)))
             self._release()
 
     def settle(self, seqs: Iterable[int]) -> None:
@@ -142,7 +148,7 @@ class StateOutput:
         while (state := self._released.get()) is not None:
             if isinstance(state, SettledFile):
                 try:
-                    state.path.unlink(missing_ok=True)
+                    unlink_beneath(state.beneath, state.path)
                 except OSError as exc:
                     logger.warning(
                         "Could not delete the settled BATCH file %s: %s", state.path, exc

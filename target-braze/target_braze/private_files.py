@@ -119,3 +119,55 @@ def _refusal(path: str | Path, setting: str, problem: str) -> ConfigError:
         f"{setting}: {path} {problem}; target-braze writes only files this user owns and "
         f"never follows links: remove it or point {setting} at another path"
     )
+
+
+def _walk_beneath(directory: Path, path: Path) -> tuple[int, str]:
+    """A handle on `path`'s parent reached from `directory` following no link; its name.
+
+    Each component below `directory` is opened relative to the one before it with
+    `O_NOFOLLOW`, so a component swapped for a symbolic link after `path` was checked
+    fails (ELOOP) instead of leading out of `directory`. The caller closes the handle.
+    """
+    parts = path.relative_to(directory).parts
+    if not parts:
+        raise IsADirectoryError(21, "is the directory itself", str(path))
+    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(
+                part,
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=handle,
+            )
+            os.close(handle)
+            handle = inner
+    except BaseException:
+        os.close(handle)
+        raise
+    return handle, parts[-1]
+
+
+def open_beneath(directory: Path, path: Path, flags: int) -> int:
+    """Open `path`, which lies under `directory`, with no link anywhere below `directory`.
+
+    For paths checked first and opened later (a BATCH manifest's files): what is opened is
+    under `directory` at the moment of opening, whatever changed since the check.
+    """
+    parent, name = _walk_beneath(directory, path)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def unlink_beneath(directory: Path, path: Path) -> None:
+    """Remove `path`, which lies under `directory`, reached with no link below `directory`."""
+    try:
+        parent, name = _walk_beneath(directory, path)
+    except FileNotFoundError:
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=parent)
+    finally:
+        os.close(parent)

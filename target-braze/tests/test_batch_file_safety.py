@@ -3,6 +3,7 @@ files under batch_files_cleanup_dir are ever deleted."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,8 @@ from braze_target_harness import (
     state,
     target_config,
 )
+from target_braze.batch_files import _local_path
+from target_braze.private_files import open_beneath, unlink_beneath
 
 
 def write_batch(path: Path, n: int = 5, start: int = 0) -> Path:
@@ -128,3 +131,42 @@ def test_a_batch_file_beyond_max_batch_file_bytes_is_one_line(braze, tmp_path):
     messages = [schema_message(), state("before"), batch(file.as_uri()), state("after")]
     run = run_target(config, messages, tmp_path, timeout=60)
     assert_one_line(run, f"the BATCH file {file} holds more than max_batch_file_bytes (1000)")
+
+
+def test_a_directory_swapped_for_a_link_after_the_check_is_neither_read_nor_cleaned(tmp_path):
+    # The race a manifest could win: its path is checked, then a directory on it is swapped
+    # for a link to elsewhere before the file is opened (or, later, deleted).
+    root = tmp_path / "batches"
+    inside = write_batch(root / "sub" / "part.jsonl")
+    elsewhere = write_batch(tmp_path / "elsewhere" / "part.jsonl", start=100)
+    directory = root.resolve()
+    checked = _local_path(inside.as_uri(), 1, directory)
+    (root / "sub").rename(root / "was-sub")
+    (root / "sub").symlink_to(elsewhere.parent, target_is_directory=True)
+
+    with pytest.raises(OSError, match=r"Not a directory|symbolic links") as opening:
+        open_beneath(directory, checked, os.O_RDONLY)
+    with pytest.raises(OSError, match=r"Not a directory|symbolic links") as removing:
+        unlink_beneath(directory, checked)
+
+    # A link where a directory must be: ENOTDIR (Linux, with O_DIRECTORY) or ELOOP.
+    assert {opening.value.errno, removing.value.errno} <= {errno.ENOTDIR, errno.ELOOP}
+    assert elsewhere.exists()
+    # Opened by path, the same checked path leads to the other directory's file.
+    with open(checked, "rb") as followed:
+        assert json.loads(followed.readline())["customer_id"] == "c100"
+
+
+def test_a_file_under_a_real_subdirectory_is_read_and_cleaned_through_handles(tmp_path):
+    root = tmp_path / "batches"
+    inside = write_batch(root / "a" / "b" / "part.jsonl")
+    directory = root.resolve()
+    checked = _local_path(inside.as_uri(), 1, directory)
+
+    fd = open_beneath(directory, checked, os.O_RDONLY)
+    with open(fd, "rb") as handle:
+        assert json.loads(handle.readline())["customer_id"] == "c0"
+    unlink_beneath(directory, checked)
+
+    assert not inside.exists()
+    unlink_beneath(directory, checked)  # already gone: nothing to do
