@@ -197,3 +197,32 @@ def test_the_tap_never_sends_the_warehouse_password_to_a_server_refusing_tls(
     insecure = {**config, "allow_insecure_postgres": True}
     run([str(BIN / "tap-peak-attributes"), "--discover"], insecure, tmp_path)
     assert PASSWORD.encode() in fake_postgres.received  # the control case
+
+
+def test_the_ledger_command_never_sends_its_password_to_a_server_refusing_tls(
+    fake_postgres, tmp_path
+):
+    config = tmp_path / "config.json"
+
+    def ledger(**settings: object) -> subprocess.CompletedProcess:
+        config.write_text(json.dumps({"ledger_url": fake_postgres.url(), **settings}))
+        return subprocess.run(
+            [str(BIN / "target-braze-ledger"), "--config", str(config), "stats"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    done = ledger()
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = one_error_line(done.stderr, "target-braze-ledger: error:")
+    assert "ledger_url" in line
+    assert PASSWORD not in done.stderr + done.stdout
+    assert PASSWORD.encode() not in fake_postgres.received
+    assert fake_postgres.asked_for_password == 0
+    # The control case: lowered explicitly, the same command hands the server its password.
+    insecure = ledger(allow_insecure_postgres=True)
+    assert insecure.returncode == 1
+    assert PASSWORD.encode() in fake_postgres.received
+    assert PASSWORD not in insecure.stderr + insecure.stdout
