@@ -42,7 +42,9 @@ from test_deploy_state_off_container import (  # the same S3 server and ledger d
     stored_bookmark,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+# A cold machine installs docker.io and mmdebstrap, builds the base and the image first:
+# 7.5 minutes with both cores busy.
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(1800)]
 
 __all__ = ["ledger_database", "s3_server"]  # fixtures, used by name
 
@@ -51,7 +53,6 @@ IMAGE = "peak-braze:test"
 USER_ID = 10001  # the Dockerfile's USER
 BRAZE_KEY = "braze-key-" + uuid.uuid4().hex
 PG_PASSWORD = "ledger-password-" + uuid.uuid4().hex
-# A cold machine installs docker.io and mmdebstrap, builds the base and the image: minutes.
 BUILD_TIMEOUT_SECONDS = 1500
 RUN_TIMEOUT_SECONDS = 600
 # Names only on `docker run`'s command line: the values come from its environment, so they
