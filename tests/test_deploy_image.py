@@ -1,10 +1,11 @@
-"""The container image (deploy/Dockerfile), checked without a Docker engine.
+"""The container image (deploy/Dockerfile), checked as a file.
 
-No engine runs on this machine or in CI, so `docker build` is never run here. What can be
-checked is: hadolint finds nothing; every file the Dockerfile copies exists and is not
-excluded from the build context by its ignore file; it runs as a non-root user from a slim
-Python 3.11 base; its pins agree with the project's; and the command it names is one the
-project's Meltano accepts (`meltano run --dry-run` of exactly that command).
+tests/test_deploy_container.py builds the image and runs it. These checks need no engine:
+hadolint finds nothing; every file the Dockerfile copies exists and is not excluded from
+the build context by its ignore file, and no COPY can bring a plugin's tests in (the legacy
+builder ignores that file); it runs as a non-root user from a slim Python 3.11 base by
+default; its pins agree with the project's; and the command it names is one the project's
+Meltano accepts (`meltano run --dry-run` of exactly that command).
 """
 
 from __future__ import annotations
@@ -122,16 +123,24 @@ def test_the_plugins_packages_reach_the_build_but_their_tests_and_caches_do_not(
         assert not in_build_context(left_out), left_out
 
 
-def test_the_base_is_slim_python_3_11_and_the_container_runs_as_a_non_root_user():
+def test_the_base_is_slim_python_3_11_by_default_and_the_container_runs_as_a_non_root_user():
     steps = instructions()
     bases = [args for keyword, args in steps if keyword == "FROM"]
-    assert len(bases) == 1
-    assert bases[0].startswith("python:3.11-slim")
+    assert bases == ["${BASE_IMAGE}"]
+    arguments = [args for keyword, args in steps if keyword == "ARG"]
+    assert steps.index(("ARG", arguments[0])) < steps.index(("FROM", bases[0]))
+    assert arguments[0] == "BASE_IMAGE=python:3.11-slim-bookworm"
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users, "no USER: the container would run as root"
     user = users[-1].split(":")[0]
     assert user.isdigit(), "numeric, so Kubernetes' runAsNonRoot can check it"
     assert int(user) != 0
+
+
+def test_no_copy_brings_a_plugins_tests_into_the_image_whatever_the_ignore_file():
+    for source in copy_sources():
+        assert source not in {"tap-peak-attributes/", "target-braze/", "."}, source
+        assert "/tests" not in f"/{source}", source
 
 
 def test_the_image_installs_pinned_meltano_with_the_s3_state_backend_as_the_project_does():
