@@ -25,7 +25,7 @@ from target_braze.report import RunStats
 from target_braze.sender import UsersTrackSender
 from target_braze.settings import check_setting_values, resolve_api_key
 from target_braze.settlement import Settlement
-from target_braze.user_data import UserData
+from target_braze.user_data import UserData, delete_guards
 
 if TYPE_CHECKING:
     from target_braze.ledger import Ledger
@@ -47,6 +47,7 @@ class Run:
         self.max_rejected_ratio = float(config["max_rejected_ratio"])
         if not 0.0 <= self.max_rejected_ratio <= 1.0:
             raise ConfigError("max_rejected_ratio must be between 0 and 1, e.g. 0.05 for 5%")
+        delete_guards(config)  # checked before the ledger or any output is opened
         for name in ("max_objects_per_request", "max_concurrent_requests", "max_request_bytes"):
             if int(config[name]) < 1:
                 raise ConfigError(f"{name} must be at least 1")

@@ -76,6 +76,21 @@ class DeleteGuardTripped(TargetBrazeError):
     """More deletes than `max_deletes_per_run` or `max_delete_ratio` allow: none was sent."""
 
 
+def delete_guards(config: Mapping[str, Any]) -> tuple[int, float]:
+    """`max_deletes_per_run` and `max_delete_ratio`, checked.
+
+    Raises:
+        ConfigError: one line naming the setting out of range.
+
+    """
+    most, ratio = int(config["max_deletes_per_run"]), float(config["max_delete_ratio"])
+    if most < 0:
+        raise ConfigError("max_deletes_per_run must be 0 (no limit) or more")
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError("max_delete_ratio must be between 0 and 1 (0.1 = 10%; 1: no limit)")
+    return most, ratio
+
+
 class UserDataBatch:
     """The objects of one request to a user-data endpoint (`RequestBatch` for the sender)."""
 
@@ -198,13 +213,7 @@ class UserData:
         self._records_in = records_in
         self._window = float(config["user_data_rate_window_seconds"])
         self._alias_wait = float(config["alias_wait_seconds"])
-        self.max_deletes = int(config["max_deletes_per_run"])
-        self.max_delete_ratio = float(config["max_delete_ratio"])
-        if self.max_deletes < 0 or not 0.0 <= self.max_delete_ratio <= 1.0:
-            raise ConfigError(
-                "max_deletes_per_run must be 0 (no limit) or more, and max_delete_ratio "
-                "between 0 and 1 (0.1 = 10%)"
-            )
+        self.max_deletes, self.max_delete_ratio = delete_guards(config)
         self._limiters: dict[str, RateLimiter] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._deletes: list[BrazeObject] = []

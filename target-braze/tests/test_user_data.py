@@ -297,3 +297,14 @@ def test_429s_from_a_user_data_endpoint_are_retried_as_for_users_track(braze, tm
     assert report["endpoints"]["/users/delete"]["rate_limited"] >= 1
     assert report["endpoints"]["/users/delete"]["objects_sent"] == 200
     assert braze.stats()["user_data"]["/users/delete"]["by_status"]["201"] == 4
+
+
+def test_a_delete_ratio_above_one_is_one_line_naming_the_setting(braze, tmp_path):
+    run = run_target(target_config(braze, tmp_path, max_delete_ratio=2), [], tmp_path)
+    assert run.returncode == 1
+    (line,) = [text for text in run.stderr.splitlines() if "error:" in text]
+    assert (
+        line
+        == "target-braze: error: max_delete_ratio must be between 0 and 1 (0.1 = 10%; 1: no limit)"
+    )
+    assert not (tmp_path / "ledger.sqlite").exists()
