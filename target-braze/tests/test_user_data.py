@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
-from braze_target_harness import read_jsonl, run_target, target_config
+from braze_target_harness import read_jsonl, run_target, send, start_target, target_config
 
 STRING = {"type": "string"}
 
@@ -308,3 +310,55 @@ def test_a_delete_ratio_above_one_is_one_line_naming_the_setting(braze, tmp_path
         == "target-braze: error: max_delete_ratio must be between 0 and 1 (0.1 = 10%; 1: no limit)"
     )
     assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_kill_9_while_deleting_then_a_rerun_loses_nothing_and_duplicates_no_event(braze, tmp_path):
+    """Killed once Braze applied the first delete: STATE never passed the deletes, so the
+    rerun sends all of them again (harmless: an absent user is not deleted twice, and the
+    resend is counted), and the events the first run delivered are not sent again."""
+    ids = users(braze, 120)
+    properties = {"visit_id": STRING, "customer_id": STRING, "at": STRING}
+    visits = [
+        rec("visits", visit_id=f"v{n}", customer_id=ids[n], at="2026-12-01T00:00:00Z")
+        for n in range(40)
+    ]
+    messages = [
+        {
+            "type": "SCHEMA",
+            "stream": "visits",
+            "key_properties": ["visit_id"],
+            "schema": {"type": "object", "properties": properties},
+        },
+        *visits,
+        state(1),
+        schema("gone", "customer_id"),
+        *[rec("gone", customer_id=i) for i in ids],
+        state(2),
+    ]
+    mappings = {
+        **DELETES,
+        "visits": {"object_type": "events", "event_name": "visit", "time_property": "at"},
+    }
+    config = target_config(braze, tmp_path, stream_mappings=mappings)
+    braze.configure(latency_ms=[300, 300])
+    process = start_target(config, tmp_path)
+    send(process, messages)
+    assert process.stdin is not None
+    process.stdin.close()
+    while len(known(braze, ids)) == 120:  # decided by progress: the first delete applied
+        assert process.poll() is None, "the target ended before any delete was applied"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.stdout is not None
+    states = [json.loads(line) for line in process.stdout.read().splitlines() if line.strip()]
+    assert {"bookmarks": {"s": {"n": 2}}} not in states  # STATE never passed a delete
+    braze.configure(latency_ms=[0, 0])
+    rerun = run_target(config, messages, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.states[-1] == {"bookmarks": {"s": {"n": 2}}}
+    assert known(braze, ids) == set()
+    assert len(braze.events()) == 40
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["endpoints"]["/users/delete"]["objects_sent"] == 120
+    assert report["duplicates"] + report["unknown"] == 40
