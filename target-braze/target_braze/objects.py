@@ -17,7 +17,7 @@ OBJECT_TYPES: tuple[ObjectType, ...] = ("attributes", "events", "purchases")
 #: What a stream may be besides OBJECT_TYPES: each goes to its own endpoint (user_data.py).
 USER_DATA_OBJECT_TYPES: tuple[ObjectType, ...] = ("deletes", "aliases", "subscriptions")
 #: Objects Braze does not count twice when sent twice: everything but events and purchases.
-_NOT_RESEND_SAFE = frozenset({"events", "purchases"})
+NOT_RESEND_SAFE = frozenset({"events", "purchases"})
 IDENTIFIER_TYPES = ("external_id", "user_alias", "braze_id", "email", "phone")
 # Keys of an object that identify the user or steer Braze; they are not billed data points.
 CONTROL_KEYS = frozenset(
@@ -60,7 +60,7 @@ class BrazeObject:
 
         Braze never deduplicates events or purchases; everything else sets a state.
         """
-        return self.array not in _NOT_RESEND_SAFE
+        return self.array not in NOT_RESEND_SAFE
 
     def merge(self, later: BrazeObject) -> None:
         """Fold a later attributes object of the same user into this one (last value wins)."""

@@ -23,7 +23,7 @@ from target_braze.batching import RequestBatch
 from target_braze.client import Outcome, Sends
 from target_braze.errors import TargetBrazeError
 from target_braze.in_flight import InFlight
-from target_braze.objects import BrazeObject
+from target_braze.objects import NOT_RESEND_SAFE, BrazeObject
 from target_braze.report import RunStats
 from target_braze.settlement import Settlement
 
@@ -177,7 +177,7 @@ class UsersTrackSender:
         outcome = self._client.send(
             batch.body(),
             len(batch),
-            resend_safe=all(obj.resend_safe for obj in batch.objects),
+            resend_safe=not any(obj.array in NOT_RESEND_SAFE for obj in batch.objects),
         )
         if outcome.ambiguous:
             self._ambiguous(batch, outcome)
