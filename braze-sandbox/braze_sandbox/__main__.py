@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``braze-sandbox`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="braze-sandbox",
-        description="A local stand-in for Braze's /users/track and /users/export/ids.",
+        description=(
+            "A local stand-in for Braze's /users/track, /users/export/ids and user-data "
+            "endpoints (/users/delete, /users/alias/new, /users/identify, "
+            "/v2/subscription/status/set)."
+        ),
     )
     parser.add_argument("command", nargs="?", default="serve", choices=["serve"])
     add = parser.add_argument
@@ -43,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rate-limit", type=int, default=3000, metavar="N",
         help="requests per --rate-window (sliding window); 0 = off (default 3000)")  # fmt: skip
     add("--rate-window", type=float, default=3.0, metavar="SECONDS", help="(default 3)")
+    add("--user-data-rate-limit", type=int, default=20_000, metavar="N",
+        help="requests per --user-data-rate-window shared by /users/delete, /users/alias/new "
+        "and /users/identify; 0 = off (default 20000)")  # fmt: skip
+    add("--user-data-rate-window", type=float, default=60.0, metavar="SECONDS",
+        help="(default 60)")  # fmt: skip
+    add("--subscription-rate-limit", type=int, default=5_000, metavar="N",
+        help="/v2/subscription/status/set requests per --subscription-rate-window; 0 = off "
+        "(default 5000)")  # fmt: skip
+    add("--subscription-rate-window", type=float, default=60.0, metavar="SECONDS",
+        help="(default 60)")  # fmt: skip
     add("--hourly-limit", type=int, default=0, metavar="N",
         help="requests per clock hour; 0 = off (default 0)")  # fmt: skip
     add("--reset-style", choices=RESET_STYLES, default="epoch",
@@ -107,6 +121,18 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
             limit=args.rate_limit,
             window=args.rate_window,
             hourly_limit=args.hourly_limit,
+            reset_style=args.reset_style,
+            retry_after_style=args.retry_after_style,
+        ),
+        user_data_rate=RateLimitSettings(
+            limit=args.user_data_rate_limit,
+            window=args.user_data_rate_window,
+            reset_style=args.reset_style,
+            retry_after_style=args.retry_after_style,
+        ),
+        subscription_rate=RateLimitSettings(
+            limit=args.subscription_rate_limit,
+            window=args.subscription_rate_window,
             reset_style=args.reset_style,
             retry_after_style=args.retry_after_style,
         ),

@@ -68,6 +68,9 @@ STANDARD_FIELDS = frozenset(
     }
 )
 
+# The states /v2/subscription/status/set and /users/track's subscription_groups accept.
+SUBSCRIPTION_STATES = ("subscribed", "unsubscribed")
+
 # Error types reported in errors[]. Braze's own where its documentation names them;
 # otherwise a descriptive name in the same style (see README, "Fidelity").
 IDENTIFIER_REQUIRED = "'external_id' or 'braze_id' or 'user_alias' is required"
@@ -110,6 +113,9 @@ class ContractLimits:
     max_nested_bytes: int = 100_000
     max_quantity: int = 100
     max_export_ids: int = 50
+    #: Identifiers per /users/delete, /users/alias/new, /users/identify and
+    #: /v2/subscription/status/set request.
+    max_user_data_ids: int = 50
     # Custom attribute keys already found valid: keys repeat across millions of objects,
     # so each is checked once. Cleared whenever a limit changes.
     valid_keys: set[str] = field(default_factory=set, repr=False, compare=False)

@@ -28,6 +28,7 @@ EXPORT_FIELDS = (
     "custom_events",
     "purchases",
     "total_revenue",
+    "subscription_groups",
 )
 
 
@@ -88,7 +89,10 @@ def _export_user(store: ProfileStore, profile: Profile, wanted: set[str]) -> dic
     if "braze_id" in wanted:
         user["braze_id"] = profile.braze_id
     for key, value in profile.standard.items():
-        if key in wanted:
+        if key == "subscription_groups" and type(value) is dict:
+            if key in wanted:  # the sandbox's view: each group's id and state
+                user[key] = [{"id": group, "status": state} for group, state in value.items()]
+        elif key in wanted:
             user[key] = value
     if "custom_attributes" in wanted and profile.custom:
         user["custom_attributes"] = profile.custom

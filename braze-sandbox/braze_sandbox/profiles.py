@@ -18,7 +18,13 @@ from typing import Any
 
 import orjson
 
-from braze_sandbox.contract import CONTROL_KEYS, STANDARD_FIELDS, is_operation, parse_time
+from braze_sandbox.contract import (
+    CONTROL_KEYS,
+    STANDARD_FIELDS,
+    SUBSCRIPTION_STATES,
+    is_operation,
+    parse_time,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (
@@ -223,6 +229,88 @@ class ProfileStore:
         self._dirty[new_id] = profile
         return profile
 
+    # -- user data: delete, aliases, identify, subscription groups ----------------------
+
+    def delete(self, profile: Profile) -> None:
+        """Remove a profile and every identifier pointing at it (events stay, as in Braze).
+
+        The journal is folded first, so no journalled copy brings the profile back when
+        the database is loaded again.
+        """
+        if self._unfolded or self._dirty:
+            self.commit()
+            self.fold_journal()
+        self.profiles.pop(profile.braze_id, None)
+        for key in [k for k, bid in self._by_key.items() if bid == profile.braze_id]:
+            del self._by_key[key]
+        self._db.execute("DELETE FROM profiles WHERE braze_id = ?", (profile.braze_id,))
+
+    def create_alias_user(self, name: str, label: str) -> Profile:
+        """An alias-only profile (no external_id), as ``/users/alias/new`` creates."""
+        profile = self.resolve(
+            "a:" + label + "\x1f" + name,
+            {"user_alias": {"alias_name": name, "alias_label": label}},
+            create=True,
+        )
+        assert profile is not None  # noqa: S101 - created when absent
+        return profile
+
+    def add_alias(self, profile: Profile, name: str, label: str) -> bool:
+        """Give a profile another alias; False when it already has one with that label."""
+        if any(alias["alias_label"] == label for alias in profile.user_aliases):
+            return False
+        profile.user_aliases.append({"alias_name": name, "alias_label": label})
+        self._by_key["a:" + label + "\x1f" + name] = profile.braze_id
+        self._dirty[profile.braze_id] = profile
+        return True
+
+    def identify(self, alias_profile: Profile, external_id: str, *, merge: bool) -> bool:
+        """``/users/identify`` of one alias-only profile into ``external_id``.
+
+        No profile has that external_id: the alias profile takes it. Otherwise the alias
+        moves to the identified profile (unless it already has an alias of that label:
+        then nothing changes); with ``merge`` the custom attributes and standard fields
+        only the alias profile has, and its events and purchases, go with it; the alias
+        profile is removed. Returns whether anything changed.
+        """
+        if alias_profile.external_id is not None:
+            return False
+        known = self.find("e:" + external_id)
+        if known is None:
+            alias_profile.external_id = external_id
+            self._by_key["e:" + external_id] = alias_profile.braze_id
+            self._dirty[alias_profile.braze_id] = alias_profile
+            return True
+        labels = {alias["alias_label"] for alias in known.user_aliases}
+        if any(alias["alias_label"] in labels for alias in alias_profile.user_aliases):
+            return False
+        if merge:
+            for key, value in alias_profile.custom.items():
+                known.custom.setdefault(key, value)
+            for key, value in alias_profile.standard.items():
+                known.standard.setdefault(key, value)
+            for table in ("events", "purchases"):
+                self._db.execute(
+                    f"UPDATE {table} SET braze_id = ?, external_id = ? WHERE braze_id = ?",
+                    (known.braze_id, external_id, alias_profile.braze_id),
+                )
+        aliases = list(alias_profile.user_aliases)
+        self.delete(alias_profile)
+        for alias in aliases:
+            self.add_alias(known, alias["alias_name"], alias["alias_label"])
+        known.updated_at = time.time()
+        self._dirty[known.braze_id] = known
+        return True
+
+    def set_subscription(self, profile: Profile, group_id: str, state: str) -> None:
+        """Set one subscription group's state; the profile's other groups are untouched."""
+        groups = profile.standard.get("subscription_groups")
+        if type(groups) is not dict:
+            groups = profile.standard["subscription_groups"] = {}
+        groups[group_id] = state
+        profile.updated_at = time.time()
+        self._dirty[profile.braze_id] = profile
+
     # -- attribute semantics ---------------------------------------------------------
 
     def apply_attributes(
@@ -240,6 +328,17 @@ class ProfileStore:
         route = _ROUTE
         for key, value in obj.items():
             where = route.get(key)
+            if key == "subscription_groups" and type(value) is list:
+                # Braze sets each listed group's state; the user's other groups stay.
+                for item in value:
+                    if type(item) is dict:
+                        group, state = (
+                            item.get("subscription_group_id"),
+                            item.get("subscription_state"),
+                        )
+                        if type(group) is str and state in SUBSCRIPTION_STATES:
+                            self.set_subscription(profile, group, str(state))
+                continue
             if where is None:
                 target = custom
             elif where == _CONTROL:

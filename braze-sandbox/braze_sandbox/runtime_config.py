@@ -38,6 +38,15 @@ _LIMITS = (
 )
 
 
+# The user-data endpoints' limits: setting -> the limiter of `UserDataEndpoints` it sets.
+_USER_DATA_RATES = {
+    "user_data_rate_limit": "user_data_limiter",
+    "user_data_rate_window": "user_data_limiter",
+    "subscription_rate_limit": "subscription_limiter",
+    "subscription_rate_window": "subscription_limiter",
+}
+
+
 def current_config(sandbox: Sandbox) -> dict[str, Any]:
     """Every changeable setting with its current value."""
     faults = sandbox.faults.settings
@@ -53,6 +62,11 @@ def current_config(sandbox: Sandbox) -> dict[str, Any]:
     doc["hourly_limit"] = rate.hourly_limit
     doc["reset_style"] = rate.reset_style
     doc["retry_after_style"] = rate.retry_after_style
+    user_data = sandbox.user_data
+    doc["user_data_rate_limit"] = user_data.user_data_limiter.settings.limit
+    doc["user_data_rate_window"] = user_data.user_data_limiter.settings.window
+    doc["subscription_rate_limit"] = user_data.subscription_limiter.settings.limit
+    doc["subscription_rate_window"] = user_data.subscription_limiter.settings.window
     doc["legacy_per_array_limits"] = limits.legacy_per_array_limits
     for key in _LIMITS:
         doc[key] = getattr(limits, key)
@@ -119,6 +133,16 @@ def apply_config(sandbox: Sandbox, changes: dict[str, Any]) -> None:
             steps.append(setter(rate, "window", window))
             steps.append(partial(sandbox.stats.set_window, window))
             steps.append(sandbox.limiter.reset)
+        elif key in _USER_DATA_RATES:
+            limiter = getattr(sandbox.user_data, _USER_DATA_RATES[key])
+            if key.endswith("_limit"):
+                steps.append(setter(limiter.settings, "limit", _non_negative_int(value)))
+            else:
+                window = float(value)
+                if window <= 0:
+                    raise ValueError(f"{key} must be positive")
+                steps.append(setter(limiter.settings, "window", window))
+            steps.append(limiter.reset)
         elif key == "reset_style":
             steps.append(setter(rate, "reset_style", _choice(RESET_STYLES)(value)))
         elif key == "retry_after_style":

@@ -28,6 +28,8 @@ from braze_sandbox.profiles import ProfileStore
 from braze_sandbox.ratelimit import RateLimiter, RateLimitSettings
 from braze_sandbox.runtime_config import apply_config, current_config
 from braze_sandbox.stats import SandboxStats
+from braze_sandbox.user_data import PERMISSIONS as USER_DATA_PERMISSIONS
+from braze_sandbox.user_data import SUBSCRIPTION_RATE, USER_DATA_RATE, UserDataEndpoints
 
 TRACK_PERMISSION = "users.track"
 #: The header carrying the admin token, and the variable it is read from at start.
@@ -56,6 +58,14 @@ class SandboxOptions:
     limits: ContractLimits = field(default_factory=ContractLimits)
     rate: RateLimitSettings = field(default_factory=RateLimitSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
+    #: /users/delete, /users/alias/new and /users/identify share one limit; subscriptions
+    #: have their own (Braze: 20,000 and 5,000 requests per minute).
+    user_data_rate: RateLimitSettings = field(
+        default_factory=lambda: RateLimitSettings(USER_DATA_RATE.limit, USER_DATA_RATE.window)
+    )
+    subscription_rate: RateLimitSettings = field(
+        default_factory=lambda: RateLimitSettings(SUBSCRIPTION_RATE.limit, SUBSCRIPTION_RATE.window)
+    )
     #: The token `/_sandbox/` endpoints want in `ADMIN_TOKEN_HEADER` (health excepted).
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     #: Host header names `/_sandbox/` answers besides loopback's (a DNS-rebinding guard).
@@ -73,7 +83,8 @@ class Sandbox:
         self.options = options
         self.limits = options.limits
         self.keys: dict[str, frozenset[str]] = {
-            key: frozenset({TRACK_PERMISSION, EXPORT_PERMISSION}) for key in options.api_keys
+            key: frozenset({TRACK_PERMISSION, EXPORT_PERMISSION, *USER_DATA_PERMISSIONS})
+            for key in options.api_keys
         }
         for key in options.permissionless_keys:
             self.keys[key] = frozenset()
@@ -82,6 +93,7 @@ class Sandbox:
         self.faults = FaultInjector(options.faults)
         self.stats = SandboxStats(options.rate.window)
         self.export_requests = 0
+        self.user_data = UserDataEndpoints(self, options.user_data_rate, options.subscription_rate)
         self._users_in_flight: dict[str, int] = {}
         self._in_flight = 0
 
@@ -92,6 +104,7 @@ class Sandbox:
         app = web.Application(client_max_size=max(self.limits.max_body_bytes * 4, 64 << 20))
         app.router.add_post("/users/track", self.track)
         app.router.add_post("/users/export/ids", self.export)
+        self.user_data.routes(app)
         admin = self._admin
         app.router.add_get("/_sandbox/profiles", admin(self.admin_profiles))
         app.router.add_get("/_sandbox/events", admin(self.admin_events))
@@ -326,6 +339,10 @@ class Sandbox:
         stats.objects_applied += applied
         stats.data_points += points
 
+    def check_key(self, request: web.Request, permission: str) -> tuple[int, Any] | None:
+        """None when the request's key has `permission`, else the 401/403 answer."""
+        return self._auth(request, permission)
+
     def _auth(self, request: web.Request, permission: str) -> tuple[int, Any] | None:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
@@ -405,6 +422,7 @@ class Sandbox:
         doc["export_requests"] = self.export_requests
         doc["profiles"] = len(self.store.profiles)
         doc["failpoint_remaining"] = self.faults.failpoint_remaining()
+        doc["user_data"] = self.user_data.as_json()
         return _json(200, doc, {})
 
     async def admin_requests(self, request: web.Request) -> web.StreamResponse:
@@ -457,6 +475,7 @@ class Sandbox:
         self.store.reset()
         self.stats.reset()
         self.limiter.reset()
+        self.user_data.reset()
         self.export_requests = 0
         self.faults.reseed(self.faults.settings.seed)
         self.faults.restart_failpoint_count()

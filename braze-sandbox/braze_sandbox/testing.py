@@ -103,6 +103,11 @@ class SandboxClient:
         result: dict[str, Any] = self._call("POST", "/users/track", body, auth=True)
         return result
 
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a Braze endpoint (``/users/delete``, ...) with this client's key."""
+        result: dict[str, Any] = self._call("POST", path, body, auth=True)
+        return result
+
     def profiles(self) -> list[dict[str, Any]]:
         """Every stored profile (admin view: identifiers, standard fields, custom_attributes)."""
         result: list[dict[str, Any]] = self._call("GET", "/_sandbox/profiles")

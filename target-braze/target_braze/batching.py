@@ -8,11 +8,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from target_braze.objects import OBJECT_TYPES, BrazeObject
 
 # '{"attributes":[' ... ']}' plus the separators between arrays: a few bytes per array.
 _ENVELOPE_BYTES = 64
+
+
+class RequestBatch(Protocol):
+    """What the sender needs of a request's objects: `UsersTrackBatch` or `UserDataBatch`."""
+
+    objects: list[BrazeObject]
+
+    def __len__(self) -> int:
+        """Objects in the request."""
+        ...
+
+    def body(self) -> bytes:
+        """The request body."""
+        ...
+
+    def index_of(self, array: str, index: int) -> BrazeObject | None:
+        """The object an `errors[]` entry names."""
+        ...
+
+    def subset(self, objects: list[BrazeObject]) -> RequestBatch:
+        """A request of some of these objects, for a resend."""
+        ...
+
+    def halves(self) -> list[RequestBatch]:
+        """Split in two (400, 413)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +140,7 @@ class UsersTrackBatch:
             batch._append(obj, len(obj.encoded) + 1)
         return batch
 
-    def halves(self) -> list[UsersTrackBatch]:
+    def halves(self) -> list[RequestBatch]:
         """Split in two (for 413 and 'Max Input Length Exceeded')."""
         middle = len(self.objects) // 2
         return [self.subset(self.objects[:middle]), self.subset(self.objects[middle:])]

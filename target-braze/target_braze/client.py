@@ -46,11 +46,19 @@ INSTANCE_ENDPOINTS = {
     "AU-01": "https://rest.au-01.braze.com",
     "ID-01": "https://rest.id-01.braze.com",
 }
+#: The API key permission each endpoint needs.
+PERMISSIONS = {
+    "/users/track": "users.track",
+    "/users/delete": "users.delete",
+    "/users/alias/new": "users.alias.new",
+    "/users/identify": "users.identify",
+    "/v2/subscription/status/set": "subscription.status.set",
+}
 _FATAL_REASONS = {
     401: "Braze answered 401: the api_key is missing or unknown to this instance; check "
     "api_key and that rest_endpoint is the instance the key was created on",
-    403: "Braze answered 403: the api_key lacks the users.track permission (or the plan "
-    "does not include it); create a REST API key with users.track",
+    403: "Braze answered 403 to {path}: the api_key lacks the {permission} permission (or the "
+    "plan does not include it); create a REST API key with {permission}",
     404: "Braze answered 404: the api_key is unknown at {url}; check rest_endpoint is the "
     "instance of your dashboard (for example US-03 or EU-01)",
 }
@@ -167,7 +175,11 @@ MAX_PACED_429S = 100
 
 
 class BrazeClient:
-    """Sends /users/track bodies; thread-safe (a shared pool of keep-alive connections)."""
+    """Sends bodies to one endpoint (/users/track unless `path` says otherwise); thread-safe.
+
+    Thread-safe through a shared pool of keep-alive connections. Each user-data endpoint
+    (/users/delete, ...) has a client of its own, with the rate limiter of its limit.
+    """
 
     def __init__(
         self,
@@ -182,10 +194,12 @@ class BrazeClient:
         max_wait_seconds: float = 3600.0,
         stop: threading.Event | None = None,
         max_connections: int = 16,
+        path: str = "/users/track",
     ) -> None:
         """Configure; nothing is sent until `send`."""
         self.base_url = base_url
-        self.url = f"{base_url}/users/track"
+        self.path = path
+        self.url = f"{base_url}{path}"
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
         if bulk_header:
             headers["X-Braze-Bulk"] = "true"
@@ -222,7 +236,7 @@ class BrazeClient:
                 over = attempt >= self._retry.max_retries
             if over:
                 raise BrazeFatalError(
-                    f"gave up on a /users/track request after {attempt + paced + 1} attempts "
+                    f"gave up on a {self.path} request after {attempt + paced + 1} attempts "
                     f"(last: {problem}); raise max_retries or check Braze's status page. "
                     "STATE stays at the last confirmed point: rerun to resume"
                 )
@@ -230,7 +244,8 @@ class BrazeClient:
             wait = min(wait, self._max_wait)
             self._stats.add(retries=1)
             logger.info(
-                "Retrying a /users/track request in %.2fs (attempt %d of %d): %s",
+                "Retrying a %s request in %.2fs (attempt %d of %d): %s",
+                self.path,
                 wait,
                 attempt + 2,
                 self._retry.max_retries + 1,
@@ -310,8 +325,12 @@ class BrazeClient:
         if status in (400, 413):
             return None, "", Outcome(status, split=True, message=message)
         if status in _FATAL_REASONS:
-            raise BrazeFatalError(_FATAL_REASONS[status].format(url=self.url))
-        raise BrazeFatalError(f"Braze answered {status} {message!r} to /users/track; not retried")
+            raise BrazeFatalError(
+                _FATAL_REASONS[status].format(
+                    url=self.url, path=self.path, permission=PERMISSIONS.get(self.path, "")
+                )
+            )
+        raise BrazeFatalError(f"Braze answered {status} {message!r} to {self.path}; not retried")
 
     def _observe_limits(self, headers: Any) -> None:
         remaining = _number_header(headers, "X-RateLimit-Remaining")

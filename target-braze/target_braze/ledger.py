@@ -765,6 +765,27 @@ class Ledger:
                 obj.ledger.outcome = CONFIRMED
         self._queue_settled(objects, then)
 
+    def forget_deleted_users(self, users: Sequence[tuple[str, str]]) -> None:
+        """Braze deleted these users: forget their attributes, keep their event identities.
+
+        Called by the writer thread (a `confirmed` callback), so the writer's store is
+        used by one thread only. A user created again then gets every attribute, and an
+        event re-emitted for them is still a duplicate.
+        """
+        if self._writer_store is None or self.failure is not None:
+            return
+        try:
+            for kind, identifier in users:
+                key, _check = self._keys.user(kind, identifier)
+                self._writer_store.clear_user(self.workspace, key, events=False)
+        except TargetBrazeError as exc:
+            self.failure = exc
+        except Exception as exc:
+            logger.debug("Unexpected error forgetting deleted users", exc_info=True)
+            self.failure = TargetBrazeError(
+                f"unexpected {type(exc).__name__} forgetting deleted users in the ledger: {exc}"
+            )
+
     def _queue_settled(
         self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]
     ) -> None:

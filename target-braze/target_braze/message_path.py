@@ -27,9 +27,12 @@ from target_braze.messages import (
     SchemaMessage,
     StateMessage,
 )
-from target_braze.objects import Origin, Rejection
+from target_braze.objects import USER_DATA_OBJECT_TYPES, BrazeObject, Origin, Rejection
 from target_braze.run import Run
 from target_braze.stream_settings import StreamMappings, StreamSettings
+from target_braze.user_data_objects import DeletingBuilder, UserDataBuilder
+
+Builder = ObjectBuilder | UserDataBuilder | DeletingBuilder
 
 logger = logging.getLogger("target_braze")
 
@@ -40,8 +43,10 @@ class _Route:
 
     alias: str
     transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None  # None: identity
-    builder: ObjectBuilder
+    builder: Builder
     counter: metrics.Counter
+    #: Where its objects go: the /users/track delivery, or the user-data endpoints.
+    add: Callable[[BrazeObject], None]
     uncounted: int = 0
 
 
@@ -101,12 +106,32 @@ class MessagePath:
                 bookmark_properties=message.bookmark_properties or (),
                 key_properties=stream_map.transformed_key_properties or (),
             )
-            builder = ObjectBuilder(settings, schema, validate=self._validate)
+            builder, add = self._builder(settings, schema)
             counter = self._counters.get(alias)
             if counter is None:
                 counter = self._counters[alias] = metrics.record_counter(alias)
-            routes.append(_Route(alias, _transform_of(stream_map), builder, counter))
+            routes.append(_Route(alias, _transform_of(stream_map), builder, counter, add))
         self._routes[stream] = routes
+
+    def _builder(
+        self, settings: StreamSettings, schema: dict[str, Any]
+    ) -> tuple[Builder, Callable[[BrazeObject], None]]:
+        """The stream's builder, and where its objects go.
+
+        Streams of /users/track objects go straight to the delivery, unless they identify
+        users by alias or aliases or identifies of this run came before: then through
+        `UserData.add_track`, which holds an object for a user an alias or identify of the
+        run names until Braze confirmed it and the pause passed.
+        """
+        user_data = self._run.user_data
+        if settings.object_type in USER_DATA_OBJECT_TYPES:
+            user_data.stream_merge_behavior(settings.stream, settings.merge_behavior)
+            return UserDataBuilder(settings), user_data.add
+        builder = ObjectBuilder(settings, schema, validate=self._validate)
+        if settings.deleted_property:
+            return DeletingBuilder(settings, builder), user_data.add
+        guarded = user_data.track_guard_needed or settings.identifier_type == "user_alias"
+        return builder, user_data.add_track if guarded else self._add
 
     def record(self, message: RecordMessage, line: int) -> None:
         """Map, build and deliver one record from the input."""
@@ -155,7 +180,7 @@ class MessagePath:
             if isinstance(built, Rejection):
                 run.settlement.reject_record(built, seq)
             else:
-                self._add(built)
+                route.add(built)
             route.uncounted += 1
             if not seq & 1023:
                 route.counter.increment(route.uncounted)
@@ -234,6 +259,7 @@ class MessagePath:
             raise InputError(f"line {line}: a STATE message's value must be a JSON object")
         self._run.checkpoint.add_state(message.value)
         self._run.delivery.flush_if_older_than(self._run.flush_interval)
+        self._run.user_data.flush()
 
     def activate_version(self, message: ActivateVersionMessage, line: int) -> None:
         """Accepted and ignored: Braze profiles have no table versions to switch."""

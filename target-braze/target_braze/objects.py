@@ -7,10 +7,17 @@ from typing import Any, Literal
 
 import orjson
 
-ObjectType = Literal["attributes", "events", "purchases"]
+ObjectType = Literal[
+    "attributes", "events", "purchases", "deletes", "aliases", "identify", "subscriptions"
+]
 #: Where a record came from: its line of input, or (line of the BATCH message, file, line).
 Origin = int | tuple[int, str, int]
+#: The arrays of a /users/track request.
 OBJECT_TYPES: tuple[ObjectType, ...] = ("attributes", "events", "purchases")
+#: What a stream may be besides OBJECT_TYPES: each goes to its own endpoint (user_data.py).
+USER_DATA_OBJECT_TYPES: tuple[ObjectType, ...] = ("deletes", "aliases", "subscriptions")
+#: Objects Braze does not count twice when sent twice: everything but events and purchases.
+NOT_RESEND_SAFE = frozenset({"events", "purchases"})
 IDENTIFIER_TYPES = ("external_id", "user_alias", "braze_id", "email", "phone")
 # Keys of an object that identify the user or steer Braze; they are not billed data points.
 CONTROL_KEYS = frozenset(
@@ -46,6 +53,14 @@ class BrazeObject:
         """Encode the body once."""
         if not self.encoded:
             self.encoded = orjson.dumps(self.body)
+
+    @property
+    def resend_safe(self) -> bool:
+        """Whether sending it again is harmless (attributes, deletes, aliases, subscriptions).
+
+        Braze never deduplicates events or purchases; everything else sets a state.
+        """
+        return self.array not in NOT_RESEND_SAFE
 
     def merge(self, later: BrazeObject) -> None:
         """Fold a later attributes object of the same user into this one (last value wins)."""

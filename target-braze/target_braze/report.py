@@ -170,8 +170,10 @@ class RunStats:
         """The final one-line summary."""
         return self._line(time.monotonic())
 
-    def as_dict(self, *, outcome: str) -> dict[str, Any]:
-        """What `run_report_path` holds."""
+    def as_dict(
+        self, *, outcome: str, endpoints: dict[str, dict[str, int]] | None = None
+    ) -> dict[str, Any]:
+        """What `run_report_path` holds; `endpoints`: counts of the user-data endpoints."""
         elapsed = time.monotonic() - self.started
         counts = self.snapshot()
         with self._lock:
@@ -185,9 +187,12 @@ class RunStats:
             **counts,
             **self.in_flight_figures(),
             "rejected_by_reason": reasons,
+            "endpoints": endpoints or {},
         }
 
-    def write_report(self, path: str, *, outcome: str) -> None:
+    def write_report(
+        self, path: str, *, outcome: str, endpoints: dict[str, dict[str, int]] | None = None
+    ) -> None:
         """Write the JSON run report: whole, 0600, renamed over the previous one."""
-        report = json.dumps(self.as_dict(outcome=outcome), indent=2) + "\n"
+        report = json.dumps(self.as_dict(outcome=outcome, endpoints=endpoints), indent=2) + "\n"
         replace_private(path, "run_report_path", report.encode())

@@ -25,6 +25,7 @@ from target_braze.report import RunStats
 from target_braze.sender import UsersTrackSender
 from target_braze.settings import check_setting_values, resolve_api_key
 from target_braze.settlement import Settlement
+from target_braze.user_data import UserData, delete_guards
 
 if TYPE_CHECKING:
     from target_braze.ledger import Ledger
@@ -46,6 +47,7 @@ class Run:
         self.max_rejected_ratio = float(config["max_rejected_ratio"])
         if not 0.0 <= self.max_rejected_ratio <= 1.0:
             raise ConfigError("max_rejected_ratio must be between 0 and 1, e.g. 0.05 for 5%")
+        delete_guards(config)  # checked before the ledger or any output is opened
         for name in ("max_objects_per_request", "max_concurrent_requests", "max_request_bytes"):
             if int(config[name]) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -84,6 +86,19 @@ class Run:
             self.limiter.in_flight_needed if self.limiter is not None else None,
         )
         self.delivery = Delivery(self.limits, self.sender, self.settlement, self.stats, self.ledger)
+        self.user_data = UserData(
+            config,
+            base_url=resolve_rest_endpoint(config["rest_endpoint"]),
+            api_key=None if self.dry_run else resolve_api_key(config),
+            dry_run_client=self.client if self.dry_run else None,
+            settlement=self.settlement,
+            stats=self.stats,
+            stop=self.stop,
+            delivery=self.delivery,
+            track_sender=self.sender,
+            track_limits=self.limits,
+            records_in=lambda: self.checkpoint.received,
+        )
         self.state_output = StateOutput(
             self.checkpoint.released,
             self._ratio_allows_release,
@@ -166,6 +181,7 @@ class Run:
     def raise_if_failed(self) -> None:
         """Re-raise, in the calling thread, the error that failed the run."""
         self.sender.raise_if_failed()
+        self.user_data.raise_if_failed()
         if self.ledger is not None and self.ledger.failure is not None:
             raise self.ledger.failure
         failure = self.state_output.failure
@@ -177,10 +193,12 @@ class Run:
         if self._finished:
             return
         self.delivery.drain()
+        self.user_data.finish(dry_run=self.dry_run)
         self._finished = True
         if self.ledger is not None:
             self.ledger.close()  # its writer settles the last confirmations
         self.sender.shutdown()
+        self.user_data.shutdown()
         self.state_output.close()
         self._close_outputs()
         self.raise_if_failed()
@@ -190,7 +208,13 @@ class Run:
             outcome = "partial_success" if ratio <= self.max_rejected_ratio else "failed"
         elif self.stats.counts["unknown"]:
             outcome = "partial_success"
-        logger.info("Run %s summary (%s): %s", self.run_id, outcome, self.stats.summary())
+        logger.info(
+            "Run %s summary (%s): %s%s",
+            self.run_id,
+            outcome,
+            self.stats.summary(),
+            self.user_data.summary(),
+        )
         if note := self.stats.ceiling_note():
             logger.warning("%s", note)
         if self.stats.rejected_by_reason:
@@ -212,6 +236,7 @@ class Run:
         self._finished = True
         self.stop.set()
         self.sender.shutdown()
+        self.user_data.shutdown()
         self.delivery.abandon()
         if self.ledger is not None:
             self.ledger.close()  # what Braze confirmed is recorded, and settles
@@ -219,7 +244,7 @@ class Run:
         self.state_output.close()
         self._close_outputs()
         log = logger.warning if outcome == "interrupted" else logger.error
-        log("Run %s %s: %s", self.run_id, outcome, self.stats.summary())
+        log("Run %s %s: %s%s", self.run_id, outcome, self.stats.summary(), self.user_data.summary())
         self._warn_unknown()
         if note := self.stats.ceiling_note():
             logger.warning("%s", note)
@@ -253,7 +278,9 @@ class Run:
 
     def _report(self, outcome: str) -> None:
         if self.report_path:
-            self.stats.write_report(self.report_path, outcome=outcome)
+            self.stats.write_report(
+                self.report_path, outcome=outcome, endpoints=self.user_data.figures()
+            )
 
 
 # Braze's documented maxima (braze-users-track.md): larger settings only earn 400s and 413s.

@@ -19,11 +19,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-from target_braze.batching import UsersTrackBatch
+from target_braze.batching import RequestBatch
 from target_braze.client import Outcome, Sends
 from target_braze.errors import TargetBrazeError
 from target_braze.in_flight import InFlight
-from target_braze.objects import BrazeObject
+from target_braze.objects import NOT_RESEND_SAFE, BrazeObject
 from target_braze.report import RunStats
 from target_braze.settlement import Settlement
 
@@ -36,11 +36,11 @@ PERMANENT_ERROR_HINTS = {
     "EMAIL_BAD_FORMAT": "Braze rejects the email address format",
 }
 UNINDEXED_RESENDS = 2
-_Work = tuple[Future[None], UsersTrackBatch] | None  # None: the thread ends
+_Work = tuple[Future[None], RequestBatch] | None  # None: the thread ends
 
 
 class UsersTrackSender:
-    """Concurrent delivery of `UsersTrackBatch`es, in per-user order."""
+    """Concurrent delivery of `UsersTrackBatch`es (or another endpoint's), in per-user order."""
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class UsersTrackSender:
         if self._failure is not None:
             raise self._failure
 
-    def submit(self, batch: UsersTrackBatch) -> None:
+    def submit(self, batch: RequestBatch) -> None:
         """Queue a batch for delivery (blocks while all slots are busy)."""
         self.raise_if_failed()
         keys = [obj.user_key for obj in batch.objects]
@@ -155,7 +155,7 @@ class UsersTrackSender:
             thread.join()
         self._threads = []
 
-    def _deliver(self, batch: UsersTrackBatch) -> None:
+    def _deliver(self, batch: RequestBatch) -> None:
         try:
             self._send(batch, UNINDEXED_RESENDS)
         except TargetBrazeError as exc:
@@ -173,11 +173,11 @@ class UsersTrackSender:
                 self._failure = exc
         self._stop.set()
 
-    def _send(self, batch: UsersTrackBatch, unindexed_resends: int) -> None:
+    def _send(self, batch: RequestBatch, unindexed_resends: int) -> None:
         outcome = self._client.send(
             batch.body(),
             len(batch),
-            resend_safe=all(obj.array == "attributes" for obj in batch.objects),
+            resend_safe=not any(obj.array in NOT_RESEND_SAFE for obj in batch.objects),
         )
         if outcome.ambiguous:
             self._ambiguous(batch, outcome)
@@ -214,7 +214,7 @@ class UsersTrackSender:
         self,
         objects: list[BrazeObject],
         kinds: list[str],
-        batch: UsersTrackBatch,
+        batch: RequestBatch,
         resends: int,
     ) -> None:
         """An error without an index: no object of the request can be assumed delivered.
@@ -225,9 +225,9 @@ class UsersTrackSender:
         *delivery unknown* (`Settlement.unknown`), for a person to decide.
         """
         kinds_text = ", ".join(sorted(set(kinds)))
-        resendable = [obj for obj in objects if obj.array == "attributes"]
+        resendable = [obj for obj in objects if obj.resend_safe]
         for obj in objects:
-            if obj.array != "attributes":
+            if not obj.resend_safe:
                 # As after a lost answer: Braze may hold it, so the ledger records it
                 # unknown and no rerun or re-emit sends it until a person releases it.
                 self._settlement.unknown(
@@ -255,7 +255,7 @@ class UsersTrackSender:
                 "UNINDEXED_ERROR",
             )
 
-    def _ambiguous(self, batch: UsersTrackBatch, outcome: Outcome) -> None:
+    def _ambiguous(self, batch: RequestBatch, outcome: Outcome) -> None:
         """Braze may have applied the request, and no answer says so.
 
         Braze never deduplicates events or purchases: a resend could deliver them twice
@@ -264,9 +264,9 @@ class UsersTrackSender:
         only attributes is retried by the client as any other failure.
         """
         happened = outcome.message or f"HTTP {outcome.status}"
-        attributes = [obj for obj in batch.objects if obj.array == "attributes"]
+        attributes = [obj for obj in batch.objects if obj.resend_safe]
         for obj in batch.objects:
-            if obj.array != "attributes":
+            if not obj.resend_safe:
                 self._settlement.unknown(
                     obj,
                     f"{happened} after the request was sent, so Braze may hold this "
@@ -282,7 +282,7 @@ class UsersTrackSender:
             )
             self._send(batch.subset(attributes), UNINDEXED_RESENDS)
 
-    def _split(self, batch: UsersTrackBatch, outcome: Outcome, resends: int) -> None:
+    def _split(self, batch: RequestBatch, outcome: Outcome, resends: int) -> None:
         if len(batch) > 1:
             self._stats.add(splits=1)
             logger.info(

@@ -15,7 +15,7 @@ from singer_sdk.helpers.capabilities import (
 )
 
 from target_braze.errors import ConfigError
-from target_braze.objects import IDENTIFIER_TYPES, OBJECT_TYPES
+from target_braze.objects import IDENTIFIER_TYPES, OBJECT_TYPES, USER_DATA_OBJECT_TYPES
 
 # Meltano has no number kind that survives environment variables (its `decimal` kind
 # crashes on them), so number settings also accept numeric strings ("0.05"). One schema
@@ -59,9 +59,14 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
             "object_type",
             th.StringType,
             default=default("attributes"),
-            allowed_values=list(OBJECT_TYPES),
+            allowed_values=[*OBJECT_TYPES, *USER_DATA_OBJECT_TYPES],
             title="Object type",
-            description="Send records as user attributes, custom events or purchases.",
+            description=(
+                "Send records as user attributes, custom events or purchases (/users/track), "
+                "or as deletes (/users/delete: one user per record), aliases "
+                "(/users/alias/new, and /users/identify with identify_property) or "
+                "subscriptions (a subscription group state per record)."
+            ),
         ),
         th.Property(
             "exclude_properties",
@@ -185,6 +190,60 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
             title="Quantity property",
             description="For purchases: the property holding the quantity (1-100).",
         ),
+        th.Property(
+            "deleted_property",
+            th.StringType,
+            title="Deleted property",
+            description=(
+                "For attributes streams: a record whose value of this property is set (not "
+                "null, empty or false) deletes the user (/users/delete) instead of updating "
+                "it. Singer's is _sdc_deleted_at. Unset: no record of the stream deletes."
+            ),
+        ),
+        th.Property(
+            "identify_property",
+            th.StringType,
+            title="Identify property",
+            description=(
+                "For aliases: the property holding the external_id the alias is identified "
+                "into (/users/identify). A record without a value there creates the alias "
+                "(an alias-only user, /users/alias/new); identifier_property holds the alias "
+                "name and alias_label its label."
+            ),
+        ),
+        th.Property(
+            "merge_behavior",
+            th.StringType,
+            default=default("merge"),
+            allowed_values=["merge", "none"],
+            title="Merge behavior",
+            description=(
+                "For aliases identified into an external_id that already has a profile: "
+                "merge: the attributes, events and purchases only the alias user has move to "
+                "the identified user; none: only the alias moves (Braze's merge_behavior)."
+            ),
+        ),
+        th.Property(
+            "subscription_group_id",
+            th.StringType,
+            title="Subscription group id",
+            description="For subscriptions: one subscription group id for every record.",
+        ),
+        th.Property(
+            "subscription_group_id_property",
+            th.StringType,
+            title="Subscription group id property",
+            description="For subscriptions: the property holding the subscription group id.",
+        ),
+        th.Property(
+            "subscription_state_property",
+            th.StringType,
+            title="Subscription state property",
+            description=(
+                "For subscriptions: the property holding the state, subscribed or "
+                "unsubscribed (any case); another value rejects the record before sending."
+            ),
+        ),
     ]
 
 
@@ -293,6 +352,69 @@ CONFIG_SCHEMA = th.PropertiesList(
             "window + this margin after its send (and never before its answer): it covers "
             "variation in the one-way network delay to Braze, so no window of Braze's sees "
             "more than the limit."
+        ),
+    ),
+    th.Property(
+        "user_data_requests_per_window",
+        th.IntegerType,
+        default=20_000,
+        title="User-data requests per window",
+        description=(
+            "Client-side rate limit shared by /users/delete, /users/alias/new and "
+            "/users/identify: at most this many requests per "
+            "user_data_rate_window_seconds (Braze: 20,000 per minute, shared). 0 turns it off."
+        ),
+    ),
+    th.Property(
+        "subscription_requests_per_window",
+        th.IntegerType,
+        default=5_000,
+        title="Subscription requests per window",
+        description=(
+            "Client-side rate limit of /v2/subscription/status/set: at most this many "
+            "requests per user_data_rate_window_seconds (Braze: 5,000 per minute). 0 turns "
+            "it off."
+        ),
+    ),
+    th.Property(
+        "user_data_rate_window_seconds",
+        th.IntegerType,
+        default=60,
+        title="User-data rate window (seconds)",
+        description=(
+            "The window of user_data_requests_per_window and subscription_requests_per_window."
+        ),
+    ),
+    th.Property(
+        "alias_wait_seconds",
+        NUMBER,
+        default=300,
+        title="Alias wait (seconds)",
+        description=(
+            "Braze asks for a pause (up to 5 minutes) between creating or identifying an "
+            "alias and using it: a /users/track request of the same run for a user an "
+            "alias or identify of this run names waits this long after Braze confirmed it."
+        ),
+    ),
+    th.Property(
+        "max_deletes_per_run",
+        th.IntegerType,
+        default=0,
+        title="Max deletes per run",
+        description=(
+            "Above this many deletes the run stops before deleting anything, saying how "
+            "many would go (STATE stays before them, so a rerun after a check deletes "
+            "them). 0: no limit."
+        ),
+    ),
+    th.Property(
+        "max_delete_ratio",
+        NUMBER,
+        default=1.0,
+        title="Max delete ratio",
+        description=(
+            "Above this share of the run's records being deletes (0.1 = 10%) the run stops "
+            "before deleting anything, saying how many would go. 1: no limit."
         ),
     ),
     th.Property(

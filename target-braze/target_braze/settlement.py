@@ -115,10 +115,23 @@ class Settlement:
         self._stats.add(objects_accepted=len(objects), records_accepted=records, data_points=points)
         if self._ledger is None:
             self._settle(objects)
-        else:
-            # The ledger's writer settles them once its transaction committed: STATE never
-            # moves past an object the ledger would not know after a crash.
-            self._ledger.confirmed(objects, self._checkpoint.settle)
+            return
+        deleted = [obj.user_key for obj in objects if obj.array == "deletes"]
+        if deleted:
+            # Braze deleted these users: the ledger forgets their attributes (a user
+            # created again gets every attribute), then they settle.
+            ledger, settle = self._ledger, self._checkpoint.settle
+
+            def forget_then_settle(seqs: list[int]) -> None:
+                ledger.forget_deleted_users(deleted)
+                if ledger.failure is None:  # else STATE stays: the run fails
+                    settle(seqs)
+
+            self._ledger.confirmed(objects, forget_then_settle)
+            return
+        # The ledger's writer settles them once its transaction committed: STATE never
+        # moves past an object the ledger would not know after a crash.
+        self._ledger.confirmed(objects, self._checkpoint.settle)
 
     def skip(self, objects: Sequence[BrazeObject], outcome: str) -> None:
         """The ledger shows Braze already holds these (`unchanged` or `duplicates`)."""

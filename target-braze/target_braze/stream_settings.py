@@ -27,6 +27,10 @@ PROPERTY_SETTINGS = (
     "price_property",
     "quantity_property",
     "properties_property",
+    "deleted_property",
+    "identify_property",
+    "subscription_group_id_property",
+    "subscription_state_property",
 )
 # How alike an unmatched `stream_mappings` key and a stream name must be to count as a typo.
 _TYPO_SIMILARITY = 0.8
@@ -102,6 +106,12 @@ class StreamSettings:
     key_properties: tuple[str, ...]
     property_types: Mapping[str, str]
     properties_property: str | None
+    deleted_property: str | None = None
+    identify_property: str | None = None
+    merge_behavior: str = "merge"
+    subscription_group_id: str | None = None
+    subscription_group_id_property: str | None = None
+    subscription_state_property: str | None = None
 
     @classmethod
     def from_config(
@@ -137,6 +147,11 @@ class StreamSettings:
             )
         structural = _check_object_settings(object_type, where, get)
         property_types = _check_property_types(get("property_types"), stream, where, schema)
+        if get("deleted_property") and object_type != "attributes":
+            raise ConfigError(
+                f"deleted_property is for attributes streams (in {where}); stream "
+                f"'{stream}' sends {object_type}"
+            )
         if get("properties_property") and object_type == "attributes":
             raise ConfigError(
                 f"properties_property is for events and purchases (in {where}); stream "
@@ -180,6 +195,12 @@ class StreamSettings:
             key_properties=tuple(key_properties),
             property_types=property_types,
             properties_property=settings["properties_property"],
+            deleted_property=settings["deleted_property"],
+            identify_property=settings["identify_property"],
+            merge_behavior=get("merge_behavior") or "merge",
+            subscription_group_id=get("subscription_group_id"),
+            subscription_group_id_property=settings["subscription_group_id_property"],
+            subscription_state_property=settings["subscription_state_property"],
         )
 
 
@@ -231,4 +252,26 @@ def _check_object_settings(object_type: str, where: str, get: Any) -> list[str]:
             "quantity_property",
         )
         return [p for p in (get(name) for name in consumed) if p]
+    if object_type == "aliases":
+        if not get("alias_label"):
+            raise ConfigError(
+                f"object_type aliases needs alias_label (in {where}): the label of every "
+                "alias of the stream (identifier_property holds the alias name)"
+            )
+        return [p for p in (get("identify_property"),) if p]
+    if object_type == "subscriptions":
+        if not (get("subscription_group_id") or get("subscription_group_id_property")):
+            raise ConfigError(
+                "object_type subscriptions needs subscription_group_id or "
+                f"subscription_group_id_property (in {where})"
+            )
+        if not get("subscription_state_property"):
+            raise ConfigError(
+                f"object_type subscriptions needs subscription_state_property (in {where})"
+            )
+        return [
+            p
+            for p in (get("subscription_group_id_property"), get("subscription_state_property"))
+            if p
+        ]
     return []

@@ -128,7 +128,7 @@ def test_state_confirmed_before_a_failure_is_kept_and_nothing_after_it(braze, tm
     ("key", "expected"),
     [
         ("wrong-key-5555", "401: the api_key is missing or unknown"),
-        ("no-permission-key", "403: the api_key lacks the users.track permission"),
+        ("no-permission-key", "403 to /users/track: the api_key lacks the users.track permission"),
     ],
 )
 def test_auth_failures_stop_at_once_naming_the_cause_not_the_key(braze, tmp_path, key, expected):

@@ -1,0 +1,200 @@
+"""Deletes, aliases and identify, subscription states: `meltano run` of a tap that is not ours.
+
+The same fresh project as test_e2e_fresh_project.py (target-braze added from its
+definition, tap-spreadsheets from the package index reading CSV files), against the Braze
+sandbox, checked through `/users/export/ids`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from braze_sandbox.testing import SandboxProcess
+from pipeline_harness import MELTANO
+from test_e2e_fresh_project import BRAZE_KEY, THIRD_PARTY_TAP, FreshProject, fresh_project
+
+pytestmark = pytest.mark.e2e
+__all__ = ["fresh_project"]  # the module-scoped fixture, shared by this module's tests
+
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> dict[str, Any]:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return {
+        "path": str(path),
+        "format": "csv",
+        "table_name": path.stem,
+        "primary_keys": [header[0]],
+    }
+
+
+def _configure(
+    project: FreshProject, sandbox: SandboxProcess, tmp_path: Path, **settings: Any
+) -> None:
+    values = {
+        "rest_endpoint": sandbox.url,
+        "identifier_property": "user_id",
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        "rejected_records_path": str(tmp_path / "rejects.jsonl"),
+        "run_report_path": str(tmp_path / "report.json"),
+        "max_deletes_per_run": 0,
+        **settings,
+    }
+    for name, value in values.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        project.meltano("config", "set", "target-braze", name, text)
+
+
+def _run(project: FreshProject, files: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    project.meltano("config", "set", THIRD_PARTY_TAP, "files", json.dumps(files))
+    return subprocess.run(
+        [MELTANO, "run", "--force", THIRD_PARTY_TAP, "target-braze"],
+        cwd=project.root,
+        env=project.env | {"BRAZE_API_KEY": BRAZE_KEY},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _existing(sandbox: SandboxProcess, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 50):
+        answer = sandbox.export(external_ids=ids[start : start + 50])
+        found |= {user["external_id"] for user in answer["users"]}
+    return found
+
+
+def _users(sandbox: SandboxProcess, count: int) -> list[str]:
+    ids = [f"user-{n:03d}" for n in range(count)]
+    for start in range(0, count, 75):
+        chunk = ids[start : start + 75]
+        sandbox.track({"attributes": [{"external_id": u, "plan": "pro"} for u in chunk]})
+    return ids
+
+
+DELETES = {"churned": {"object_type": "deletes"}}
+
+
+def _churned(tmp_path: Path, ids: list[str]) -> list[dict[str, Any]]:
+    # Two columns: the tap guesses a one-column file's delimiter from its values.
+    rows = [[u, "2026-12-01"] for u in ids]
+    return [_csv(tmp_path / "churned.csv", ["user_id", "churned_on"], rows)]
+
+
+def test_120_deletes_with_one_refused_leave_119_gone_and_one_in_the_rejects_file(
+    fresh_project, tmp_path
+):
+    with SandboxProcess(api_key=BRAZE_KEY) as sandbox:
+        ids = _users(sandbox, 120)
+        sandbox.configure(errors={"user-057": "BLACKLISTED_EXTERNAL_USER_ID"})
+        _configure(
+            fresh_project, sandbox, tmp_path, stream_mappings=DELETES, max_rejected_ratio=0.05
+        )
+        files = _churned(tmp_path, ids)
+        result = _run(fresh_project, files)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert _existing(sandbox, ids) == {"user-057"}
+        stats = sandbox.stats()["user_data"]["/users/delete"]
+    assert stats["requests"] == 3
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["identifier"], r["error_type"]) for r in rejects] == [
+        ("user-057", "BLACKLISTED_EXTERNAL_USER_ID")
+    ]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["endpoints"]["/users/delete"]["objects_sent"] == 120
+    assert report["records_accepted"] == 119
+
+
+def test_a_delete_guard_stops_the_run_and_nothing_is_deleted(fresh_project, tmp_path):
+    with SandboxProcess(api_key=BRAZE_KEY) as sandbox:
+        ids = _users(sandbox, 120)
+        _configure(
+            fresh_project, sandbox, tmp_path, stream_mappings=DELETES, max_deletes_per_run=100
+        )
+        files = _churned(tmp_path, ids)
+        result = _run(fresh_project, files)
+        assert result.returncode != 0
+        assert "120 users would be deleted" in result.stderr
+        assert "max_deletes_per_run 100" in result.stderr
+        assert _existing(sandbox, ids) == set(ids)
+        assert "/users/delete" not in sandbox.stats()["user_data"]
+
+
+def test_aliases_created_then_identified_into_external_ids_with_their_attributes_merged(
+    fresh_project, tmp_path
+):
+    mappings = {
+        "aliases": {
+            "object_type": "aliases",
+            "alias_label": "crm",
+            "identify_property": "external_id",
+        },
+        "alias_profiles": {"identifier_type": "user_alias", "alias_label": "crm"},
+    }
+    names = [f"crm-{n}" for n in range(60)]
+    with SandboxProcess(api_key=BRAZE_KEY) as sandbox:
+        sandbox.track({"attributes": [{"external_id": "known-0", "plan": "team"}]})
+        _configure(fresh_project, sandbox, tmp_path, stream_mappings=mappings, alias_wait_seconds=1)
+        create = [
+            _csv(tmp_path / "aliases.csv", ["user_id", "external_id"], [[n, ""] for n in names]),
+            _csv(
+                tmp_path / "alias_profiles.csv", ["user_id", "segment"], [[n, "vip"] for n in names]
+            ),
+        ]
+        result = _run(fresh_project, create)
+        assert result.returncode == 0, result.stderr[-4000:]
+        alias = {"alias_name": "crm-0", "alias_label": "crm"}
+        (user,) = sandbox.export(user_aliases=[alias])["users"]
+        assert user["custom_attributes"] == {"segment": "vip"}
+        identify_dir = tmp_path / "identify"
+        identify_dir.mkdir()
+        rows = [[n, f"known-{i}"] for i, n in enumerate(names)]
+        result = _run(
+            fresh_project, [_csv(identify_dir / "aliases.csv", ["user_id", "external_id"], rows)]
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        merged = sandbox.profile("known-0")
+        fresh = sandbox.profile("known-59")
+        stats = sandbox.stats()["user_data"]
+    assert merged["custom_attributes"] == {"plan": "team", "segment": "vip"}
+    assert merged["user_aliases"] == [alias]
+    assert fresh["custom_attributes"] == {"segment": "vip"}
+    assert stats["/users/alias/new"]["requests"] == 2
+    assert stats["/users/identify"]["requests"] == 2
+
+
+def test_subscription_states_of_200_users(fresh_project, tmp_path):
+    mappings = {
+        "newsletter": {
+            "object_type": "subscriptions",
+            "subscription_group_id": "group-news",
+            "subscription_state_property": "state",
+        }
+    }
+    with SandboxProcess(api_key=BRAZE_KEY) as sandbox:
+        ids = _users(sandbox, 200)
+        _configure(fresh_project, sandbox, tmp_path, stream_mappings=mappings)
+        rows = [[u, "subscribed" if n % 4 else "Unsubscribed"] for n, u in enumerate(ids)]
+        result = _run(
+            fresh_project, [_csv(tmp_path / "newsletter.csv", ["user_id", "state"], rows)]
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        states = {}
+        for start in range(0, 200, 50):
+            for user in sandbox.export(external_ids=ids[start : start + 50])["users"]:
+                states[user["external_id"]] = user["subscription_groups"]
+    assert len(states) == 200
+    assert states["user-000"] == [{"id": "group-news", "status": "unsubscribed"}]
+    assert states["user-001"] == [{"id": "group-news", "status": "subscribed"}]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["records_accepted"] == 200
+    assert report["data_points"] == 0
