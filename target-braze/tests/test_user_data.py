@@ -340,8 +340,10 @@ def test_kill_9_while_deleting_then_a_rerun_loses_nothing_and_duplicates_no_even
         "visits": {"object_type": "events", "event_name": "visit", "time_property": "at"},
     }
     config = target_config(braze, tmp_path, stream_mappings=mappings)
-    braze.configure(latency_ms=[300, 300])
-    process = start_target(config, tmp_path)
+    # One user-data request per hour: after the first of the three deletes the run cannot
+    # end, however slow the machine, so the kill lands between two deletes.
+    held = {**config, "user_data_requests_per_window": 1, "user_data_rate_window_seconds": 3600}
+    process = start_target(held, tmp_path)
     send(process, messages)
     assert process.stdin is not None
     process.stdin.close()
@@ -353,7 +355,6 @@ def test_kill_9_while_deleting_then_a_rerun_loses_nothing_and_duplicates_no_even
     assert process.stdout is not None
     states = [json.loads(line) for line in process.stdout.read().splitlines() if line.strip()]
     assert {"bookmarks": {"s": {"n": 2}}} not in states  # STATE never passed a delete
-    braze.configure(latency_ms=[0, 0])
     rerun = run_target(config, messages, tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.states[-1] == {"bookmarks": {"s": {"n": 2}}}
