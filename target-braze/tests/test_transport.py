@@ -357,7 +357,6 @@ class _ClosingHandler(_BrazeHandler):
         self.close_connection = True
 
 
-
 def test_a_request_goes_out_in_one_write(serve, environment, monkeypatch):
     """The head and the body are one `send` (one system call): http.client writes the
     head with a single `send` ending in an empty line, which `_Connection` relies on."""
