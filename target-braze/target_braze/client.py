@@ -113,6 +113,10 @@ class Sends(Protocol):
         """Release connections or files."""
         ...
 
+    def awaiting_braze(self) -> int | None:
+        """Requests sent whose answer has not arrived yet, if known (in-flight sizing)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -321,6 +325,10 @@ class BrazeClient:
             self._limiter.in_use,
         )
 
+    def awaiting_braze(self) -> int | None:
+        """Requests sent whose answer has not arrived yet (None through a proxy: unknown)."""
+        return self._transport.awaiting_braze()
+
     def close(self) -> None:
         """Close the keep-alive connections."""
         self._transport.close()
@@ -348,6 +356,10 @@ class DryRunClient:
         self._output.write_line(body)
         self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
         return Outcome(201)
+
+    def awaiting_braze(self) -> int | None:
+        """Nothing is ever awaited."""
+        return 0
 
     def close(self) -> None:
         """Close the output."""

@@ -149,6 +149,33 @@ class _DirectConnections:
         self._read_timeout = read_timeout
         self._max_idle = max_idle
         self._idle: deque[_Connection] = deque()
+        self._awaiting: set[_Connection] = set()  # a request out, its answer not read
+
+    def sending(self, connection: _Connection) -> None:
+        """`connection` carries a request (from just before it is written) until `answered`."""
+        self._awaiting.add(connection)
+
+    def answered(self, connection: _Connection) -> None:
+        """`connection`'s answer was read (or will never be)."""
+        self._awaiting.discard(connection)
+
+    def awaiting_braze(self) -> int:
+        """Requests written whose answer has not started to arrive (a snapshot).
+
+        One poll over their sockets: a readable one has its answer (or a close) waiting
+        for our own thread to read it, so that request waits for this process, not Braze.
+        """
+        poller = select.poll()
+        count = 0
+        for connection in list(self._awaiting):
+            sock = connection.sock
+            try:
+                if sock is not None and sock.fileno() >= 0:
+                    poller.register(sock, select.POLLIN)
+                    count += 1
+            except (OSError, ValueError):  # closed meanwhile by its thread
+                continue
+        return count - len(poller.poll(0)) if count else 0
 
     def take(self) -> _Connection:
         """An open connection (reused, or new).
@@ -341,6 +368,10 @@ class Transport:
             _TimedHTTPSConnection if parts.scheme == "https" else _TimedHTTPConnection
         )
 
+    def awaiting_braze(self) -> int | None:
+        """Requests out whose answer has not arrived yet; None through a proxy (unknown)."""
+        return None if self._direct is None else self._direct.awaiting_braze()
+
     @staticmethod
     def written_at() -> float | None:
         """When the calling thread's last `post` had written its request (monotonic), if it did."""
@@ -360,6 +391,7 @@ class Transport:
         if direct is None:
             return self._post_through_proxy(body)
         connection = direct.take()
+        direct.sending(connection)
         try:
             connection.post(self._target, self._header_items, body)
             _written.at = time.monotonic()
@@ -371,6 +403,8 @@ class Transport:
         except BaseException:
             connection.close()
             raise
+        finally:
+            direct.answered(connection)
         direct.give_back(connection)
         return Answer(response.status, response.reason or "", response.headers, data)
 

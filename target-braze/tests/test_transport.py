@@ -412,3 +412,36 @@ def test_plain_http_through_a_proxy_is_forwarded_to_it(serve, environment):
     outcome_status = client(braze.url, timeout=5.0)._transport.post(b"{}").status
     assert outcome_status == 405
     assert braze.requests == []
+
+
+class GatedStandIn(BrazeStandIn):
+    """Answers like `BrazeStandIn` once `gate` is set (a distant Braze, held at will)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.RequestHandlerClass = _GatedHandler
+        self.gate = threading.Event()
+        self.arrived = threading.Event()
+
+
+class _GatedHandler(_BrazeHandler):
+    server: GatedStandIn
+
+    def do_POST(self) -> None:
+        self.server.arrived.set()
+        self.server.gate.wait(30)
+        super().do_POST()
+
+
+def test_requests_whose_answer_has_not_arrived_are_counted_as_awaiting_braze(serve, environment):
+    braze = serve(GatedStandIn())
+    sender = client(braze.url)
+    assert sender.awaiting_braze() == 0
+    answered = threading.Thread(target=sender.send, args=(b"{}", 1))
+    answered.start()
+    assert braze.arrived.wait(10)
+    assert sender.awaiting_braze() == 1  # written, no answer yet: Braze's to give
+    braze.gate.set()
+    answered.join(10)
+    assert sender.awaiting_braze() == 0
+    assert len(braze.requests) == 1
