@@ -1,31 +1,46 @@
-"""`Transport`: the HTTP connections to Braze, over urllib3, and what a failure meant.
+"""`Transport`: the HTTP connections to Braze (http.client, urllib3), what a failure meant.
 
-Why urllib3: it is already installed (it is requests' engine), it is well kept, and it
-does what a client must and a hand-written one got wrong: it waits with `poll()` (not
-`select()`, which fails on file descriptors of 1024 and above, easily reached with
-hundreds of requests in flight), it checks an idle keep-alive connection for a server
-close before reusing it, and it tunnels TLS through http:// and https:// proxies alike
-(TLS in TLS). Calling the connection pool directly (not `PoolManager.urlopen`, not
-requests) skips the per-request URL parsing and pool lookup.
+Two paths, both well-kept libraries, no hand-written HTTP:
 
-Its price, measured (sequential POSTs of a 75-object body to a loopback stand-in, CPU
-per request, on a busy 2-core machine): the former hand-written client 56-72 µs,
-`http.client` 187-215 µs, a urllib3 connection 275-300 µs, urllib3's pool 335-400 µs.
-About +0.4 CPU-s per 100k records (1,334 requests), which a whole run measured as +25 to
-+32% (BENCHMARKS.md, "The send path on urllib3"). That buys the above, and 729 fewer
-lines of HTTP, TLS and proxy code to keep correct. An async client (aiohttp) would need
-its own event loop thread beside the sender threads, and https:// proxies there are not
-as settled; urllib3 is what requests already brings.
+- Straight to Braze (no proxy, the usual case): `http.client`'s connections, kept alive
+  in a small pool of our own (`_DirectConnections`). http.client formats each request
+  and parses each answer; the pool takes the most recent idle connection, checks it with
+  `poll()` for a server close before reusing it (never `select()`, which fails on file
+  descriptors of 1024 and above), and keeps it after a complete answer unless the
+  server said it closes. The head and body of a request go out in one write
+  (`_Connection.send`) and the read timeout is set once per connection, not per request:
+  each system call in a sender thread is a point where the main thread takes the GIL.
+- Through a proxy (HTTPS_PROXY, HTTP_PROXY; NO_PROXY honoured): urllib3's connection pool,
+  which tunnels TLS through http:// and https:// proxies alike (TLS in TLS). urllib3 is
+  requests' engine, so already installed.
 
-Certificates are always verified: certifi's bundle, or the one REQUESTS_CA_BUNDLE or
-CURL_CA_BUNDLE names; host names are checked. Proxies come from the environment
-(HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as requests reads them.
+Why not urllib3's pool for every request: its price in CPU. Measured sequentially (POSTs
+of a 75-object body to a loopback stand-in, CPU per request, medians of 7 interleaved
+rounds of 1,000 on a 2-core machine busy with other work, load average 10 to 16): the
+former hand-written client (bd2b5ec) 51 µs, this direct path 173 µs, urllib3's pool 372
+µs. Of this path's, about 100 µs is http.client's answer (its `email`-based header
+parser alone ~36 µs) and ~45 µs writing the request (system call included). Per 100k
+records (1,334 requests) that is +0.16 CPU-s over the hand-written client, where
+urllib3's pool cost +0.43 (BENCHMARKS.md, "The send path on urllib3"). An async client
+(aiohttp) would need its own event loop thread beside the sender threads, and https://
+proxies there are not as settled.
+
+Certificates are always verified (`ssl.create_default_context`: CERT_REQUIRED, host names
+checked; urllib3 with CERT_REQUIRED through a proxy): certifi's bundle, or the one
+REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE names. Proxies come from the environment, as
+requests reads them.
 
 A failure says whether anything of the request can have reached Braze: `ConnectFailed`
-(no connection was made: refused, unknown host, connect timeout, TLS handshake, the
-proxy) is certainly not applied; `AnswerLost` (the connection broke or timed out after
-the request went out, or while it went out: urllib3 cannot tell those apart) may have
-been applied.
+(no connection was made: refused, unknown host, connect timeout, a TLS handshake that
+failed, the proxy) is certainly not applied; `AnswerLost` (the connection broke or timed
+out after the request went out, or while it went out) may have been applied. On the
+direct path the connection is made before anything is written, so a broken handshake is
+known to be a `ConnectFailed`; through a proxy urllib3 does not say, so it is an
+`AnswerLost` with `tls` set.
+
+`awaiting_braze` counts, on the direct path, the requests written whose answer has not
+begun to arrive (one `poll()` over their sockets): the in-flight sizing uses it to tell a
+wait for Braze from a wait for our own threads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The urllib3 transport against real local servers: TLS verified, both proxy kinds, reuse."""
+"""The transport against real local servers: TLS verified, both proxy kinds, reuse, one write."""
 
 from __future__ import annotations
 
