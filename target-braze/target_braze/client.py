@@ -113,10 +113,6 @@ class Sends(Protocol):
         """Release connections or files."""
         ...
 
-    def awaiting_braze(self) -> int | None:
-        """Requests sent whose answer has not arrived yet, if known (in-flight sizing)."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -326,7 +322,10 @@ class BrazeClient:
         )
 
     def awaiting_braze(self) -> int | None:
-        """Requests sent whose answer has not arrived yet (None through a proxy: unknown)."""
+        """Requests sent whose answer has not arrived yet (None through a proxy: unknown).
+
+        Optional for a `Sends` (the sender's in-flight sizing uses it where it exists).
+        """
         return self._transport.awaiting_braze()
 
     def close(self) -> None:
@@ -356,10 +355,6 @@ class DryRunClient:
         self._output.write_line(body)
         self._stats.add(requests=1, objects_sent=objects, bytes_sent=len(body))
         return Outcome(201)
-
-    def awaiting_braze(self) -> int | None:
-        """Nothing is ever awaited."""
-        return 0
 
     def close(self) -> None:
         """Close the output."""

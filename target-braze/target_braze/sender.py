@@ -65,7 +65,8 @@ class UsersTrackSender:
             max_concurrent,
             self._start_thread,
             in_flight_needed or _no_latency,
-            client.awaiting_braze,
+            # Optional: a client that cannot tell (a dry run) sizes by CPU and latency alone.
+            getattr(client, "awaiting_braze", None),
         )
         stats.watch_in_flight(self._slots)
         self._lock = threading.Lock()
