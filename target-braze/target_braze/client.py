@@ -340,6 +340,13 @@ class BrazeClient:
             self._limiter.in_use,
         )
 
+    def awaiting_braze(self) -> int | None:
+        """Requests sent whose answer has not arrived yet (None through a proxy: unknown).
+
+        Optional for a `Sends` (the sender's in-flight sizing uses it where it exists).
+        """
+        return self._transport.awaiting_braze()
+
     def close(self) -> None:
         """Close the keep-alive connections."""
         self._transport.close()

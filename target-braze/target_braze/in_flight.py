@@ -4,7 +4,9 @@ Keeping a rate R going against a Braze that answers after L seconds needs about 
 requests in flight: 1,000 requests/s at 300 ms is 300. R is what the rate limiter allows
 (Braze's 1,000/s when the client-side limit is off) and L the latency it measures from a
 send to its answer; before any answer, how long every request in flight has been out is
-a lower bound. The count grows when the main thread, which builds the requests, finds
+a lower bound (only before: afterwards the measured latency rules, and a wait that a busy
+machine stretched, one of 0.3 s seen here, no longer opens dozens of slots at once). The
+count grows when the main thread, which builds the requests, finds
 every slot busy, the process idle meanwhile (the requests in flight wait for Braze, not
 for our own threads), and rate x latency says more would be sent; never while senders
 wait in the rate limiter (then the limit, not the latency, holds the run); never above
@@ -15,6 +17,20 @@ runnable sender thread costs the main thread GIL hand-overs, so the first `MINIM
 open as requests need them (into a stand-in answering at once, four kept the main thread
 from waiting for answers, for the least CPU), and more only when rate x latency asks.
 The main thread pays one uncontended lock per request here.
+
+The rate in rate x latency is the lower of the limiter's and the rate at which the main
+thread builds requests (the time from one slot taken to the next, its waits for a slot
+left out): a run that cannot build 1,000 requests a second gains nothing from the
+requests in flight that rate would need, and pays for their threads.
+
+Whether a wait was Braze's: the process used little CPU meanwhile, and (where the client
+can tell, `awaiting_braze`) at least half of the requests in flight were still waiting
+for their answer to arrive. On a machine busy with other work the first test alone is
+fooled: the process gets little CPU, so it looks idle while its answers have arrived and
+wait for its own threads; the latency it measures (send to answer read) then includes
+those waits, and rate x latency asked for more. Into a stand-in answering at once on a
+loaded 2-core machine that opened 8 to 15 slots where 4 or 5 kept up, and capping them
+at 5 took 14% less CPU (BENCHMARKS.md, "The send path on urllib3").
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ MINIMUM_SLOTS = 4
 BUSY_SHARE = 0.5
 #: Requests between two looks at whether to shrink.
 SHRINK_PERIOD = 256
+_BUILD_WEIGHT = 0.1  # of the newest request in the moving average of building times
 _FIRST_WAIT_SECONDS = 0.002
 _LONGEST_WAIT_SECONDS = 0.05
 _WHILE_WAITING_EVERY = 0.5
@@ -43,12 +60,15 @@ class InFlight:
         self,
         ceiling: int,
         open_thread: Callable[[], None],
-        needed: Callable[[float], float],
+        needed: Callable[[float, float], float],
+        awaiting_braze: Callable[[], int | None] | None = None,
     ) -> None:
         """Up to `ceiling` slots.
 
-        `open_thread` starts one more sender thread; `needed(latency_at_least)` says how
-        many requests in flight the rate and latency call for.
+        `open_thread` starts one more sender thread; `needed(latency_at_least,
+        rate_at_most)` says how many requests in flight the rate (at most the rate requests
+        are built at) and latency call for; `awaiting_braze()` how many
+        requests in flight still wait for their answer to arrive (None: unknown).
         """
         self.ceiling = max(1, ceiling)
         self.allowed = min(MINIMUM_SLOTS, self.ceiling)
@@ -57,11 +77,15 @@ class InFlight:
         self.threads = 0
         self._count = 0
         self._needed = needed
+        self._awaiting_braze = awaiting_braze
         self._open_thread = open_thread
         self._cond = threading.Condition(threading.Lock())
         self._main_waits = False
         self._period = 0
         self._period_peak = 0
+        self._answered = False  # a request in flight ended: the limiter measures latency
+        self._slot_taken_at = 0.0  # when the main thread last got a slot
+        self._build_seconds = 0.0  # moving average of its time from one slot to the next
 
     @property
     def current(self) -> int:
@@ -70,12 +94,19 @@ class InFlight:
 
     def take(self, while_waiting: Callable[[], None]) -> None:
         """Block until a slot is free and take it; `while_waiting` runs every 0.5 s of waiting."""
+        now = time.monotonic()
+        if self._slot_taken_at:
+            built = now - self._slot_taken_at
+            average = self._build_seconds
+            self._build_seconds = average + _BUILD_WEIGHT * (built - average) if average else built
         with self._cond:
             taken = self._count < self.allowed
             if taken:
                 self._taken()
         if not taken:
             self._wait(while_waiting)
+            now = time.monotonic()
+        self._slot_taken_at = now
         if self._count > self.threads:
             self.threads += 1
             self._open_thread()
@@ -128,8 +159,16 @@ class InFlight:
         elapsed = time.monotonic() - started
         if time.process_time() - cpu_started > BUSY_SHARE * elapsed:
             return False
+        if self._count < self.allowed:  # a slot came free meanwhile
+            return False
+        if self._awaiting_braze is not None:
+            awaiting = self._awaiting_braze()
+            if awaiting is not None and awaiting * 2 < self._count:
+                return False  # most answers are here, waiting for our own threads
         # Outside our lock: `needed` takes the rate limiter's.
-        needed = math.ceil(self._needed(elapsed))
+        built_per_second = 1.0 / self._build_seconds if self._build_seconds else math.inf
+        age = 0.0 if self._answered else elapsed
+        needed = math.ceil(self._needed(age, built_per_second))
         with self._cond:
             if needed > self.allowed:
                 self.allowed = min(self.ceiling, needed)
@@ -139,5 +178,6 @@ class InFlight:
         """A request ended (sender thread): its slot is free again."""
         with self._cond:
             self._count -= 1
+            self._answered = True
             if self._main_waits:
                 self._cond.notify()

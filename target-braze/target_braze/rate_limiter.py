@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -201,19 +202,23 @@ class RateLimiter:
             return
         self.pause_for(reset_in)
 
-    def in_flight_needed(self, latency_at_least: float = 0.0) -> float:
+    def in_flight_needed(
+        self, latency_at_least: float = 0.0, rate_at_most: float = math.inf
+    ) -> float:
         """Requests in flight that keep the allowed rate going (Little's law), with headroom.
 
         0 while senders wait here: then the limit, not Braze's latency, holds requests
         back, and more in flight would only wait longer. `latency_at_least` is what the
         caller knows before any answer arrived (how long every request in flight has been
-        out).
+        out); `rate_at_most` the rate at which the run can build requests, when it is below
+        the limit's (more in flight than that rate needs would only add sender threads).
         """
         with self._cond:
             if self._waiting:
                 return 0.0
             latency = max(self._latency, latency_at_least)
         rate = self.limit / (self.window + self.margin) if self.limit else BRAZE_REQUESTS_PER_SECOND
+        rate = min(rate, rate_at_most)
         needed = rate * latency * IN_FLIGHT_HEADROOM
         return min(needed, float(self.limit)) if self.limit else needed
 

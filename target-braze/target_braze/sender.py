@@ -49,7 +49,7 @@ class UsersTrackSender:
         stats: RunStats,
         max_concurrent: int,
         stop: threading.Event,
-        in_flight_needed: Callable[[float], float] | None = None,
+        in_flight_needed: Callable[[float, float], float] | None = None,
     ) -> None:
         """Start the sender threads; `stop` is set when a request fails the run.
 
@@ -61,7 +61,13 @@ class UsersTrackSender:
         self._stats = stats
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._slots = InFlight(max_concurrent, self._start_thread, in_flight_needed or _no_latency)
+        self._slots = InFlight(
+            max_concurrent,
+            self._start_thread,
+            in_flight_needed or _no_latency,
+            # Optional: a client that cannot tell (a dry run) sizes by CPU and latency alone.
+            getattr(client, "awaiting_braze", None),
+        )
         stats.watch_in_flight(self._slots)
         self._lock = threading.Lock()
         self._users_in_flight: dict[tuple[str, str], Future[None]] = {}
@@ -303,6 +309,6 @@ class UsersTrackSender:
         )
 
 
-def _no_latency(_latency_at_least: float) -> float:
+def _no_latency(_latency_at_least: float, _rate_at_most: float) -> float:
     """A dry run's answers come at once: nothing beyond the first slots is needed."""
     return 0.0

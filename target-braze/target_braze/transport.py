@@ -1,45 +1,65 @@
-"""`Transport`: the HTTP connections to Braze, over urllib3, and what a failure meant.
+"""`Transport`: the HTTP connections to Braze (http.client, urllib3), what a failure meant.
 
-Why urllib3: it is already installed (it is requests' engine), it is well kept, and it
-does what a client must and a hand-written one got wrong: it waits with `poll()` (not
-`select()`, which fails on file descriptors of 1024 and above, easily reached with
-hundreds of requests in flight), it checks an idle keep-alive connection for a server
-close before reusing it, and it tunnels TLS through http:// and https:// proxies alike
-(TLS in TLS). Calling the connection pool directly (not `PoolManager.urlopen`, not
-requests) skips the per-request URL parsing and pool lookup.
+Two paths, both well-kept libraries, no hand-written HTTP:
 
-Its price, measured (sequential POSTs of a 75-object body to a loopback stand-in, CPU
-per request, on a busy 2-core machine): the former hand-written client 56-72 µs,
-`http.client` 187-215 µs, a urllib3 connection 275-300 µs, urllib3's pool 335-400 µs.
-About +0.4 CPU-s per 100k records (1,334 requests), which a whole run measured as +25 to
-+32% (BENCHMARKS.md, "The send path on urllib3"). That buys the above, and 729 fewer
-lines of HTTP, TLS and proxy code to keep correct. An async client (aiohttp) would need
-its own event loop thread beside the sender threads, and https:// proxies there are not
-as settled; urllib3 is what requests already brings.
+- Straight to Braze (no proxy, the usual case): `http.client`'s connections, kept alive
+  in a small pool of our own (`_DirectConnections`). http.client formats each request
+  and parses each answer; the pool takes the most recent idle connection, checks it with
+  `poll()` for a server close before reusing it (never `select()`, which fails on file
+  descriptors of 1024 and above), and keeps it after a complete answer unless the
+  server said it closes. The head and body of a request go out in one write
+  (`_Connection.send`) and the read timeout is set once per connection, not per request:
+  each system call in a sender thread is a point where the main thread takes the GIL.
+- Through a proxy (HTTPS_PROXY, HTTP_PROXY; NO_PROXY honoured): urllib3's connection pool,
+  which tunnels TLS through http:// and https:// proxies alike (TLS in TLS). urllib3 is
+  requests' engine, so already installed.
 
-Certificates are always verified: certifi's bundle, or the one REQUESTS_CA_BUNDLE or
-CURL_CA_BUNDLE names; host names are checked. Proxies come from the environment
-(HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as requests reads them.
+Why not urllib3's pool for every request: its price in CPU. Measured sequentially (POSTs
+of a 75-object body to a loopback stand-in, CPU per request, medians of 7 interleaved
+rounds of 1,000 on a 2-core machine busy with other work, load average 10 to 16): the
+former hand-written client (bd2b5ec) 51 µs, this direct path 173 µs, urllib3's pool 372
+µs. Of this path's, about 100 µs is http.client's answer (its `email`-based header
+parser alone ~36 µs) and ~45 µs writing the request (system call included). Per 100k
+records (1,334 requests) that is +0.16 CPU-s over the hand-written client, where
+urllib3's pool cost +0.43 (BENCHMARKS.md, "The send path on urllib3"). An async client
+(aiohttp) would need its own event loop thread beside the sender threads, and https://
+proxies there are not as settled.
+
+Certificates are always verified (`ssl.create_default_context`: CERT_REQUIRED, host names
+checked; urllib3 with CERT_REQUIRED through a proxy): certifi's bundle, or the one
+REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE names. Proxies come from the environment, as
+requests reads them.
 
 A failure says whether anything of the request can have reached Braze: `ConnectFailed`
-(no connection was made: refused, unknown host, connect timeout, TLS handshake, the
-proxy) is certainly not applied; `AnswerLost` (the connection broke or timed out after
-the request went out, or while it went out: urllib3 cannot tell those apart) may have
-been applied.
+(no connection was made: refused, unknown host, connect timeout, a TLS handshake that
+failed, the proxy) is certainly not applied; `AnswerLost` (the connection broke or timed
+out after the request went out, or while it went out) may have been applied. On the
+direct path the connection is made before anything is written, so a broken handshake is
+known to be a `ConnectFailed`; through a proxy urllib3 does not say, so it is an
+`AnswerLost` with `tls` set.
+
+`awaiting_braze` counts, on the direct path, the requests written whose answer has not
+begun to arrive (one `poll()` over their sockets): the in-flight sizing uses it to tell a
+wait for Braze from a wait for our own threads.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import select
+import socket
 import ssl
 import threading
 import time
+from collections import deque
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import certifi
 import requests
 import urllib3
+from typing_extensions import override
 from urllib3 import exceptions as errors
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool
@@ -71,6 +91,192 @@ class _TimedHTTPConnection(_Timed, HTTPConnection):
 
 class _TimedHTTPSConnection(_Timed, HTTPSConnection):
     pass
+
+
+class _Connection(http.client.HTTPConnection):
+    """One keep-alive connection of the direct path: http.client, the head and body in one write.
+
+    http.client writes a request's head (request line and headers) with one `send` and
+    its body with another: two system calls, each after a poll (the socket has a
+    timeout), each a point where the main thread takes the GIL from the sender thread
+    and the sender then waits to get it back. `send` (public, documented for use after
+    `endheaders`) is overridden to append the pending body to the head: http.client
+    formats the request and parses the answer; only the writes are joined.
+    `test_transport.py::test_a_request_goes_out_in_one_write` fails if http.client ever
+    writes the head otherwise (the body would then go out on its own, correct but slower).
+    """
+
+    _body: bytes | None = None
+
+    def post(self, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Write one POST; the connection must be open (`connect`)."""
+        self.putrequest("POST", target, skip_accept_encoding=True)
+        for name, value in headers:
+            self.putheader(name, value)
+        self.putheader("Content-Length", str(len(body)))
+        self._body = body or None
+        try:
+            self.endheaders()
+            if self._body is not None:  # the head did not end in one `send`: the body alone
+                self.send(self._body)
+        finally:
+            self._body = None
+
+    @override
+    def send(self, data: Any) -> None:
+        """http.client's `send`; the head (it ends with an empty line) takes the body along."""
+        body = self._body
+        if body is not None and isinstance(data, bytes) and data.endswith(b"\r\n\r\n"):
+            self._body = None
+            data += body
+        super().send(data)
+
+
+class _TLSConnection(_Connection, http.client.HTTPSConnection):
+    """`_Connection` over TLS (the context verifies the certificate and the host name)."""
+
+
+class _DirectConnections:
+    """Keep-alive connections straight to Braze (no proxy), most recently used first.
+
+    What urllib3's pool does for this case, with less Python per request: a connection
+    is taken (the most recent idle one, else a new one), checked for a server close
+    before reuse (a poll: an idle keep-alive connection the server closed reads as
+    ready), and given back after a complete answer unless the server said it closes.
+    Thread-safe: a deque's append and pop are atomic.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        context: ssl.SSLContext | None,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_idle: int,
+    ) -> None:
+        """Nothing is connected yet."""
+        self._host = host
+        self._port = port
+        self._context = context
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_idle = max_idle
+        self._idle: deque[_Connection] = deque()
+        self._awaiting: set[_Connection] = set()  # a request out, its answer not read
+
+    def sending(self, connection: _Connection) -> None:
+        """`connection` carries a request (from just before it is written) until `answered`."""
+        self._awaiting.add(connection)
+
+    def answered(self, connection: _Connection) -> None:
+        """`connection`'s answer was read (or will never be)."""
+        self._awaiting.discard(connection)
+
+    def awaiting_braze(self) -> int:
+        """Requests written whose answer has not started to arrive (a snapshot).
+
+        One poll over their sockets: a readable one has its answer (or a close) waiting
+        for our own thread to read it, so that request waits for this process, not Braze.
+        """
+        poller = select.poll()
+        count = 0
+        for connection in list(self._awaiting):
+            sock = connection.sock
+            try:
+                if sock is not None and sock.fileno() >= 0:
+                    poller.register(sock, select.POLLIN)
+                    count += 1
+            except (OSError, ValueError):  # closed meanwhile by its thread
+                continue
+        return count - len(poller.poll(0)) if count else 0
+
+    def take(self) -> _Connection:
+        """An open connection (reused, or new).
+
+        Raises:
+            ConnectFailed: no connection could be made.
+
+        """
+        idle = self._idle
+        while idle:
+            try:
+                connection = idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if connection.sock is not None and not _closed_by_server(connection.sock):
+                return connection
+            connection.close()
+        connection = (
+            _Connection(self._host, self._port, timeout=self._connect_timeout)
+            if self._context is None
+            else _TLSConnection(
+                self._host, self._port, timeout=self._connect_timeout, context=self._context
+            )
+        )
+        try:
+            connection.connect()
+        except BaseException as exc:
+            connection.close()
+            if isinstance(exc, Exception):
+                raise _connect_failed(exc) from None
+            raise
+        if connection.sock is not None:  # set by `connect`
+            connection.sock.settimeout(self._read_timeout)  # once: each is a system call
+        return connection
+
+    def give_back(self, connection: _Connection) -> None:
+        """Keep `connection` for reuse, unless it closed or enough are kept."""
+        if connection.sock is None or len(self._idle) >= self._max_idle:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                break
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether an idle connection is readable: the server closed it (or broke the protocol).
+
+    Either way it must not carry a request.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _connect_failed(exc: Exception) -> ConnectFailed:
+    """What a failure to connect (nothing of the request was written) was."""
+    if isinstance(exc, socket.gaierror):
+        return ConnectFailed("unknown host (the DNS lookup failed)")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailed("connection refused")
+    if isinstance(exc, TimeoutError):
+        return ConnectFailed("no connection within the connect timeout")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectFailed(
+            f"the TLS certificate does not verify ({_reason(exc)})", certificate=True
+        )
+    if isinstance(exc, ssl.SSLError):
+        # The handshake broke (an https URL at a plain-HTTP port, say) before any request.
+        return ConnectFailed(f"TLS failed ({_reason(exc)})")
+    return ConnectFailed(f"no connection ({_reason(exc)})")
+
+
+def _answer_lost(exc: Exception) -> AnswerLost:
+    """What a failure after the connection was made (the request may have gone out) was."""
+    if isinstance(exc, TimeoutError):
+        return AnswerLost("no answer within request_timeout_seconds (read timeout)")
+    if isinstance(exc, ssl.SSLError):
+        return AnswerLost(f"TLS failed ({_reason(exc)})", tls=True)
+    return AnswerLost(f"the connection broke before the answer ({_reason(exc)})")
 
 
 class Answer(NamedTuple):
@@ -126,44 +332,60 @@ class Transport:
         """Read the environment's CA bundle and proxy once; connect on the first request."""
         parts = urlsplit(url)
         self.url = url
+        self.proxy = environment_proxy(url)
+        self._headers = dict(headers)
+        self._target = parts.path or "/"
+        self._direct: _DirectConnections | None = None
+        connect_timeout = min(timeout, 10.0)
+        if not self.proxy:
+            self.proxy_name = ""
+            context = None
+            if parts.scheme == "https":
+                # Certificate and host name verified (CERT_REQUIRED, check_hostname).
+                context = ssl.create_default_context(cafile=ca_bundle())
+            self._direct = _DirectConnections(
+                parts.hostname or "",
+                parts.port,
+                context,
+                connect_timeout=connect_timeout,
+                read_timeout=timeout,
+                max_idle=max(1, max_connections),
+            )
+            self._header_items = list(headers.items())
+            return
         options: dict[str, Any] = {
             "maxsize": max(1, max_connections),
-            "timeout": urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            "timeout": urllib3.Timeout(connect=connect_timeout, read=timeout),
             "retries": False,
             "cert_reqs": ssl.CERT_REQUIRED,
             "ca_certs": ca_bundle(),
         }
-        self.proxy = environment_proxy(url)
-        self._headers = dict(headers)
-        self._target = parts.path or "/"
-        manager: urllib3.PoolManager
-        if self.proxy:
-            proxy = urlsplit(self.proxy)
-            if proxy.scheme not in ("http", "https") or not proxy.hostname:
-                raise ConfigError(
-                    "the proxy in HTTPS_PROXY/HTTP_PROXY must be an http:// or https:// URL"
-                )
-            proxy_headers = {}
-            if proxy.username:
-                proxy_headers = urllib3.make_headers(
-                    proxy_basic_auth=f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
-                )
-            # Named without its credentials in any message.
-            self.proxy_name = f"{proxy.scheme}://{proxy.hostname}:{proxy.port or ''}".rstrip(":")
-            manager = urllib3.ProxyManager(self.proxy, proxy_headers=proxy_headers, **options)
-            if parts.scheme == "http":
-                # Plain http (loopback test servers only) is forwarded, not tunnelled: the
-                # proxy gets the absolute URL and its credentials with the request.
-                self._target = url
-                self._headers.update(proxy_headers)
-        else:
-            self.proxy_name = ""
-            manager = urllib3.PoolManager(**options)
-        self._manager = manager
-        self._pool: HTTPConnectionPool = manager.connection_from_url(url)
+        proxy = urlsplit(self.proxy)
+        if proxy.scheme not in ("http", "https") or not proxy.hostname:
+            raise ConfigError(
+                "the proxy in HTTPS_PROXY/HTTP_PROXY must be an http:// or https:// URL"
+            )
+        proxy_headers = {}
+        if proxy.username:
+            proxy_headers = urllib3.make_headers(
+                proxy_basic_auth=f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
+            )
+        # Named without its credentials in any message.
+        self.proxy_name = f"{proxy.scheme}://{proxy.hostname}:{proxy.port or ''}".rstrip(":")
+        self._manager = urllib3.ProxyManager(self.proxy, proxy_headers=proxy_headers, **options)
+        if parts.scheme == "http":
+            # Plain http (loopback test servers only) is forwarded, not tunnelled: the
+            # proxy gets the absolute URL and its credentials with the request.
+            self._target = url
+            self._headers.update(proxy_headers)
+        self._pool: HTTPConnectionPool = self._manager.connection_from_url(url)
         self._pool.ConnectionCls = (
             _TimedHTTPSConnection if parts.scheme == "https" else _TimedHTTPConnection
         )
+
+    def awaiting_braze(self) -> int | None:
+        """Requests out whose answer has not arrived yet; None through a proxy (unknown)."""
+        return None if self._direct is None else self._direct.awaiting_braze()
 
     @staticmethod
     def written_at() -> float | None:
@@ -180,6 +402,29 @@ class Transport:
 
         """
         _written.at = None
+        direct = self._direct
+        if direct is None:
+            return self._post_through_proxy(body)
+        connection = direct.take()
+        direct.sending(connection)
+        try:
+            connection.post(self._target, self._header_items, body)
+            _written.at = time.monotonic()
+            response = connection.getresponse()
+            data = response.read()
+        except Exception as exc:
+            connection.close()
+            raise _answer_lost(exc) from None
+        except BaseException:
+            connection.close()
+            raise
+        finally:
+            direct.answered(connection)
+        direct.give_back(connection)
+        return Answer(response.status, response.reason or "", response.headers, data)
+
+    def _post_through_proxy(self, body: bytes) -> Answer:
+        """urllib3's pool, which tunnels through http:// and https:// proxies alike."""
         try:
             response = self._pool.urlopen(
                 "POST",
@@ -215,7 +460,10 @@ class Transport:
 
     def close(self) -> None:
         """Close every kept-alive connection."""
-        self._manager.clear()
+        if self._direct is not None:
+            self._direct.close()
+        else:
+            self._manager.clear()
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,8 +1,9 @@
-"""The urllib3 transport against real local servers: TLS verified, both proxy kinds, reuse."""
+"""The transport against real local servers: TLS verified, both proxy kinds, reuse, one write."""
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import http.server
 import ipaddress
 import select
@@ -320,3 +321,127 @@ def test_a_proxy_that_verifies_against_no_trusted_ca_fails_with_one_line(serve, 
         client(braze.url).send(b"{}", 1)
     assert "\n" not in str(caught.value)
     assert braze.requests == []
+
+
+# --- the direct path: http.client's connections in a pool of our own -------------------------
+
+
+class ClosingStandIn(BrazeStandIn):
+    """Answers like `BrazeStandIn`, then closes the connection without saying so first (no
+    `Connection: close`), as a load balancer closing an idle keep-alive connection does."""
+
+    def __init__(self, tls: ssl.SSLContext | None, *, say_so: bool = False) -> None:
+        super().__init__(tls)
+        self.RequestHandlerClass = _ClosingHandler
+        self.say_so = say_so
+        self.closed = threading.Event()
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed.set()
+
+
+class _ClosingHandler(_BrazeHandler):
+    server: ClosingStandIn
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append(dict(self.headers))
+        body = b'{"message":"success"}'
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        if self.server.say_so:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+
+def test_a_request_goes_out_in_one_write(serve, environment, monkeypatch):
+    """The head and the body are one `send` (one system call): http.client writes the
+    head with a single `send` ending in an empty line, which `_Connection` relies on."""
+    braze = serve(BrazeStandIn(None))
+    writes: list[bytes] = []
+    library_send = http.client.HTTPConnection.send
+
+    def counted(self: http.client.HTTPConnection, data: Any) -> None:
+        writes.append(bytes(data))
+        library_send(self, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", counted)
+    sender = client(braze.url)
+    body = b'{"attributes":[{"external_id":"u1","peak_segment":"gold"}]}'
+    for _ in range(3):
+        assert sender.send(body, 1).status == 201
+    assert len(writes) == 3  # one write per request
+    head, _, sent_body = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /users/track HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert sent_body == body
+    assert braze.connections == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used(serve, environment):
+    """A kept-alive connection Braze closed meanwhile is seen before anything is written on
+    it: the request goes out on a new connection, and no event becomes of unknown delivery."""
+    braze = serve(ClosingStandIn(None))
+    sender = client(braze.url)
+    assert sender.send(b'{"events":[]}', 1, resend_safe=False).status == 201
+    assert braze.closed.wait(10)
+    outcome = sender.send(b'{"events":[]}', 1, resend_safe=False)
+    assert (outcome.status, outcome.ambiguous) == (201, False)
+    assert braze.connections == 2
+    assert len(braze.requests) == 2
+
+
+def test_a_connection_the_server_says_it_closes_is_not_kept(serve, pki, environment):
+    braze = serve(ClosingStandIn(server_context(pki["loopback"]), say_so=True))
+    sender = client(braze.url)
+    for _ in range(3):
+        assert sender.send(b"{}", 1, resend_safe=False).status == 201
+    assert braze.connections == 3
+    assert len(braze.requests) == 3
+
+
+def test_plain_http_through_a_proxy_is_forwarded_to_it(serve, environment):
+    """With a proxy, urllib3's pool carries the request (here the proxy refuses anything
+    but CONNECT, so the answer is its own 405, not Braze's)."""
+    braze = serve(BrazeStandIn(None))
+    proxy = serve(ConnectProxy(None))
+    environment.setenv("HTTP_PROXY", proxy.url)
+    outcome_status = client(braze.url, timeout=5.0)._transport.post(b"{}").status
+    assert outcome_status == 405
+    assert braze.requests == []
+
+
+class GatedStandIn(BrazeStandIn):
+    """Answers like `BrazeStandIn` once `gate` is set (a distant Braze, held at will)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.RequestHandlerClass = _GatedHandler
+        self.gate = threading.Event()
+        self.arrived = threading.Event()
+
+
+class _GatedHandler(_BrazeHandler):
+    server: GatedStandIn
+
+    def do_POST(self) -> None:
+        self.server.arrived.set()
+        self.server.gate.wait(30)
+        super().do_POST()
+
+
+def test_requests_whose_answer_has_not_arrived_are_counted_as_awaiting_braze(serve, environment):
+    braze = serve(GatedStandIn())
+    sender = client(braze.url)
+    assert sender.awaiting_braze() == 0
+    answered = threading.Thread(target=sender.send, args=(b"{}", 1))
+    answered.start()
+    assert braze.arrived.wait(10)
+    assert sender.awaiting_braze() == 1  # written, no answer yet: Braze's to give
+    braze.gate.set()
+    answered.join(10)
+    assert sender.awaiting_braze() == 0
+    assert len(braze.requests) == 1
