@@ -8,9 +8,10 @@ Peak-shaped wide stream into null_braze, rate limit off, in four states, interle
 (the order reversed every other repeat), each repeat's ledger runs against its own
 ledger-off run: `off`; `empty` (first sync, a new ledger); `unchanged` (a copy of what a
 first sync left, the same stream again); `changed` (the same copy, every record with 2 of
-its 9 values moved). Medians of process CPU (user + sys, `os.wait4`). With `--postgres`,
-the ledger is a PostgreSQL database created for the run (its server's CPU is not the
-target's and is not counted; a copy is `CREATE DATABASE ... TEMPLATE`).
+its 9 values moved: `wide_stream --variant rescored`). Medians of process CPU (user + sys,
+`os.wait4`); with `--callgrind`, of instructions counted by callgrind instead. With
+`--postgres`, the ledger is a PostgreSQL database created for the run (its server's CPU
+is not the target's and is not counted; a copy is `CREATE DATABASE ... TEMPLATE`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class _Postgres:
     """Databases in one server: `url(name)`, create, copy (TEMPLATE), drop."""
 
     def __init__(self, url: str) -> None:
-        import psycopg  # noqa: PLC0415 - only with --postgres
+        import psycopg
 
         self._psycopg = psycopg
         self._base = url.rsplit("/", 1)[0]
@@ -70,7 +71,23 @@ class _Postgres:
         self._admin.close()
 
 
-def _run(target: str, work: Path, url: str, stream: Path, name: str, ledger: str | None) -> dict[str, Any]:
+def _instructions(path: Path) -> int:
+    """The instructions callgrind counted (every thread of the process)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def _run(
+    target: str,
+    work: Path,
+    url: str,
+    stream: Path,
+    name: str,
+    ledger: str | None,
+    callgrind: bool = False,
+) -> dict[str, Any]:
     report = work / f"report-{name}.json"
     config: dict[str, Any] = {
         "api_key": "bench-key",
@@ -86,11 +103,15 @@ def _run(target: str, work: Path, url: str, stream: Path, name: str, ledger: str
         config.update(ledger_url=ledger, ledger_workspace="benchmark")
     path = work / f"config-{name}.json"
     path.write_text(json.dumps(config), encoding="utf-8")
-    run = run_measured(
-        [target, "--config", str(path)], stdin_path=stream, stderr_path=work / f"{name}.log"
-    )
+    command = [target, "--config", str(path)]
+    counts = work / f"callgrind-{name}.out"
+    if callgrind:
+        counts.unlink(missing_ok=True)
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", *command]
+    run = run_measured(command, stdin_path=stream, stderr_path=work / f"{name}.log")
     data = json.loads(report.read_text(encoding="utf-8"))
     return {
+        "instructions": _instructions(counts) if callgrind else None,
         "cpu": run.cpu_seconds,
         "wall": run.wall_seconds,
         "rss_mb": run.max_rss_mb,
@@ -108,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="run the cases (not the fill) under callgrind: instructions, repeatable on a "
+        "busy machine (about 50 times slower: use 10k-20k records)",
+    )
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="ledger-cases-"))
@@ -118,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not first.exists():
         wide_stream.write_file(first, records)
     if not changed.exists():
-        wide_stream.write_file(changed, records, variant="changed")
+        wide_stream.write_file(changed, records, variant="rescored")
     pg = _Postgres(args.postgres) if args.postgres else None
     tag = uuid.uuid4().hex[:8]
     template_file, ledger_file = work / "template.sqlite", work / "ledger.sqlite"
@@ -141,33 +168,46 @@ def main(argv: list[str] | None = None) -> int:
                 template_url = f"sqlite:///{template_file}"
             fill = _run(args.target, work, null.url, first, "fill", template_url)
             size = pg.size(f"lc_{tag}_tpl") if pg else checkpointed_size(template_file)
-            print(f"filled: {fill}; ledger users bytes {size:,} ({size / records:.1f}/user)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"filled: {fill}; ledger users bytes {size:,} ({size / records:.1f}/user)",
+                file=sys.stderr,
+                flush=True,
+            )
             for index in range(args.repeat):
                 order = cases if index % 2 == 0 else list(reversed(cases))
                 for case in order:
                     source = changed if case == "changed" else first
                     url = None if case == "off" else ledger(case == "empty")
-                    row = _run(args.target, work, null.url, source, case, url)
+                    row = _run(args.target, work, null.url, source, case, url, args.callgrind)
                     results[case].append(row)
                     print(f"{index + 1}/{args.repeat} {case}: {row}", file=sys.stderr, flush=True)
     finally:
         if pg is not None:
             pg.close()
-    summary: dict[str, Any] = {"records": records, "backend": "postgresql" if pg else "sqlite",
-                               "ledger_bytes": size, "bytes_per_user": round(size / records, 1)}
+    summary: dict[str, Any] = {
+        "records": records,
+        "backend": "postgresql" if pg else "sqlite",
+        "ledger_bytes": size,
+        "bytes_per_user": round(size / records, 1),
+    }
     for case in cases:
         summary[case] = {
             "cpu_median": round(statistics.median(r["cpu"] for r in results[case]), 3),
             "runs": results[case],
         }
         if case != "off" and "off" in results:
-            ratios = [r["cpu"] / o["cpu"] for r, o in zip(results[case], results["off"], strict=True)]
+            measure = "instructions" if args.callgrind else "cpu"
+            pairs = zip(results[case], results["off"], strict=True)
+            ratios = [r[measure] / o[measure] for r, o in pairs]
             summary[case]["ratio_median"] = round(statistics.median(ratios), 3)
             summary[case]["ratios"] = [round(x, 3) for x in ratios]
     text = json.dumps(summary, indent=1)
-    print(json.dumps({c: {k: v for k, v in summary[c].items() if k != "runs"} for c in cases}
-                     | {"bytes_per_user": summary["bytes_per_user"]}))
+    print(
+        json.dumps(
+            {c: {k: v for k, v in summary[c].items() if k != "runs"} for c in cases}
+            | {"bytes_per_user": summary["bytes_per_user"]}
+        )
+    )
     if args.json:
         Path(args.json).write_text(text, encoding="utf-8")
     return 0

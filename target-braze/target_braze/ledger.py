@@ -123,7 +123,8 @@ def _matches(stored: Any, encoded: bytes, seed: int) -> bool:
     do not.
     """
     if type(stored) is dict and len(stored) == 1 and _MARK in stored:
-        return len(encoded) > _LONG_VALUE and stored[_MARK] == _digest(encoded, seed)
+        # A long value's, or any value's in a row migrated from schema 5.
+        return bool(stored[_MARK] == _digest(encoded, seed))
     return len(encoded) <= _LONG_VALUE and _dumps(stored, None, _SORT_KEYS) == encoded
 
 
