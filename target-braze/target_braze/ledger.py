@@ -52,13 +52,15 @@ logger = logging.getLogger("target_braze")
 
 # A user's row (schema 6): the number of entries n (16 bits), their name slots (32 bits of
 # the name's hash each), the days Braze confirmed them (16 bits: days since 1970, good until
-# 2149), then one JSON array of their values as Braze confirmed them. A value whose
+# 2149), the 64-bit digest of the whole object's JSON the row was last written from (zero
+# when it was merged from parts), then one JSON array of the values Braze confirmed. A value whose
 # canonical JSON (sorted keys) is longer than `_LONG_VALUE` bytes is stored as
 # `{"$xxh3": digest}` instead (a nested object may be 100 KB): `$` cannot start a key of a
 # value the target sends, so no value is mistaken for a digest. Storing the values, not a
 # digest per value, makes the row both smaller (Peak's 9 values take about 110 bytes, nine
-# digests 72 plus what they are of) and cheaper to compare: a record with the row's slots
-# is unchanged when its values' JSON equals the stored bytes, one comparison.
+# digests 72 plus what they are of) and cheaper to compare: a record whose object's JSON
+# has the stored digest is unchanged, and otherwise one with the row's slots is compared
+# value by value in C, not in a loop of Python per value.
 _EPOCH = dt.date(1970, 1, 1)
 # The writer commits once this many objects wait, or once the oldest waited this long.
 # Random keys make each row written dirty its own page once the ledger is large, so the
@@ -79,6 +81,8 @@ _LONG_VALUE = 256
 _MARK = "$xxh3"
 _MARKED = b'{"$xxh3":'
 _COUNT = struct.Struct("<H")
+_whole_digest = xxhash.xxh3_64_digest
+_NO_WHOLE = bytes(8)
 _differs = operator.ne
 _GENERAL = object()  # `_trim_layout`: the general path decides
 # The bit set of users a run on a new workspace selected (`Ledger._maybe_stored`): 8 MB,
@@ -133,15 +137,32 @@ def _nested(encoded: bytes) -> bool:
     return encoded.find(b"[", 1) >= 0 or b"{" in encoded
 
 
-def encode_entries(entries: Entries) -> bytes:
-    """The stored form of a user's entries."""
+def encode_entries(entries: Entries, whole: bytes = _NO_WHOLE) -> bytes:
+    """The stored form of a user's entries; `whole`: the object's digest, if all of it."""
     pairs = entries.values()
     return (
         _COUNT.pack(len(entries))
         + array("I", entries).tobytes()
         + array("H", [day for day, _ in pairs]).tobytes()
+        + whole
         + _dumps([value for _, value in pairs], None, _SORT_KEYS)
     )
+
+
+def unchanged_whole(blob: bytes, whole: bytes, cutoff: int) -> bool:
+    """Whether a user's row was last written from an object of exactly `whole`'s JSON.
+
+    `whole` is the new object's `_whole_digest`. Equal bytes mean every attribute equals
+    what Braze confirmed; the object is unchanged if none was confirmed on `cutoff` or
+    before (the retention).
+    """
+    if len(blob) < 10:
+        return False
+    (count,) = _COUNT.unpack_from(blob)
+    at = 2 + 6 * count
+    if blob[at : at + 8] != whole or whole == _NO_WHOLE:
+        return False
+    return cutoff < 0 or not count or min(array("H", blob[2 + 4 * count : at])) > cutoff
 
 
 def decode_entries(blob: bytes) -> Entries:
@@ -153,7 +174,7 @@ def decode_entries(blob: bytes) -> Entries:
         (count,) = _COUNT.unpack_from(blob)
         slots = array("I", blob[2 : 2 + 4 * count])
         days = array("H", blob[2 + 4 * count : 2 + 6 * count])
-        values = _loads(blob[2 + 6 * count :])
+        values = _loads(blob[10 + 6 * count :])
     except (struct.error, ValueError, orjson.JSONDecodeError):
         return {}
     if type(values) is not list or len(values) != count or len(slots) != count:
@@ -185,8 +206,8 @@ class _Layout:
 
     @property
     def values_at(self) -> int:
-        """Where a row of this layout's values begin."""
-        return len(self.prefix) + 2 * len(self.names)
+        """Where a row of this layout's values begin (after the whole object's digest)."""
+        return len(self.prefix) + 2 * len(self.names) + 8
 
     def encode(self, values: tuple[Any, ...]) -> tuple[bytes, Sequence[Any]]:
         """The stored JSON of `values`, and the stored values (`values` unless some are long)."""
@@ -198,9 +219,9 @@ class _Layout:
             return encoded, values
         return _dumps(stored, None, _SORT_KEYS), stored
 
-    def fresh_row(self, encoded: bytes) -> bytes:
+    def fresh_row(self, whole: bytes, encoded: bytes) -> bytes:
         """The row of an object of this layout sent whole: every entry confirmed today."""
-        return self.prefix + self.fresh_days + encoded
+        return self.prefix + self.fresh_days + whole + encoded
 
 
 @dataclass(slots=True)
@@ -548,25 +569,29 @@ class Ledger:
         in_flight = pending.get(key)
         if isinstance(in_flight, tuple):  # a first write earlier in this selection
             in_flight = pending[key] = _sent_dict(in_flight)
+        whole = _NO_WHOLE  # the whole object's digest, stored only if the row is all of it
         if in_flight is None:
+            whole = _whole_digest(obj.encoded)
+            if blob and not self.full_resync and unchanged_whole(blob, whole, self._cutoff):
+                return None
             keys = tuple(obj.body)
             layout = self._layouts.get(keys) or self._layout(keys)
             if layout is not None:
                 if not blob:
-                    sent = self._first_write(obj, key, check, layout)
+                    sent = self._first_write(obj, key, check, layout, whole)
                     pending[key] = sent
                     return sent
                 if blob.startswith(layout.prefix):
-                    decided = self._trim_layout(obj, key, check, blob, layout)
+                    decided = self._trim_layout(obj, key, check, blob, layout, whole)
                     if decided is not _GENERAL:
                         if decided is not None:
                             pending[key] = decided  # type: ignore[assignment]
                         return decided  # type: ignore[return-value]
         entries = decode_entries(blob)
-        return self._trim_entries(obj, key, check, entries, known, in_flight, pending)
+        return self._trim_entries(obj, key, check, entries, known, in_flight, pending, whole)
 
     def _trim_layout(
-        self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout
+        self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout, whole: bytes
     ) -> Sent | object | None:
         """`_trim` of a user stored in the object's layout (the hot case of a wide table).
 
@@ -578,15 +603,15 @@ class Ledger:
         values = layout.values(body)
         encoded, stored_new = layout.encode(values)
         at = layout.values_at
-        start = len(layout.prefix)
+        start, end = len(layout.prefix), at - 8  # the days
         cutoff = self._cutoff
         stored_json = blob[at:]
         if self.full_resync:
-            obj.ledger = UserWrite(key, check, layout.fresh_row(encoded), partial=False)
+            obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)
             return layout.slots, stored_new
         # One comparison: every value equals what Braze confirmed (and none is too old).
         if stored_json == encoded and (
-            cutoff < 0 or not values or min(array("H", blob[start:at])) > cutoff
+            cutoff < 0 or not values or min(array("H", blob[start:end])) > cutoff
         ):
             return None
         if stored_new is not values or _MARKED in stored_json or _nested(encoded):
@@ -605,11 +630,11 @@ class Ledger:
                 map(operator.is_not, map(type, stored), map(type, values)),
             )
         )
-        days = array("H", blob[start:at])
+        days = array("H", blob[start:end])
         if cutoff >= 0 and days and min(days) <= cutoff:  # some were confirmed too long ago
             send = [differs or day <= cutoff for differs, day in zip(send, days, strict=True)]
         if all(send):  # the whole object goes, as a first write
-            obj.ledger = UserWrite(key, check, layout.fresh_row(encoded), partial=False)
+            obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)
             return layout.slots, stored_new
         changed = [i for i, differs in enumerate(send) if differs]
         if not changed:
@@ -622,7 +647,8 @@ class Ledger:
             name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
         }
         obj.replace_body(kept, len(changed))
-        obj.ledger = UserWrite(key, check, layout.prefix + days.tobytes() + encoded, partial=False)
+        row = layout.prefix + days.tobytes() + whole + encoded
+        obj.ledger = UserWrite(key, check, row, partial=False)
         slots = layout.slots
         return {slots[i]: values[i] for i in changed}
 
@@ -635,8 +661,12 @@ class Ledger:
         known: bool,
         in_flight: dict[int, Any] | None,
         pending: dict[int, Sent],
+        whole: bytes,
     ) -> dict[int, Any] | None:
-        """`_trim` in general: entries in any order, or an earlier object still in flight."""
+        """`_trim` in general: entries in any order, or an earlier object still in flight.
+
+        `whole` (zeros when `in_flight`) is stored with the row: it holds the whole object.
+        """
         partial = in_flight is not None
         slots = self._slots
         day = self._today
@@ -672,17 +702,20 @@ class Ledger:
         if len(kept) != len(body):
             obj.replace_body(kept, len(sent))
         pending.setdefault(key, {}).update(sent)  # type: ignore[union-attr]  # a dict here
-        stored_row = written if partial else encode_entries(written)
+        stored_row = written if partial else encode_entries(written, whole)
         obj.ledger = UserWrite(key, check, stored_row, partial)
         return sent
 
-    def _first_write(self, obj: BrazeObject, key: int, check: int, layout: _Layout) -> Sent:
+    def _first_write(
+        self, obj: BrazeObject, key: int, check: int, layout: _Layout, whole: bytes
+    ) -> Sent:
         """A user the ledger has never seen: every attribute is sent (a first sync).
 
         No loop per attribute: the values are taken in one call and encoded in another.
         """
         encoded, stored = layout.encode(layout.values(obj.body))
-        obj.ledger = UserWrite(key, check, layout.fresh_row(encoded), partial=False, first=True)
+        row = layout.fresh_row(whole, encoded)
+        obj.ledger = UserWrite(key, check, row, partial=False, first=True)
         return layout.slots, stored
 
     @staticmethod

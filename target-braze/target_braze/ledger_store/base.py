@@ -199,19 +199,23 @@ class Migration:
 
 
 def _from_schema_5(blob: bytes) -> bytes:
-    """A schema-5 row (slots, days, a 64-bit digest per value) in schema 6's form.
+    """A schema-5 row in schema 6's form.
 
-    Each digest becomes `{"$xxh3": digest}`: schema 5 digested every value by the rule
-    schema 6 uses for long ones (`target_braze.ledger.stored_value`), so an unchanged
-    value still compares equal. A blob that is no schema-5 row is returned as it is
-    (schema 6 reads it as no entries: its attributes are sent).
+    Schema 5 stored slots, days, a 64-bit digest per value, and maybe the whole object's
+    digest (kept: both schemas digest the object alike). Each value's digest becomes
+    `{"$xxh3": digest}`: schema 5 digested every value by the rule schema 6 uses for long
+    ones (`target_braze.ledger.stored_value`), so an unchanged value still compares equal.
+    A blob that is no schema-5 row is returned as it is (schema 6 reads it as no entries:
+    its attributes are sent).
     """
     count, rest = divmod(len(blob), 14)
     if rest not in (0, 8) or not count or count > 0xFFFF:
         return blob
     digests = array("Q", blob[6 * count : 14 * count])
     marks = ",".join(f'{{"$xxh3":{digest}}}' for digest in digests)
-    return struct.pack("<H", count) + blob[: 6 * count] + f"[{marks}]".encode()
+    # The whole object's digest: the same rule in both schemas (zeros: none).
+    whole = blob[14 * count :] or bytes(8)
+    return struct.pack("<H", count) + blob[: 6 * count] + whole + f"[{marks}]".encode()
 
 
 # Ordered; append a step (and raise SCHEMA_VERSION) when the schema changes.
