@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             fill = _run(args.target, work, null.url, first, "fill", template_url)
             size = pg.size(f"lc_{tag}_tpl") if pg else checkpointed_size(template_file)
             print(
-                f"filled: {fill}; ledger users bytes {size:,} ({size / records:.1f}/user)",
+                f"filled: {fill}; ledger users bytes {size:,} ({size / max(records, 1):.1f}/user)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "records": records,
         "backend": "postgresql" if pg else "sqlite",
         "ledger_bytes": size,
-        "bytes_per_user": round(size / records, 1),
+        "bytes_per_user": round(size / max(records, 1), 1),
     }
     for case in cases:
         summary[case] = {

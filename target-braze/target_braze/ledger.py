@@ -774,8 +774,10 @@ class Ledger:
 
     def _settled_intents(self, writes: Sequence[UserWrite | EventWrite]) -> list[int]:
         """Count these writes' objects as settled; the intents now wholly settled."""
-        done = []
+        done: list[int] = []
         with self._lock:
+            if not self._open_intents:  # a first sync opens none: no loop per write
+                return done
             for write in writes:
                 if not isinstance(write, UserWrite):
                     continue
