@@ -42,6 +42,7 @@ class _Postgres:
         import psycopg
 
         self._psycopg = psycopg
+        url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self._base = url.rsplit("/", 1)[0]
         self._admin = psycopg.connect(url, autocommit=True)
         self.names: set[str] = set()
@@ -60,7 +61,7 @@ class _Postgres:
         self._admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def size(self, name: str) -> int:
-        with self._psycopg.connect(self.url(name)) as conn:
+        with self._psycopg.connect(self.url(name), autocommit=True) as conn:
             conn.execute("VACUUM FULL ledger_users")
             row = conn.execute("SELECT pg_total_relation_size('ledger_users')").fetchone()
         return int(row[0]) if row else 0
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "ledger_bytes": size,
         "bytes_per_user": round(size / max(records, 1), 1),
     }
-    for case in cases:
+    for case in cases if args.repeat else ():
         summary[case] = {
             "cpu_median": round(statistics.median(r["cpu"] for r in results[case]), 3),
             "runs": results[case],
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(summary, indent=1)
     print(
         json.dumps(
-            {c: {k: v for k, v in summary[c].items() if k != "runs"} for c in cases}
+            {c: {k: v for k, v in summary[c].items() if k != "runs"} for c in summary if c in cases}
             | {"bytes_per_user": summary["bytes_per_user"]}
         )
     )
