@@ -1,11 +1,14 @@
 """`Ledger`: what Braze confirmed, so only changes are sent and no event goes twice.
 
-Per user (identifier type and value) and attribute, the ledger keeps a 64-bit digest of
-the value Braze last confirmed and the day it did; per event or purchase, its identity.
-`select` (main thread) drops what Braze already holds from a few hundred objects at a
-time, with one lookup; `confirmed` (sender threads) hands Braze's confirmations to one
-writer thread, which commits them in groups and only then settles their records, so
-STATE never moves past a confirmation the ledger could lose in a crash.
+Per user (identifier type and value) and attribute, the ledger keeps the value Braze last
+confirmed (a 64-bit digest of it when it is long or personal: `PERSONAL_FIELDS`) and the
+day it did; per event or purchase, its identity. `select` (main thread) drops what Braze
+already holds from a few hundred objects at a time, with one lookup (none for users a
+workspace new this run cannot hold); `confirmed` (sender threads) hands Braze's
+confirmations to one writer thread, which commits them in groups and only then settles
+their records, so STATE never moves past a confirmation the ledger could lose in a crash.
+A ledger file therefore holds Peak's scores and segments as they are: it is private
+(0600, like the rejects file) and should be kept like the warehouse's data.
 
 The rule that keeps the ledger from ever being ahead of Braze: an entry is written only
 for what Braze confirmed (a 2xx, no `errors[]` entry for the object). While an object
@@ -78,6 +81,22 @@ _dumps = orjson.dumps
 _loads = orjson.loads
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 _LONG_VALUE = 256
+#: Braze's profile fields that hold personal data: the ledger stores only their digests, so
+#: a ledger file holds no e-mail address, phone number, name or birthday in clear. (Custom
+#: attributes are stored as they are when short: Peak's scores and segments.)
+PERSONAL_FIELDS = frozenset(
+    {
+        "email",
+        "phone",
+        "first_name",
+        "last_name",
+        "dob",
+        "gender",
+        "home_city",
+        "current_location",
+        "image_url",
+    }
+)
 _MARK = "$xxh3"
 _MARKED = b'{"$xxh3":'
 _COUNT = struct.Struct("<H")
@@ -110,14 +129,17 @@ def today() -> int:
     return (dt.datetime.now(dt.UTC).date() - _EPOCH).days
 
 
-def stored_value(value: Any, seed: int) -> Any:
-    """What the ledger stores of one attribute value: the value, or its digest if long.
+def stored_value(value: Any, seed: int, personal: bool = False) -> Any:
+    """What the ledger stores of one attribute value: the value, or its digest.
 
-    `seed` is the attribute name's (`Ledger._slot`): the digest rule of schema 5, so
-    digests a schema-5 ledger holds stay comparable.
+    The digest when the value is long, or `personal` (a name in `PERSONAL_FIELDS`). `seed`
+    is the attribute name's (`Ledger._slot`): the digest rule of schema 5, so digests a
+    schema-5 ledger holds stay comparable.
     """
     encoded = _dumps(value, None, _SORT_KEYS)
-    return value if len(encoded) <= _LONG_VALUE else {_MARK: _digest(encoded, seed)}
+    if len(encoded) <= _LONG_VALUE and not personal:
+        return value
+    return {_MARK: _digest(encoded, seed)}
 
 
 def _matches(stored: Any, encoded: bytes, seed: int) -> bool:
@@ -198,6 +220,7 @@ class _Layout:
     prefix: bytes  # the row's count and slots
     fresh_days: bytes  # every entry confirmed today (a layout lives for one run)
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the body's values, in order
+    personal: bool  # some names are in PERSONAL_FIELDS
 
     @property
     def count(self) -> int:
@@ -210,11 +233,17 @@ class _Layout:
         return len(self.prefix) + 2 * len(self.names) + 8
 
     def encode(self, values: tuple[Any, ...]) -> tuple[bytes, Sequence[Any]]:
-        """The stored JSON of `values`, and the stored values (`values` unless some are long)."""
+        """The stored JSON of `values`, and the stored values.
+
+        The stored values are `values` unless some are long or personal.
+        """
         encoded = _dumps(values, None, _SORT_KEYS)
-        if len(encoded) <= _LONG_VALUE:  # so is each value's: each is stored as it is
-            return encoded, values
-        stored = [stored_value(v, s) for v, s in zip(values, self.seeds, strict=True)]
+        if len(encoded) <= _LONG_VALUE and not self.personal:
+            return encoded, values  # each value's JSON is short too: each is stored as it is
+        stored = [
+            stored_value(v, s, n in PERSONAL_FIELDS)
+            for v, s, n in zip(values, self.seeds, self.names, strict=True)
+        ]
         if not any(v is not s for v, s in zip(values, stored, strict=True)):
             return encoded, values
         return _dumps(stored, None, _SORT_KEYS), stored
@@ -466,6 +495,7 @@ class Ledger:
             _COUNT.pack(len(slots)) + array("I", slots).tobytes(),
             array("H", [self._today] * len(slots)).tobytes(),
             values,
+            not PERSONAL_FIELDS.isdisjoint(names),
         )
         if len(self._layouts) < 1024:  # a tap whose records vary in shape gets no cache
             self._layouts[keys] = layout
@@ -692,7 +722,10 @@ class Ledger:
                 and (slot not in others or _matches(others[slot], encoded, seed))
             ):
                 continue
-            stored = value if len(encoded) <= _LONG_VALUE else {_MARK: _digest(encoded, seed)}
+            if len(encoded) <= _LONG_VALUE and name not in PERSONAL_FIELDS:
+                stored = value
+            else:
+                stored = {_MARK: _digest(encoded, seed)}
             kept[name] = value
             sent[slot] = stored
             written[slot] = (day, stored)

@@ -303,6 +303,25 @@ def test_a_long_value_is_stored_as_its_digest_and_still_compared(tmp_path):
     assert changed.body == {"external_id": "u1", "b": long[:-1] + "y"}
 
 
+def test_personal_fields_are_stored_as_digests_only(tmp_path):
+    """The ledger file holds no e-mail address or name in clear, and still compares them."""
+    ledger = open_ledger(tmp_path)
+    person = {"email": "ada@example.com", "first_name": "Ada", "peak_segment": "loyal"}
+    confirm(ledger, ledger.select(objects(person)).send)
+    ledger.close()
+    raw = (tmp_path / "ledger.sqlite").read_bytes()
+    for wal in tmp_path.glob("ledger.sqlite-wal"):
+        raw += wal.read_bytes()
+    assert b"loyal" in raw  # a custom attribute's short value is stored as it is
+    assert b"ada@example.com" not in raw
+    assert b"Ada" not in raw
+    again = open_ledger(tmp_path)
+
+    assert again.select(objects(person)).unchanged
+    (changed,) = again.select(objects({**person, "first_name": "Grace"})).send
+    assert changed.body == {"external_id": "u1", "first_name": "Grace"}
+
+
 def test_a_row_that_cannot_be_read_sends_every_attribute(tmp_path):
     """A damaged row is no entries: the user's values are sent, never skipped."""
     ledger = open_ledger(tmp_path)
