@@ -182,7 +182,7 @@ def unchanged_whole(blob: bytes, whole: bytes, cutoff: int) -> bool:
         return False
     (count,) = _COUNT.unpack_from(blob)
     at = 2 + 6 * count
-    if blob[at : at + 8] != whole or whole == _NO_WHOLE:
+    if len(blob) < at + 8 or blob[at : at + 8] != whole or whole == _NO_WHOLE:
         return False
     return cutoff < 0 or not count or min(array("H", blob[2 + 4 * count : at])) > cutoff
 
@@ -635,6 +635,8 @@ class Ledger:
         at = layout.values_at
         start, end = len(layout.prefix), at - 8  # the days
         cutoff = self._cutoff
+        if len(blob) <= at:
+            return _GENERAL  # a damaged row: read as no entries
         stored_json = blob[at:]
         if self.full_resync:
             obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)

@@ -333,6 +333,14 @@ def test_a_row_that_cannot_be_read_sends_every_attribute(tmp_path):
 
     (sent,) = again.select(objects({"a": 1, "b": "x"})).send
     assert sent.body == {"external_id": "u1", "a": 1, "b": "x"}
+    confirm(again, [sent])
+    again.close()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn, conn:
+        # The record's own slots, then too few bytes for the days and the object's digest.
+        (row,) = conn.execute("SELECT entries FROM users").fetchone()
+        conn.execute("UPDATE users SET entries = ?", (row[: 2 + 8 + 3],))
+    (sent,) = open_ledger(tmp_path).select(objects({"a": 1, "b": "x"})).send
+    assert sent.body == {"external_id": "u1", "a": 1, "b": "x"}
 
 
 def test_a_first_sync_of_a_new_workspace_looks_up_only_users_it_may_have_written(tmp_path):
