@@ -429,6 +429,8 @@ def _sandbox(results: dict[str, Any]) -> list[str]:
 #: Figures measured apart from this harness (`python -m benchmarks.send_path`), kept by
 #: hand and carried into every rendering of BENCHMARKS.md.
 SEND_PATH_SECTION = Path(__file__).resolve().parent / "results" / "send-path.md"
+#: The ledger's cost table of issue 21 (`python -m benchmarks.ledger_cases`), kept the same way.
+LEDGER_SECTION = Path(__file__).resolve().parent / "results" / "ledger-cost.md"
 
 
 def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: Path) -> str:
@@ -464,8 +466,9 @@ def markdown(results: dict[str, Any], path: Path, chart_path: Path, json_path: P
         *_tap(results),
         *_sandbox(results),
     ]
-    if SEND_PATH_SECTION.exists():
-        lines += [SEND_PATH_SECTION.read_text(encoding="utf-8").rstrip(), ""]
+    for section in (SEND_PATH_SECTION, LEDGER_SECTION):
+        if section.exists():
+            lines += [section.read_text(encoding="utf-8").rstrip(), ""]
     if results["notes"]:
         lines += ["## Notes", "", *[f"- {note}" for note in results["notes"]], ""]
     lines += [f"Raw numbers: [`{os.path.basename(rel_json)}`]({rel_json}).", ""]

@@ -14,8 +14,9 @@ every JSON type a Peak output table carries:
   (a scoring job stamps each customer as it goes; many customers share a second).
 
 `--variant changed` writes the same customers with every attribute value different (for
-the ledger's "every record changed" measurement); the same `--seed` and variant always
-give the same bytes.
+the ledger's "every record changed" measurement), `--variant rescored` with 2 of the 9
+changed (the churn probability and the time scored, as a daily model run does); the same
+`--seed` and variant always give the same bytes.
 """
 
 from __future__ import annotations
@@ -99,7 +100,12 @@ def records(count: int, *, seed: int = 7, variant: str = "first") -> Iterator[di
         scored_at = int(draw() * 3600)
         risk = _risk(probability)
         vip = ltv >= 2000.0
-        if shift:
+        if variant == "rescored":
+            # A model run's daily case: the churn probability recomputed, the customer
+            # stamped again; the other 7 values as before (2 of 9 changed).
+            probability = round(probability * 0.5 + 0.5, 4) if probability < 0.999 else 0.1
+            scored_at = (scored_at + 1) % 3600
+        elif shift:
             # Every value differs from the first variant's (the ledger sees all as changed).
             probability = round(probability * 0.5 + 0.5, 4) if probability < 0.999 else 0.1
             ltv = round(ltv + 1.0, 2)
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--variant", choices=["first", "changed"], default="first")
+    parser.add_argument("--variant", choices=["first", "changed", "rescored"], default="first")
     args = parser.parse_args(argv)
     write(sys.stdout.buffer, args.records, seed=args.seed, variant=args.variant)
     return 0

@@ -1,11 +1,14 @@
 """`Ledger`: what Braze confirmed, so only changes are sent and no event goes twice.
 
-Per user (identifier type and value) and attribute, the ledger keeps a 64-bit digest of
-the value Braze last confirmed and the day it did; per event or purchase, its identity.
-`select` (main thread) drops what Braze already holds from a few hundred objects at a
-time, with one lookup; `confirmed` (sender threads) hands Braze's confirmations to one
-writer thread, which commits them in groups and only then settles their records, so
-STATE never moves past a confirmation the ledger could lose in a crash.
+Per user (identifier type and value) and attribute, the ledger keeps the value Braze last
+confirmed (a 64-bit digest of it when it is long or personal: `PERSONAL_FIELDS`) and the
+day it did; per event or purchase, its identity. `select` (main thread) drops what Braze
+already holds from a few hundred objects at a time, with one lookup (none for users a
+workspace new this run cannot hold); `confirmed` (sender threads) hands Braze's
+confirmations to one writer thread, which commits them in groups and only then settles
+their records, so STATE never moves past a confirmation the ledger could lose in a crash.
+A ledger file therefore holds Peak's scores and segments as they are: it is private
+(0600, like the rejects file) and should be kept like the warehouse's data.
 
 The rule that keeps the ledger from ever being ahead of Braze: an entry is written only
 for what Braze confirmed (a 2xx, no `errors[]` entry for the object). While an object
@@ -22,6 +25,7 @@ import datetime as dt
 import logging
 import operator
 import queue
+import struct
 import threading
 import time
 from array import array
@@ -49,11 +53,17 @@ from target_braze.objects import CONTROL_KEYS, BrazeObject
 
 logger = logging.getLogger("target_braze")
 
-# A user's entries are stored as three arrays: name slots (32 bits of the name's hash),
-# days confirmed (16 bits: days since 1970, good until 2149) and value digests (64 bits).
-# A row written from one whole attributes object ends in the 64-bit digest of that
-# object's JSON (schema 3): the next record with the very same bytes is unchanged without
-# a digest per attribute, the common case of a model run that rewrote equal values.
+# A user's row (schema 6): the number of entries n (16 bits), their name slots (32 bits of
+# the name's hash each), the days Braze confirmed them (16 bits: days since 1970, good until
+# 2149), the 64-bit digest of the whole object's JSON the row was last written from (zero
+# when it was merged from parts), then one JSON array of the values Braze confirmed. A value whose
+# canonical JSON (sorted keys) is longer than `_LONG_VALUE` bytes is stored as
+# `{"$xxh3": digest}` instead (a nested object may be 100 KB): `$` cannot start a key of a
+# value the target sends, so no value is mistaken for a digest. Storing the values, not a
+# digest per value, makes the row both smaller (Peak's 9 values take about 110 bytes, nine
+# digests 72 plus what they are of) and cheaper to compare: a record whose object's JSON
+# has the stored digest is unchanged, and otherwise one with the row's slots is compared
+# value by value in C, not in a loop of Python per value.
 _EPOCH = dt.date(1970, 1, 1)
 # The writer commits once this many objects wait, or once the oldest waited this long.
 # Random keys make each row written dirty its own page once the ledger is large, so the
@@ -67,16 +77,41 @@ _GROUP_OBJECTS = 50_000
 _QUEUED_OBJECTS = _GROUP_OBJECTS
 _GROUP_SECONDS = 1.0
 _digest = xxhash.xxh3_64_intdigest
-_whole_digest = xxhash.xxh3_64_digest
-_differs = operator.ne
-_WHOLE_BYTES = 8
 _dumps = orjson.dumps
+_loads = orjson.loads
 _SORT_KEYS = orjson.OPT_SORT_KEYS
-Entries = dict[int, tuple[int, int]]  # slot -> (day, digest)
-# The digests an object sends, by slot: a dict, or (slots, digests) as a first write has
-# them, turned into a dict only if another object of the user comes while it is pending.
-Sent = dict[int, int] | tuple[tuple[int, ...], "array[int]"]
-_ENTRY_BYTES = 4 + 2 + 8  # a slot, a day, a digest
+_LONG_VALUE = 256
+#: Braze's profile fields that hold personal data: the ledger stores only their digests, so
+#: a ledger file holds no e-mail address, phone number, name or birthday in clear. (Custom
+#: attributes are stored as they are when short: Peak's scores and segments.)
+PERSONAL_FIELDS = frozenset(
+    {
+        "email",
+        "phone",
+        "first_name",
+        "last_name",
+        "dob",
+        "gender",
+        "home_city",
+        "current_location",
+        "image_url",
+    }
+)
+_MARK = "$xxh3"
+_MARKED = b'{"$xxh3":'
+_COUNT = struct.Struct("<H")
+_whole_digest = xxhash.xxh3_64_digest
+_NO_WHOLE = bytes(8)
+_differs = operator.ne
+_GENERAL = object()  # `_trim_layout`: the general path decides
+# The bit set of users a run on a new workspace selected (`Ledger._maybe_stored`): 8 MB,
+# 64M bits, so at 1M users about 1.5% of lookups are made for nothing.
+_WRITTEN_MASK = (1 << 23) - 1
+_MAX_ENTRIES = 0xFFFF
+Entries = dict[int, tuple[int, Any]]  # slot -> (day, stored value)
+# The stored values an object sends, by slot: a dict, or (slots, values) as a first write
+# has them, turned into a dict only if another object of the user comes while it is pending.
+Sent = dict[int, Any] | tuple[tuple[int, ...], Sequence[Any]]
 
 
 FORGOTTEN = "forgotten"
@@ -94,59 +129,79 @@ def today() -> int:
     return (dt.datetime.now(dt.UTC).date() - _EPOCH).days
 
 
-def encode_entries(entries: Entries) -> bytes:
-    """The stored form of a user's entries."""
+def stored_value(value: Any, seed: int, personal: bool = False) -> Any:
+    """What the ledger stores of one attribute value: the value, or its digest.
+
+    The digest when the value is long, or `personal` (a name in `PERSONAL_FIELDS`). `seed`
+    is the attribute name's (`Ledger._slot`): the digest rule of schema 5, so digests a
+    schema-5 ledger holds stay comparable.
+    """
+    encoded = _dumps(value, None, _SORT_KEYS)
+    if len(encoded) <= _LONG_VALUE and not personal:
+        return value
+    return {_MARK: _digest(encoded, seed)}
+
+
+def _matches(stored: Any, encoded: bytes, seed: int) -> bool:
+    """Whether a stored value (`stored_value`'s form) is the value whose JSON is `encoded`.
+
+    Canonical JSON decides, so `1`, `1.0` and `true` differ, and nested keys in any order
+    do not.
+    """
+    if type(stored) is dict and len(stored) == 1 and _MARK in stored:
+        # A long value's, or any value's in a row migrated from schema 5.
+        return bool(stored[_MARK] == _digest(encoded, seed))
+    return len(encoded) <= _LONG_VALUE and _dumps(stored, None, _SORT_KEYS) == encoded
+
+
+def _nested(encoded: bytes) -> bool:
+    """Whether a JSON array of values may hold an array or object (a string may look so)."""
+    return encoded.find(b"[", 1) >= 0 or b"{" in encoded
+
+
+def encode_entries(entries: Entries, whole: bytes = _NO_WHOLE) -> bytes:
+    """The stored form of a user's entries; `whole`: the object's digest, if all of it."""
     pairs = entries.values()
     return (
-        array("I", entries).tobytes()
+        _COUNT.pack(len(entries))
+        + array("I", entries).tobytes()
         + array("H", [day for day, _ in pairs]).tobytes()
-        + array("Q", [digest for _, digest in pairs]).tobytes()
+        + whole
+        + _dumps([value for _, value in pairs], None, _SORT_KEYS)
     )
 
 
-def split_entries(blob: bytes) -> tuple[bytes, array[int], array[int]]:
-    """A user's stored entries as their three parts: slots (raw bytes), days, digests."""
-    count, _ = _row_shape(blob)
-    digests = array("Q")
-    digests.frombytes(blob[6 * count : _ENTRY_BYTES * count])
-    return blob[: 4 * count], _days(blob, count), digests
-
-
-def _row_shape(blob: bytes) -> tuple[int, int]:
-    """A stored row's number of entries, and how many bytes follow them.
-
-    0 bytes follow, or `_WHOLE_BYTES`: the digest of the whole object the row was
-    written from.
-    """
-    return divmod(len(blob), _ENTRY_BYTES)
-
-
-def _days(blob: bytes, count: int) -> array[int]:
-    """The days confirmed of a stored row of `count` entries."""
-    days = array("H")
-    days.frombytes(blob[4 * count : 6 * count])
-    return days
-
-
 def unchanged_whole(blob: bytes, whole: bytes, cutoff: int) -> bool:
-    """Whether a user's stored row was written from an object of exactly `whole`'s JSON.
+    """Whether a user's row was last written from an object of exactly `whole`'s JSON.
 
     `whole` is the new object's `_whole_digest`. Equal bytes mean every attribute equals
     what Braze confirmed; the object is unchanged if none was confirmed on `cutoff` or
     before (the retention).
     """
-    count, after = _row_shape(blob)
-    if after != _WHOLE_BYTES or not blob.endswith(whole):
+    if len(blob) < 10:
         return False
-    return cutoff < 0 or not count or min(_days(blob, count)) > cutoff
+    (count,) = _COUNT.unpack_from(blob)
+    at = 2 + 6 * count
+    if len(blob) < at + 8 or blob[at : at + 8] != whole or whole == _NO_WHOLE:
+        return False
+    return cutoff < 0 or not count or min(array("H", blob[2 + 4 * count : at])) > cutoff
 
 
 def decode_entries(blob: bytes) -> Entries:
-    """A user's entries from their stored form."""
-    slot_bytes, days, digests = split_entries(blob)
-    slots = array("I")
-    slots.frombytes(slot_bytes)
-    return dict(zip(slots, zip(days, digests, strict=True), strict=True))
+    """A user's entries from their stored form (none, if the row cannot be read).
+
+    A row that cannot be read costs a resend of the user's attributes, never a skip.
+    """
+    try:
+        (count,) = _COUNT.unpack_from(blob)
+        slots = array("I", blob[2 : 2 + 4 * count])
+        days = array("H", blob[2 + 4 * count : 2 + 6 * count])
+        values = _loads(blob[10 + 6 * count :])
+    except (struct.error, ValueError, orjson.JSONDecodeError):
+        return {}
+    if type(values) is not list or len(values) != count or len(slots) != count:
+        return {}
+    return dict(zip(slots, zip(days, values, strict=True), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,45 +209,48 @@ class _Layout:
     """The attributes of objects with one sequence of keys, as the ledger stores them.
 
     A wide table's objects all have the same keys in the same order, and a user's stored
-    entries keep the order in which they were first written: so the stored slots of a
-    user written from this layout are exactly `slot_bytes`, and the user's entries can be
-    compared and rewritten as three arrays, without a dict per user.
+    entries keep the order in which they were first written: so the row of a user written
+    from this layout starts with exactly `prefix`, its values sit at `values_at`, and the
+    user's entries can be compared and rewritten as one JSON array, without a dict per user.
     """
 
     names: tuple[str, ...]  # the attributes (not the control keys), in the body's order
     seeds: tuple[int, ...]
     slots: tuple[int, ...]
-    slot_bytes: bytes
+    prefix: bytes  # the row's count and slots
     fresh_days: bytes  # every entry confirmed today (a layout lives for one run)
+    values: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the body's values, in order
+    personal: bool  # some names are in PERSONAL_FIELDS
 
     @property
     def count(self) -> int:
         """How many attributes."""
         return len(self.names)
 
-    def stored_in(self, blob: bytes) -> bool:
-        """Whether a user's stored entries hold exactly this layout's slots, in its order."""
-        stored, after = _row_shape(blob)
-        return (
-            stored == self.count
-            and bool(stored)
-            and after in (0, _WHOLE_BYTES)
-            and blob.startswith(self.slot_bytes)
-        )
+    @property
+    def values_at(self) -> int:
+        """Where a row of this layout's values begin (after the whole object's digest)."""
+        return len(self.prefix) + 2 * len(self.names) + 8
 
-    def fresh_row(self, digests: array[int], whole: bytes) -> bytes:
-        """The stored row of an object of this layout sent whole: every entry confirmed today."""
-        return self.slot_bytes + self.fresh_days + digests.tobytes() + whole
+    def encode(self, values: tuple[Any, ...]) -> tuple[bytes, Sequence[Any]]:
+        """The stored JSON of `values`, and the stored values.
 
-    def digests(self, body: Mapping[str, Any]) -> array[int]:
-        """The digest of each attribute's value in canonical form, in the layout's order."""
-        return array(
-            "Q",
-            [
-                _digest(_dumps(body[name], None, _SORT_KEYS), seed)
-                for name, seed in zip(self.names, self.seeds, strict=True)
-            ],
-        )
+        The stored values are `values` unless some are long or personal.
+        """
+        encoded = _dumps(values, None, _SORT_KEYS)
+        if len(encoded) <= _LONG_VALUE and not self.personal:
+            return encoded, values  # each value's JSON is short too: each is stored as it is
+        stored = [
+            stored_value(v, s, n in PERSONAL_FIELDS)
+            for v, s, n in zip(values, self.seeds, self.names, strict=True)
+        ]
+        if not any(v is not s for v, s in zip(values, stored, strict=True)):
+            return encoded, values
+        return _dumps(stored, None, _SORT_KEYS), stored
+
+    def fresh_row(self, whole: bytes, encoded: bytes) -> bytes:
+        """The row of an object of this layout sent whole: every entry confirmed today."""
+        return self.prefix + self.fresh_days + whole + encoded
 
 
 @dataclass(slots=True)
@@ -224,7 +282,7 @@ class UserWrite:
         return UserWrite(later.key, later.check, later.entries, later.partial, intents)
 
 
-def _sent_dict(sent: Sent) -> dict[int, int]:
+def _sent_dict(sent: Sent) -> dict[int, Any]:
     return dict(zip(*sent, strict=True)) if isinstance(sent, tuple) else sent
 
 
@@ -345,6 +403,8 @@ class Ledger:
                     )
         self._slots: dict[str, tuple[int, int]] = {}
         self._layouts: dict[tuple[str, ...], _Layout] = {}
+        # Users this run selected to send, as bits, while the workspace is new this run.
+        self._written = bytearray(_WRITTEN_MASK + 1) if self._created else None
         self._lock = threading.Lock()
         self._pending_users: dict[int, tuple[int, Sent]] = {}  # key -> (objects, digests)
         self._pending_events: dict[int, int] = {}  # key -> count
@@ -415,17 +475,27 @@ class Ledger:
         slot = self._slots[name] = (seed & 0xFFFFFFFF, seed)
         return slot
 
-    def _layout(self, keys: tuple[str, ...]) -> _Layout:
+    def _layout(self, keys: tuple[str, ...]) -> _Layout | None:
         """The layout of objects whose body has these keys, in this order."""
         names = tuple(name for name in keys if name not in CONTROL_KEYS)
+        if len(names) > _MAX_ENTRIES:
+            return None
         pairs = [self._slots.get(name) or self._slot(name) for name in names]
         slots = tuple(slot for slot, _ in pairs)
+        values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+        if len(names) > 1:
+            values = operator.itemgetter(*names)
+        else:
+            only = names[0] if names else ""
+            values = (lambda body: (body[only],)) if names else (lambda _body: ())
         layout = _Layout(
             names,
             tuple(seed for _, seed in pairs),
             slots,
-            array("I", slots).tobytes(),
+            _COUNT.pack(len(slots)) + array("I", slots).tobytes(),
             array("H", [self._today] * len(slots)).tobytes(),
+            values,
+            not PERSONAL_FIELDS.isdisjoint(names),
         )
         if len(self._layouts) < 1024:  # a tap whose records vary in shape gets no cache
             self._layouts[keys] = layout
@@ -448,7 +518,8 @@ class Ledger:
             }
             pending_events = {key for key, _ in event_keys if key in self._pending_events}
         reader = self._reader
-        stored = reader.read_users([key for key, _ in user_keys]) if users and reader else {}
+        lookup = self._maybe_stored(user_keys) if users and reader else []
+        stored = reader.read_users(lookup) if lookup and reader else {}
         seen_events = (
             reader.read_event_states([k for k, _ in event_keys]) if events and reader else {}
         )
@@ -489,7 +560,26 @@ class Ledger:
         else:
             selection.send = objects
         self._add_pending(sent_digests, event_keys_sent)
+        if self._written is not None:
+            written = self._written
+            for key, _ in sent_digests:
+                written[(key >> 3) & _WRITTEN_MASK] |= 1 << (key & 7)
         return selection
+
+    def _maybe_stored(self, user_keys: list[tuple[int, int]]) -> list[int]:
+        """The keys to look up: all, or in a workspace new this run, those it may have written.
+
+        Every row of a workspace this run registered was written by this run, for a user
+        it selected to send: users it never selected need no lookup (a first sync makes
+        none). A key's bit may be another's (a Bloom filter of one hash): then the lookup
+        is made and finds nothing.
+        """
+        written = self._written
+        if written is None:
+            return [key for key, _ in user_keys]
+        return [
+            key for key, _ in user_keys if written[(key >> 3) & _WRITTEN_MASK] & (1 << (key & 7))
+        ]
 
     def _trim(
         self,
@@ -500,53 +590,84 @@ class Ledger:
         known: bool,
         pending: dict[int, Sent],
     ) -> Sent | None:
-        """Keep only changed attributes in `obj`: the digests sent, or None if none is left.
+        """Keep only changed attributes in `obj`: the values sent, or None if none is left.
 
         Pass an attribute only if both what Braze confirmed (fresh, within the retention)
         and what is on its way to Braze for this user equal the new value. `blob` is the
-        user's stored entries (b"" if none).
+        user's stored row (b"" if none).
         """
         in_flight = pending.get(key)
         if isinstance(in_flight, tuple):  # a first write earlier in this selection
             in_flight = pending[key] = _sent_dict(in_flight)
-        whole = b""  # the whole object's digest, stored only if the row is all of it
+        whole = _NO_WHOLE  # the whole object's digest, stored only if the row is all of it
         if in_flight is None:
             whole = _whole_digest(obj.encoded)
             if blob and not self.full_resync and unchanged_whole(blob, whole, self._cutoff):
                 return None
-            body = obj.body
-            keys = tuple(body)
+            keys = tuple(obj.body)
             layout = self._layouts.get(keys) or self._layout(keys)
-            if not blob:
-                sent = self._first_write(obj, key, check, layout, whole)
-                pending[key] = sent
-                return sent
-            if layout.stored_in(blob):
-                sent_or_none = self._trim_layout(obj, key, check, blob, layout, whole)
-                if sent_or_none is not None:
-                    pending[key] = sent_or_none
-                return sent_or_none
+            if layout is not None:
+                if not blob:
+                    sent = self._first_write(obj, key, check, layout, whole)
+                    pending[key] = sent
+                    return sent
+                if blob.startswith(layout.prefix):
+                    decided = self._trim_layout(obj, key, check, blob, layout, whole)
+                    if decided is not _GENERAL:
+                        if decided is not None:
+                            pending[key] = decided  # type: ignore[assignment]
+                        return decided  # type: ignore[return-value]
         entries = decode_entries(blob)
         return self._trim_entries(obj, key, check, entries, known, in_flight, pending, whole)
 
     def _trim_layout(
         self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout, whole: bytes
-    ) -> Sent | None:
+    ) -> Sent | object | None:
         """`_trim` of a user stored in the object's layout (the hot case of a wide table).
 
-        The same decisions as `_trim_entries`, on arrays: nothing is in flight for the user
-        and the stored slots are the layout's, in its order.
+        The same decisions as `_trim_entries`, on the row's bytes and one list of values:
+        nothing is in flight for the user and the stored slots are the layout's, in its
+        order. `_GENERAL` when the general path must decide (digests, nested values).
         """
         body = obj.body
-        _, days, confirmed = split_entries(blob)
-        digests = layout.digests(body)
-        send = list(map(_differs, digests, confirmed))
+        values = layout.values(body)
+        encoded, stored_new = layout.encode(values)
+        at = layout.values_at
+        start, end = len(layout.prefix), at - 8  # the days
         cutoff = self._cutoff
-        if cutoff >= 0 and min(days) <= cutoff:  # some were confirmed too long ago
+        if len(blob) <= at:
+            return _GENERAL  # a damaged row: read as no entries
+        stored_json = blob[at:]
+        if self.full_resync:
+            obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)
+            return layout.slots, stored_new
+        # One comparison: every value equals what Braze confirmed (and none is too old).
+        if stored_json == encoded and (
+            cutoff < 0 or not values or min(array("H", blob[start:end])) > cutoff
+        ):
+            return None
+        if stored_new is not values or _MARKED in stored_json or _nested(encoded):
+            return _GENERAL  # digests, or values `==` cannot compare exactly
+        try:
+            stored = _loads(stored_json)
+        except orjson.JSONDecodeError:
+            return _GENERAL
+        if type(stored) is not list or len(stored) != len(values):
+            return _GENERAL
+        # `!=` with the types: 1, 1.0 and True are three values to Braze.
+        send = list(
+            map(
+                operator.or_,
+                map(_differs, stored, values),
+                map(operator.is_not, map(type, stored), map(type, values)),
+            )
+        )
+        days = array("H", blob[start:end])
+        if cutoff >= 0 and days and min(days) <= cutoff:  # some were confirmed too long ago
             send = [differs or day <= cutoff for differs, day in zip(send, days, strict=True)]
-        if self.full_resync or all(send):  # the whole object goes, as a first write
-            obj.ledger = UserWrite(key, check, layout.fresh_row(digests, whole), partial=False)
-            return layout.slots, digests
+        if all(send):  # the whole object goes, as a first write
+            obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)
+            return layout.slots, stored_new
         changed = [i for i, differs in enumerate(send) if differs]
         if not changed:
             return None
@@ -558,10 +679,10 @@ class Ledger:
             name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
         }
         obj.replace_body(kept, len(changed))
-        blob = layout.slot_bytes + days.tobytes() + digests.tobytes() + whole
-        obj.ledger = UserWrite(key, check, blob, partial=False)
+        row = layout.prefix + days.tobytes() + whole + encoded
+        obj.ledger = UserWrite(key, check, row, partial=False)
         slots = layout.slots
-        return {slots[i]: digests[i] for i in changed}
+        return {slots[i]: values[i] for i in changed}
 
     def _trim_entries(
         self,
@@ -570,13 +691,13 @@ class Ledger:
         check: int,
         entries: Entries,
         known: bool,
-        in_flight: dict[int, int] | None,
+        in_flight: dict[int, Any] | None,
         pending: dict[int, Sent],
         whole: bytes,
-    ) -> dict[int, int] | None:
+    ) -> dict[int, Any] | None:
         """`_trim` in general: entries in any order, or an earlier object still in flight.
 
-        `whole` (b"" when `in_flight`) ends the row written: it holds the whole object then.
+        `whole` (zeros when `in_flight`) is stored with the row: it holds the whole object.
         """
         partial = in_flight is not None
         slots = self._slots
@@ -593,42 +714,44 @@ class Ledger:
                 kept[name] = value
                 continue
             slot, seed = slots.get(name) or self._slot(name)
-            digest = _digest(_dumps(value, None, _SORT_KEYS), seed)
+            encoded = _dumps(value, None, _SORT_KEYS)
             confirmed = entries.get(slot)
             if (
                 not resend
                 and confirmed is not None
-                and confirmed[1] == digest
                 and confirmed[0] > cutoff
-                and others.get(slot, digest) == digest
+                and _matches(confirmed[1], encoded, seed)
+                and (slot not in others or _matches(others[slot], encoded, seed))
             ):
                 continue
+            if len(encoded) <= _LONG_VALUE and name not in PERSONAL_FIELDS:
+                stored = value
+            else:
+                stored = {_MARK: _digest(encoded, seed)}
             kept[name] = value
-            sent[slot] = digest
-            written[slot] = (day, digest)
+            sent[slot] = stored
+            written[slot] = (day, stored)
         # A record with no attributes at all still creates the user the first time.
         if not sent and (known or partial or len(kept) != len(body)):
             return None
         if len(kept) != len(body):
             obj.replace_body(kept, len(sent))
         pending.setdefault(key, {}).update(sent)  # type: ignore[union-attr]  # a dict here
-        stored = written if partial else encode_entries(written) + whole
-        obj.ledger = UserWrite(key, check, stored, partial)
+        stored_row = written if partial else encode_entries(written, whole)
+        obj.ledger = UserWrite(key, check, stored_row, partial)
         return sent
 
     def _first_write(
         self, obj: BrazeObject, key: int, check: int, layout: _Layout, whole: bytes
     ) -> Sent:
-        """A user the ledger has never seen: every attribute is sent (a first sync)."""
-        digests = layout.digests(obj.body)
-        obj.ledger = UserWrite(
-            key,
-            check,
-            layout.fresh_row(digests, whole),
-            partial=False,
-            first=True,
-        )
-        return layout.slots, digests
+        """A user the ledger has never seen: every attribute is sent (a first sync).
+
+        No loop per attribute: the values are taken in one call and encoded in another.
+        """
+        encoded, stored = layout.encode(layout.values(obj.body))
+        row = layout.fresh_row(whole, encoded)
+        obj.ledger = UserWrite(key, check, row, partial=False, first=True)
+        return layout.slots, stored
 
     @staticmethod
     def _event_identity(obj: BrazeObject) -> bytes:
@@ -686,8 +809,10 @@ class Ledger:
 
     def _settled_intents(self, writes: Sequence[UserWrite | EventWrite]) -> list[int]:
         """Count these writes' objects as settled; the intents now wholly settled."""
-        done = []
+        done: list[int] = []
         with self._lock:
+            if not self._open_intents:  # a first sync opens none: no loop per write
+                return done
             for write in writes:
                 if not isinstance(write, UserWrite):
                     continue

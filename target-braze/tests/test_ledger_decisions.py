@@ -213,29 +213,28 @@ def test_users_stored_in_the_record_s_layout_get_the_same_decisions_as_any_other
     assert stored["fast"] == stored["general"]
 
 
-def test_a_record_equal_to_the_object_a_row_was_written_from_needs_no_digest_per_value(
-    tmp_path, monkeypatch
-):
-    """The whole object's digest settles an equal record; any change still goes per value."""
+def test_a_record_equal_to_the_stored_row_is_settled_by_one_comparison(tmp_path, monkeypatch):
+    """Equal values' JSON settles a record without reading the row's values; a change goes
+    per value."""
     ledger = open_ledger(tmp_path)
     confirm(ledger, ledger.select(objects({"a": 1, "b": "x"})).send)
 
-    def no_digests(*_args):  # type: ignore[no-untyped-def]
-        raise AssertionError("digests per value computed for an unchanged record")
+    def no_loads(*_args):  # type: ignore[no-untyped-def]
+        raise AssertionError("the stored values were decoded for an unchanged record")
 
     with monkeypatch.context() as patched:
-        patched.setattr(ledger_module._Layout, "digests", no_digests)
+        patched.setattr(ledger_module, "_loads", no_loads)
         assert ledger.select(objects({"a": 1, "b": "x"})).unchanged
 
     (changed,) = ledger.select(objects({"a": 1, "b": "y"})).send
     assert changed.body == {"external_id": "u1", "b": "y"}
 
 
-def test_the_whole_object_path_decides_as_the_per_value_path(tmp_path, monkeypatch):
-    """Same records, two ledgers: one settles equal records by the whole object's digest,
-    the other never does. Both send the same, settle the same and store the same entries
-    (rejections, a user twice in one batch and records of another shape too; retention on
-    this path: `test_values_confirmed_longer_ago_than_the_retention_are_sent_again`).
+def test_the_row_path_decides_as_the_per_value_path(tmp_path, monkeypatch):
+    """Same records, two ledgers: one decides rows of the record's layout on the row's
+    bytes, the other always per value. Both send the same, settle the same and store the
+    same entries (rejections, a user twice in one batch, records of another shape, and
+    values `==` confuses: 1, 1.0, True, and nested objects holding them).
     """
     import random
 
@@ -244,13 +243,15 @@ def test_the_whole_object_path_decides_as_the_per_value_path(tmp_path, monkeypat
     def play(ledger: Ledger) -> tuple[list, dict]:
         rng = random.Random(5)
         verdicts = []
-        for _ in range(60):
+        for _ in range(80):
             users = rng.sample([f"u{i}" for i in range(8)], 4)
             users.append(rng.choice(users))
             built = []
             for user in users:
                 names = ["a", "b", "c"] if rng.random() < 0.9 else ["c", "a"]
-                record = {"customer_id": user, **{n: rng.choice([1, 2]) for n in names}}
+                long = {"k": "x" * 200, "m": "y" * 100}
+                choices = [1, 2, 1.0, True, "1", {"n": 1}, {"n": True}, long]
+                record = {"customer_id": user, **{n: rng.choice(choices) for n in names}}
                 built.append(BUILDER.build(record, 0, 1))
             selection = ledger.select(built)  # type: ignore[arg-type]
             verdicts.append(
@@ -267,39 +268,103 @@ def test_the_whole_object_path_decides_as_the_per_value_path(tmp_path, monkeypat
         rows = ledger._reader.read_users(keys)  # type: ignore[union-attr]
         return verdicts, {k: (chk, decode_entries(blob)) for k, (chk, blob) in rows.items()}
 
-    hits = []
-    original = ledger_module.unchanged_whole
+    decided = []
+    original = Ledger._trim_layout
 
-    def counting(*args):  # type: ignore[no-untyped-def]
-        hit = original(*args)
-        hits.append(hit)
-        return hit
+    def counting(self: Ledger, *args):  # type: ignore[no-untyped-def]
+        verdict = original(self, *args)
+        decided.append(verdict is not ledger_module._GENERAL)
+        return verdict
 
-    (tmp_path / "whole").mkdir()
+    (tmp_path / "row").mkdir()
     (tmp_path / "per_value").mkdir()
-    monkeypatch.setattr(ledger_module, "unchanged_whole", counting)
-    with_whole = play(open_ledger(tmp_path / "whole"))
-    monkeypatch.setattr(ledger_module, "unchanged_whole", lambda *_: False)
+    monkeypatch.setattr(Ledger, "_trim_layout", counting)
+    by_row = play(open_ledger(tmp_path / "row"))
+    monkeypatch.setattr(Ledger, "_trim_layout", lambda *_: ledger_module._GENERAL)
     per_value = play(open_ledger(tmp_path / "per_value"))
 
-    assert sum(hits) > 10  # the whole object's path was taken, often
-    assert with_whole == per_value
+    assert sum(decided) > 10  # the row's path decided, often
+    assert by_row == per_value
 
 
-def test_a_row_stored_without_the_whole_object_s_digest_is_read_per_value(tmp_path):
-    """A row written by schema 2 (or merged from parts) ends without it: same decisions."""
+def test_a_long_value_is_stored_as_its_digest_and_still_compared(tmp_path):
+    """A value longer than `_LONG_VALUE` costs 8 bytes of digest, not its length."""
+    ledger = open_ledger(tmp_path)
+    long = "x" * 255
+    confirm(ledger, ledger.select(objects({"a": 1, "b": long})).send)
+    ledger.close()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn:
+        (length,) = conn.execute("SELECT length(entries) FROM users").fetchone()
+    assert length < 100
+    again = open_ledger(tmp_path)
+
+    assert again.select(objects({"a": 1, "b": long})).unchanged
+    (changed,) = again.select(objects({"a": 1, "b": long[:-1] + "y"})).send
+    assert changed.body == {"external_id": "u1", "b": long[:-1] + "y"}
+
+
+def test_personal_fields_are_stored_as_digests_only(tmp_path):
+    """The ledger file holds no e-mail address or name in clear, and still compares them."""
+    ledger = open_ledger(tmp_path)
+    person = {"email": "ada@example.com", "first_name": "Ada", "peak_segment": "loyal"}
+    confirm(ledger, ledger.select(objects(person)).send)
+    ledger.close()
+    raw = (tmp_path / "ledger.sqlite").read_bytes()
+    for wal in tmp_path.glob("ledger.sqlite-wal"):
+        raw += wal.read_bytes()
+    assert b"loyal" in raw  # a custom attribute's short value is stored as it is
+    assert b"ada@example.com" not in raw
+    assert b"Ada" not in raw
+    again = open_ledger(tmp_path)
+
+    assert again.select(objects(person)).unchanged
+    (changed,) = again.select(objects({**person, "first_name": "Grace"})).send
+    assert changed.body == {"external_id": "u1", "first_name": "Grace"}
+
+
+def test_a_row_that_cannot_be_read_sends_every_attribute(tmp_path):
+    """A damaged row is no entries: the user's values are sent, never skipped."""
     ledger = open_ledger(tmp_path)
     confirm(ledger, ledger.select(objects({"a": 1, "b": "x"})).send)
     ledger.close()
     with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn, conn:
-        (length,) = conn.execute("SELECT length(entries) FROM users").fetchone()
-        assert length == 2 * 14 + 8  # two entries, then the whole object's digest
-        conn.execute("UPDATE users SET entries = substr(entries, 1, length(entries) - 8)")
+        conn.execute("UPDATE users SET entries = X'0500676172626167650a'")
     again = open_ledger(tmp_path)
 
-    assert again.select(objects({"a": 1, "b": "x"})).unchanged
-    (changed,) = again.select(objects({"a": 2, "b": "x"})).send
-    assert changed.body == {"external_id": "u1", "a": 2}
+    (sent,) = again.select(objects({"a": 1, "b": "x"})).send
+    assert sent.body == {"external_id": "u1", "a": 1, "b": "x"}
+    confirm(again, [sent])
+    again.close()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn, conn:
+        # The record's own slots, then too few bytes for the days and the object's digest.
+        (row,) = conn.execute("SELECT entries FROM users").fetchone()
+        conn.execute("UPDATE users SET entries = ?", (row[: 2 + 8 + 3],))
+    (sent,) = open_ledger(tmp_path).select(objects({"a": 1, "b": "x"})).send
+    assert sent.body == {"external_id": "u1", "a": 1, "b": "x"}
+
+
+def test_a_first_sync_of_a_new_workspace_looks_up_only_users_it_may_have_written(tmp_path):
+    """No lookup for a user the new workspace cannot hold; a user sent earlier in the run
+    is looked up (and its confirmed values settle it)."""
+    ledger = open_ledger(tmp_path)
+    looked_up: list[list[int]] = []
+    reader = ledger._reader
+    assert reader is not None
+    read_users = reader.read_users
+
+    def counting(keys):  # type: ignore[no-untyped-def]
+        looked_up.append(list(keys))
+        return read_users(keys)
+
+    reader.read_users = counting  # type: ignore[method-assign]
+    first = [BUILDER.build({"customer_id": f"u{i}", "a": 1}, i, i + 1) for i in range(50)]
+    confirm(ledger, ledger.select(first).send)  # type: ignore[arg-type]
+    assert looked_up == []
+
+    again = ledger.select(objects({"a": 1}))
+
+    assert again.unchanged
+    assert looked_up == [[ledger._keys.user("external_id", "u1")[0]]]
 
 
 def test_confirmations_wait_for_the_writer_once_enough_are_queued(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ import os
 import re
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -23,7 +24,7 @@ import xxhash
 
 from target_braze.errors import TargetBrazeError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # The states of an event or purchase identity (schema 4). `in_flight`: written, committed,
 # before the request carrying it is sent; `unknown`: Braze may hold it and no answer said
@@ -193,6 +194,28 @@ class Migration:
     to_version: int
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
+    #: Run on every user row's `entries` after the SQL (None: rows stay as they are).
+    rewrite_entries: Callable[[bytes], bytes] | None = None
+
+
+def _from_schema_5(blob: bytes) -> bytes:
+    """A schema-5 row in schema 6's form.
+
+    Schema 5 stored slots, days, a 64-bit digest per value, and maybe the whole object's
+    digest (kept: both schemas digest the object alike). Each value's digest becomes
+    `{"$xxh3": digest}`: schema 5 digested every value by the rule schema 6 uses for long
+    ones (`target_braze.ledger.stored_value`), so an unchanged value still compares equal.
+    A blob that is no schema-5 row is returned as it is (schema 6 reads it as no entries:
+    its attributes are sent).
+    """
+    count, rest = divmod(len(blob), 14)
+    if rest not in (0, 8) or not count or count > 0xFFFF:
+        return blob
+    digests = array("Q", blob[6 * count : 14 * count])
+    marks = ",".join(f'{{"$xxh3":{digest}}}' for digest in digests)
+    # The whole object's digest: the same rule in both schemas (zeros: none).
+    whole = blob[14 * count :] or bytes(8)
+    return struct.pack("<H", count) + blob[: 6 * count] + whole + f"[{marks}]".encode()
 
 
 # Ordered; append a step (and raise SCHEMA_VERSION) when the schema changes.
@@ -241,6 +264,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=("ALTER TABLE {p}workspaces ADD COLUMN keyspace TEXT",),
         postgres=("ALTER TABLE {p}workspaces ADD COLUMN keyspace text",),
     ),
+    # 6: a user's row holds the values Braze confirmed (a digest only for long ones) instead
+    # of a digest per value (see `target_braze.ledger`): each schema-5 digest is kept, as
+    # a digest entry, so nothing is sent again for the migration.
+    Migration(6, sqlite=(), postgres=(), rewrite_entries=_from_schema_5),
 )
 
 
@@ -406,15 +433,24 @@ class LedgerStore(ABC):
     def _error(self, problem: str) -> LedgerError:
         return LedgerError(f"ledger_url {self.url_display} {problem}")
 
-    def _creation_steps(self, from_version: int | None, dialect: str) -> list[str]:
-        """SQL that takes the schema from `from_version` (None: nothing) to SCHEMA_VERSION."""
+    def _creation_steps(
+        self, from_version: int | None, dialect: str
+    ) -> list[str | Callable[[bytes], bytes]]:
+        """What takes the schema from `from_version` (None: nothing) to SCHEMA_VERSION.
+
+        SQL statements, and functions to run on every user row's `entries` (in order; a new
+        ledger has no rows to rewrite).
+        """
         p = self._prefix
-        steps = list(_V1_SCHEMA[dialect]) if from_version is None else []
+        steps: list[str | Callable[[bytes], bytes]] = (
+            [step.format(p=p) for step in _V1_SCHEMA[dialect]] if from_version is None else []
+        )
         start = 1 if from_version is None else from_version
         for migration in MIGRATIONS:
             if migration.to_version > start:
-                steps += getattr(migration, dialect)
-        steps = [step.format(p=p) for step in steps]
+                steps += [step.format(p=p) for step in getattr(migration, dialect)]
+                if migration.rewrite_entries is not None and from_version is not None:
+                    steps.append(migration.rewrite_entries)
         steps.append(
             f"INSERT INTO {p}meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"

@@ -133,9 +133,33 @@ class PostgresLedgerStore(LedgerStore):
             self.created = found is None
             if found != base.SCHEMA_VERSION:
                 for step in self._creation_steps(found, "postgres"):
-                    cur.execute(step)
+                    if isinstance(step, str):
+                        cur.execute(step)
+                    else:
+                        self._rewrite_entries(cur, step)
 
         self._run(create, commit=True)
+
+    def _rewrite_entries(self, cur: Any, rewrite: Callable[[bytes], bytes]) -> None:
+        """`rewrite` every user row's entries (a migration), in chunks of keys."""
+        p = self._prefix
+        last = None
+        while True:
+            cur.execute(
+                f"SELECT k, entries FROM {p}users WHERE %s::bigint IS NULL OR k > %s::bigint "
+                "ORDER BY k LIMIT 10000",
+                (last, last),
+            )
+            rows = cur.fetchall()
+            if not rows:
+                return
+            keys = [k for k, _ in rows]
+            cur.execute(
+                f"UPDATE {p}users AS u SET entries = t.e FROM unnest(%b::bigint[], "
+                "%b::bytea[]) AS t(k, e) WHERE u.k = t.k",
+                (keys, [rewrite(bytes(e)) for _, e in rows]),
+            )
+            last = keys[-1]
 
     @override
     def register_workspace(self, identity: str, endpoint: str, label: str | None) -> int:

@@ -6,7 +6,7 @@ import os
 import sqlite3
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -209,7 +209,10 @@ class SqliteLedgerStore(LedgerStore):
             self.created = version is None
             if version != base.SCHEMA_VERSION:
                 for step in self._creation_steps(version, "sqlite"):
-                    conn.execute(step)
+                    if isinstance(step, str):
+                        conn.execute(step)
+                    else:
+                        _rewrite_entries(conn, step)
 
     @override
     def register_workspace(self, identity: str, endpoint: str, label: str | None) -> int:
@@ -521,6 +524,22 @@ class SqliteLedgerStore(LedgerStore):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _rewrite_entries(conn: sqlite3.Connection, rewrite: Callable[[bytes], bytes]) -> None:
+    """`rewrite` every user row's entries (a migration), in chunks of keys."""
+    last = None
+    while True:
+        rows = conn.execute(
+            "SELECT k, entries FROM users WHERE ? IS NULL OR k > ? ORDER BY k LIMIT 10000",
+            (last, last),
+        ).fetchall()
+        if not rows:
+            return
+        conn.executemany(
+            "UPDATE users SET entries = ? WHERE k = ?", [(rewrite(e), k) for k, e in rows]
+        )
+        last = rows[-1][0]
 
 
 def _keys_of(blob: bytes) -> array[int]:
