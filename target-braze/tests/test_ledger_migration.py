@@ -1,16 +1,14 @@
 """A schema-5 ledger, written by the release before schema 6, migrated and then used.
 
-The schema-5 ledger is made by that release's own code (its `target_braze`, taken from
-git at `SCHEMA_5_COMMIT`, run as a user would against the sandbox), in SQLite and in
+The schema-5 ledger is made by that release's own code (its `target_braze`, from
+`SCHEMA_5_ARCHIVE`, run as a user would against the sandbox), in SQLite and in
 PostgreSQL; then this release opens it, migrates it, and must send only what changed.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,19 +25,15 @@ from braze_target_harness import (
 )
 from test_ledger import EVENTS_MAPPING, event_messages
 
-# main when schema 6 was written: the last release whose ledger is schema 5.
-SCHEMA_5_COMMIT = "341707da2f01f6de828c57304ec7f5653535bbd3"
-ROOT = Path(__file__).resolve().parents[2]
+# That release's package, as `git archive 341707d target-braze/target_braze` made it (main
+# when schema 6 was written: the last release whose ledger is schema 5). Kept in the
+# repository, so the test needs no git history (CI's checkout may be shallow).
+SCHEMA_5_ARCHIVE = Path(__file__).parent / "data" / "target_braze-schema-5.tar.gz"
 
 
 def schema_5_package(into: Path) -> Path:
     """That release's `target_braze` package, unpacked under `into` (for PYTHONPATH)."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", SCHEMA_5_COMMIT, "target-braze/target_braze"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    with tarfile.open(SCHEMA_5_ARCHIVE) as tar:
         tar.extractall(into, filter="data")
     return into / "target-braze"
 
