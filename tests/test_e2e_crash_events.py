@@ -31,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 from pipeline_harness import RUN_TIMEOUT_SECONDS, postgres_server_url
 from test_e2e_crash import _answered, _wait_until_sandbox_quiet
-from test_e2e_reuse import TAP_POSTGRES, _install_tap_postgres
+from test_e2e_reuse import TAP_POSTGRES, _install_tap_postgres, tap_postgres_schema_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -135,12 +135,7 @@ def test_kill_9_at_random_moments_under_meltano_duplicates_no_event(
         sandbox,
         tap=TAP_POSTGRES,
         settings={
-            "TAP_POSTGRES_HOST": url.host or "127.0.0.1",
-            "TAP_POSTGRES_PORT": str(url.port or 5432),
-            "TAP_POSTGRES_USER": url.username or "postgres",
-            "TAP_POSTGRES_PASSWORD": url.password or "unused-with-trust-auth",
-            "TAP_POSTGRES_DATABASE": url.database or "postgres",
-            "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([event_tables.schema]),
+            **tap_postgres_schema_settings(url, event_tables.schema),
             "TARGET_BRAZE_STREAM_MAPPINGS": json.dumps(
                 {f"{event_tables.schema}-{table}": mapping for table in TABLES}
             ),

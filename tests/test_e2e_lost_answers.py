@@ -25,7 +25,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from pipeline_harness import MELTANO, PROJECT_ROOT, postgres_server_url
-from test_e2e_reuse import TAP_POSTGRES, _install_tap_postgres
+from test_e2e_reuse import TAP_POSTGRES, _install_tap_postgres, tap_postgres_schema_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -143,12 +143,7 @@ def test_lost_answers_duplicate_no_event_or_purchase_and_a_release_sends_each_on
         sandbox,
         tap=TAP_POSTGRES,
         settings={
-            "TAP_POSTGRES_HOST": url.host or "127.0.0.1",
-            "TAP_POSTGRES_PORT": str(url.port or 5432),
-            "TAP_POSTGRES_USER": url.username or "postgres",
-            "TAP_POSTGRES_PASSWORD": url.password or "unused-with-trust-auth",
-            "TAP_POSTGRES_DATABASE": url.database or "postgres",
-            "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([app_schema.name]),
+            **tap_postgres_schema_settings(url, app_schema.name),
             "TARGET_BRAZE_STREAM_MAPPINGS": json.dumps(mappings(app_schema.name)),
             # Small requests: enough of them for both faults to strike several times.
             "TARGET_BRAZE_MAX_OBJECTS_PER_REQUEST": "8",

@@ -129,15 +129,20 @@ def app_database() -> Iterator[AppDatabase]:
 
 def tap_postgres_settings(db: AppDatabase) -> dict[str, str]:
     """tap-postgres's settings for the test schema of `db`."""
+    return tap_postgres_schema_settings(db.url, db.schema)
+
+
+def tap_postgres_schema_settings(url: sa.URL, schema: str) -> dict[str, str]:
+    """tap-postgres's settings reading only `schema` of the database at `url`."""
     return {
-        "TAP_POSTGRES_HOST": db.url.host or "127.0.0.1",
-        "TAP_POSTGRES_PORT": str(db.url.port or 5432),
-        "TAP_POSTGRES_USER": db.url.username or "postgres",
+        "TAP_POSTGRES_HOST": url.host or "127.0.0.1",
+        "TAP_POSTGRES_PORT": str(url.port or 5432),
+        "TAP_POSTGRES_USER": url.username or "postgres",
         # tap-postgres 0.10.0 insists on a password; the test server trusts loopback
         # connections and never asks for it.
-        "TAP_POSTGRES_PASSWORD": db.url.password or "unused-with-trust-auth",
-        "TAP_POSTGRES_DATABASE": db.url.database or "postgres",
-        "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([db.schema]),
+        "TAP_POSTGRES_PASSWORD": url.password or "unused-with-trust-auth",
+        "TAP_POSTGRES_DATABASE": url.database or "postgres",
+        "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps([schema]),
     }
 
 
