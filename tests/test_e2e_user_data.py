@@ -198,3 +198,36 @@ def test_subscription_states_of_200_users(fresh_project, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["records_accepted"] == 200
     assert report["data_points"] == 0
+
+
+def test_deletes_under_429s_keep_the_endpoint_s_limit_and_all_arrive(fresh_project, tmp_path):
+    # /users/delete limited to 2 requests per 2 s on both sides, and 30% of the requests
+    # the sandbox admits answered 429 anyway: every 429 must be an injected one (none for
+    # going over the limit), and every user is deleted in the end.
+    with SandboxProcess(
+        api_key=BRAZE_KEY, user_data_rate_limit=2, user_data_rate_window=2, seed=23
+    ) as sandbox:
+        ids = _users(sandbox, 300)
+        sandbox.configure(fault_429=0.3)  # after the users exist
+        _configure(
+            fresh_project,
+            sandbox,
+            tmp_path,
+            stream_mappings=DELETES,
+            user_data_requests_per_window=2,
+            user_data_rate_window_seconds=2,
+            # A loaded machine's stand-in stamps arrivals late by up to about 0.5 s.
+            rate_limit_margin_seconds=0.5,
+            max_retries=20,
+        )
+        result = _run(fresh_project, _churned(tmp_path, ids))
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert _existing(sandbox, ids) == set()
+        stats = sandbox.stats()
+    deletes = stats["user_data"]["/users/delete"]
+    answered_429 = deletes["by_status"].get("429", 0) + stats["by_status"].get("429", 0)
+    assert stats["injected"]["429"] > 0, stats["injected"]
+    assert answered_429 == stats["injected"]["429"], (deletes, stats["injected"])
+    assert stats["user_data"]["max_arrivals_in_window"]["user_data"] <= 2
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["endpoints"]["/users/delete"]["rate_limited"] == stats["injected"]["429"]
