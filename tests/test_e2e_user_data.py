@@ -7,9 +7,13 @@ sandbox, checked through `/users/export/ids`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +235,73 @@ def test_deletes_under_429s_keep_the_endpoint_s_limit_and_all_arrive(fresh_proje
     assert stats["user_data"]["max_arrivals_in_window"]["user_data"] <= 2
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["endpoints"]["/users/delete"]["rate_limited"] == stats["injected"]["429"]
+
+
+def test_kill_9_between_deletes_then_a_rerun_loses_nothing_and_duplicates_no_event(
+    fresh_project, tmp_path
+):
+    # One user-data request an hour: after the first of three deletes the run cannot end,
+    # however slow the machine, so the kill lands between two deletes.
+    mappings = {
+        **DELETES,
+        "visits": {"object_type": "events", "event_name": "visit", "time_property": "at"},
+    }
+    visits = [[f"v{n}", f"visitor-{n % 7}", "2026-12-01T00:00:00Z"] for n in range(40)]
+    with SandboxProcess(api_key=BRAZE_KEY) as sandbox:
+        ids = _users(sandbox, 120)
+        files = [
+            _csv(tmp_path / "visits.csv", ["visit_id", "user_id", "at"], visits),
+            *_churned(tmp_path, ids),
+        ]
+        _configure(
+            fresh_project,
+            sandbox,
+            tmp_path,
+            stream_mappings=mappings,
+            user_data_requests_per_window=1,
+            user_data_rate_window_seconds=3600,
+        )
+        fresh_project.meltano("config", "set", THIRD_PARTY_TAP, "files", json.dumps(files))
+        with (tmp_path / "killed.log").open("wb") as log:
+            process = subprocess.Popen(
+                [MELTANO, "run", "--force", THIRD_PARTY_TAP, "target-braze"],
+                cwd=fresh_project.root,
+                env=fresh_project.env | {"BRAZE_API_KEY": BRAZE_KEY},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 600  # a safety net only
+            while len(_existing(sandbox, ids)) == len(ids):  # by progress: a delete applied
+                assert process.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "no delete was applied"
+                time.sleep(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        assert process.returncode == -signal.SIGKILL
+        left = _existing(sandbox, ids)
+        assert 0 < len(left) < len(ids)
+
+        _configure(
+            fresh_project,
+            sandbox,
+            tmp_path,
+            stream_mappings=mappings,
+            user_data_requests_per_window=20_000,
+            user_data_rate_window_seconds=60,
+        )
+        result = _run(fresh_project, files)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert _existing(sandbox, ids) == set()
+        events = sandbox.events()
+    # Each visit once: the killed run's were confirmed (duplicates now) or in flight (of
+    # unknown delivery now); none was sent again.
+    assert sorted(e["properties"]["visit_id"] for e in events) == sorted(v[0] for v in visits)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["duplicates"] + report["unknown"] == len(visits)
+    # STATE never passed a delete, so the rerun sent every one again (counted; harmless).
+    assert report["endpoints"]["/users/delete"]["objects_sent"] == len(ids)
