@@ -20,6 +20,7 @@ No line is lost or torn:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -84,6 +85,7 @@ class SingerOutput(GenericSingerWriter[bytes, "Message"]):
         self._written = 0  # bytes of the buffer already written (a write in progress)
         self._writing = False
         self._pending_stop: TapStopped | None = None
+        self._holding = 0  # inside `holding_stop`: a stop waits for its end
         self._closed = False
         self._fd: int | None = None  # stdout's descriptor, when writing to it directly
         self.messages_written = 0
@@ -141,9 +143,30 @@ class SingerOutput(GenericSingerWriter[bytes, "Message"]):
                     "reading; rerun to resume from the last STATE it stored"
                 )
                 raise OutputClosed(msg)
+        if self._holding:
+            return
         stop, self._pending_stop = self._pending_stop, None
         if stop is not None:
             raise stop
+
+    @contextlib.contextmanager
+    def holding_stop(self) -> t.Iterator[None]:
+        """A stop (SIGTERM, SIGINT) arriving inside is raised only once it is done.
+
+        For steps that must happen whole or not at all: closing a batch's files and
+        announcing them, so no closed file is left unannounced by a stop.
+        """
+        self._holding += 1
+        try:
+            yield
+        except BaseException:
+            self._holding -= 1
+            raise  # a failure (or a generator closed) inside: that is what is told
+        self._holding -= 1
+        if not self._holding:
+            stop, self._pending_stop = self._pending_stop, None
+            if stop is not None:
+                raise stop
 
     def _write_buffer(self, write: t.Callable[[memoryview], int]) -> bool:
         """Write the buffer from `_written` on; False if the pipe is broken.
@@ -171,7 +194,7 @@ class SingerOutput(GenericSingerWriter[bytes, "Message"]):
 
     def stop(self, stopped: TapStopped) -> None:
         """Called by the signal handler: raise now, or once the write in progress is done."""
-        if self._writing:
+        if self._writing or self._holding:
             if self._pending_stop is None:
                 self._pending_stop = stopped
             return

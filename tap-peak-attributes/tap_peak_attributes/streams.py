@@ -10,6 +10,7 @@ Two table shapes, one incremental contract (see `incremental.py`):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import re
@@ -494,7 +495,12 @@ class PeakAttributesStream(Stream):
         Records come from singer-sdk's record loop (`_sync_records` without writing
         messages, as its own batch mode does), which advances the pending bookmark. A
         file still being written when the run stops is removed: it was never announced.
+        Closing a batch's files, announcing them and the STATE after them (the caller's
+        part, while this generator waits at `yield`) hold a stop until they are done, so
+        a stop never leaves a closed file unannounced.
         """
+        writer = self._tap.message_writer
+        hold = writer.holding_stop if isinstance(writer, SingerOutput) else contextlib.nullcontext
         outputs = [
             (stream_map, stream_map.stream_alias)
             for stream_map in self.stream_maps
@@ -512,17 +518,22 @@ class PeakAttributesStream(Stream):
                     if mapped is not None:
                         file = files.get(stream)
                         if file is None:
-                            file = files[stream] = directory.new_file(stream)
+                            # Held: a stop between creating the file and holding it
+                            # here would leave it behind, never announced.
+                            with hold():
+                                file = files[stream] = directory.new_file(stream)
                         file.write(mapped)
                 count += 1
                 if count >= size:
-                    batch = self._close_batch(files)
-                    files, count = {}, 0
-                    yield batch
+                    with hold():
+                        batch = self._close_batch(files)
+                        files, count = {}, 0
+                        yield batch
             if count:
-                batch = self._close_batch(files)
-                files = {}
-                yield batch
+                with hold():
+                    batch = self._close_batch(files)
+                    files = {}
+                    yield batch
         finally:
             self._batching = False
             for file in files.values():

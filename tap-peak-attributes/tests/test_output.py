@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from tap_peak_attributes import output, sample
+from tap_peak_attributes.errors import TapStopped
 from tap_peak_attributes.output import SingerOutput, record_prefix, record_suffix
 from tap_peak_attributes.tap import TapPeakAttributes
 
@@ -365,3 +366,43 @@ def test_a_second_sigterm_gives_up_on_a_pipe_nobody_reads(tmp_path):
         "tap-peak-attributes: error: stopped by a second SIGTERM while writing the last "
         "lines; rerun to resume from the last STATE the target stored"
     )
+
+
+def test_a_stop_inside_holding_stop_waits_for_its_end_and_writes_go_on(monkeypatch):
+    # What closing and announcing a batch relies on: a stop (the signal handler calls
+    # `stop`) inside the hold is raised only at its end, after its writes.
+    stdout = CountingStdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    writer = SingerOutput()
+    stopped = TapStopped(signal.SIGTERM, lambda: None)
+    steps: list[str] = []
+
+    def held() -> None:
+        with writer.holding_stop():
+            writer.stop(stopped)  # held: not raised here
+            steps.append("stopped")
+            writer.write_message(StateMessage(value={"n": 1}))  # a flush: not raised
+            with writer.holding_stop():  # nested: only the outermost end raises
+                steps.append("nested")
+            steps.append("end")
+
+    with pytest.raises(TapStopped) as raised:
+        held()
+
+    assert raised.value is stopped
+    assert steps == ["stopped", "nested", "end"]
+    assert _lines(stdout) == [{"type": "STATE", "value": {"n": 1}}]
+    with pytest.raises(TapStopped):  # outside a hold, a stop is raised at once
+        writer.stop(stopped)
+
+
+def test_a_failure_inside_holding_stop_is_what_is_raised():
+    writer = SingerOutput()
+
+    def failing() -> None:
+        with writer.holding_stop():
+            writer.stop(TapStopped(signal.SIGTERM, lambda: None))
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        failing()
