@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -899,17 +899,21 @@ class Ledger:
         """
         if self._writer_store is None or self.failure is not None:
             return
-        try:
+        with self._failure_recorded("forgetting deleted users in the ledger"):
             for kind, identifier in users:
                 key, _check = self._keys.user(kind, identifier)
                 self._writer_store.clear_user(self.workspace, key, events=False)
+
+    @contextlib.contextmanager
+    def _failure_recorded(self, doing: str) -> Iterator[None]:
+        """Keep a failure of the writer thread's `doing` in `failure` (the run ends on it)."""
+        try:
+            yield
         except TargetBrazeError as exc:
             self.failure = exc
         except Exception as exc:
-            logger.debug("Unexpected error forgetting deleted users", exc_info=True)
-            self.failure = TargetBrazeError(
-                f"unexpected {type(exc).__name__} forgetting deleted users in the ledger: {exc}"
-            )
+            logger.debug("Unexpected error %s", doing, exc_info=True)
+            self.failure = TargetBrazeError(f"unexpected {type(exc).__name__} {doing}: {exc}")
 
     def _queue_settled(
         self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]
@@ -954,15 +958,8 @@ class Ledger:
         done = [intent for item in group for intent in item[3]]
         done += self._settled_intents(writes)
         if self.failure is None and not self._dry_run:
-            try:
+            with self._failure_recorded("writing the ledger"):
                 self._commit(writes, done)
-            except TargetBrazeError as exc:
-                self.failure = exc
-            except Exception as exc:
-                logger.debug("Unexpected error writing the ledger", exc_info=True)
-                self.failure = TargetBrazeError(
-                    f"unexpected {type(exc).__name__} writing the ledger: {exc}"
-                )
         if self.failure is not None:
             return  # nothing settles: STATE stays where the ledger is
         if any(isinstance(w, UserWrite) or w.outcome != FORGOTTEN for w in writes):
