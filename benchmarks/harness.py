@@ -140,6 +140,9 @@ def trees(old: str | None, work: Path) -> list[Tree]:
                 [*git, "archive", sha, *PLUGINS], capture_output=True, check=True
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+            # Compiled now, as this checkout's modules are: no run pays for compiling them.
+            compile_all = [sys.executable, "-m", "compileall", "-q", str(root)]
+            subprocess.run(compile_all, check=True, stdout=subprocess.DEVNULL)
         old = sha
     elif root.name == "target-braze":
         root = root.parent
