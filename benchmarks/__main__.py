@@ -82,7 +82,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ledger.add_argument("--records", type=int, default=100_000)
     ledger.add_argument("--postgres", help="a PostgreSQL URL: the ledger there (else SQLite)")
-    ledger.add_argument("--cases", default=",".join(cases.LEDGER_CASES))
+    ledger.add_argument(
+        "--cases",
+        default=",".join(cases.LEDGER_CASES),
+        help="a subset of %(default)s, comma-separated (ratios need off)",
+    )
     ledger.add_argument(
         "--callgrind",
         action="store_true",

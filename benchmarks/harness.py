@@ -244,7 +244,7 @@ def summarise(
             if any(r.get(k) is not None for r in own)
         }
         base = baselines.get(name)
-        if base and base != name:
+        if base in runs and base != name:
             ratios = [r[metric] / b[metric] for r, b in zip(own, runs[base], strict=True)]
             row |= {
                 "baseline": base,
