@@ -261,7 +261,11 @@ def limit(args: argparse.Namespace, work: Path) -> Result:
                 "max_requests_per_window": per_window,
                 "rate_limit_window_seconds": window,
             }
-            options = {"rate_limit": per_window, "rate_window": window, "latency_ms": latency}
+            options: dict[str, Any] = {
+                "rate_limit": per_window,
+                "rate_window": window,
+                "latency_ms": latency,
+            }
             with SandboxProcess(api_key="bench-key", **options) as braze:
                 assert braze._process is not None
                 server = psutil.Process(braze._process.pid)
