@@ -1,30 +1,23 @@
 """A Peak-shaped wide Singer stream, generated: what the tap writes, with 9 typed attributes.
 
-    .venv/bin/python -m benchmarks.wide_stream --records 100000 > stream.jsonl
-
+`python -m benchmarks stream --records N [--variant rescored] > stream.jsonl` writes it.
 One SCHEMA (as tap-peak-attributes writes it: `customer_id` key, `updated_at` bookmark),
-one RECORD per customer, a STATE every 10,000 records (the tap's `state_message_frequency`)
-and one at the end. Each record holds `customer_id`, `updated_at` and nine attributes of
-every JSON type a Peak output table carries:
+one RECORD per customer, a STATE every 10,000 records and one at the end. Each record
+holds `customer_id`, `updated_at` and nine attributes of every JSON type a Peak output
+table carries: three floats (`peak_churn_probability`, `peak_lifetime_value`,
+`peak_propensity`), three strings (`peak_churn_risk`, `peak_next_best_product`,
+`peak_segment`), a boolean `peak_is_vip`, an integer `peak_orders_count` and a date-time
+`peak_last_scored_at` (one of the 3,600 seconds of the model run's hour).
 
-- floats: `peak_churn_probability`, `peak_lifetime_value`, `peak_propensity`;
-- strings: `peak_churn_risk`, `peak_next_best_product`, `peak_segment`;
-- a boolean `peak_is_vip`, an integer `peak_orders_count`;
-- a date-time `peak_last_scored_at`: one of 3,600 distinct seconds of the model run's hour
-  (a scoring job stamps each customer as it goes; many customers share a second).
-
-`--variant changed` writes the same customers with every attribute value different (for
-the ledger's "every record changed" measurement), `--variant rescored` with 2 of the 9
-changed (the churn probability and the time scored, as a daily model run does); the same
-`--seed` and variant always give the same bytes.
+`variant="rescored"` writes the same customers with 2 of the 9 values changed (the churn
+probability and the time scored, as a daily model run does): the ledger's "every record
+changed" case. The same seed and variant always give the same bytes.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import random
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -84,11 +77,10 @@ def _risk(probability: float) -> str:
 
 
 def records(count: int, *, seed: int = 7, variant: str = "first") -> Iterator[dict[str, Any]]:
-    """The stream's records; `variant="changed"` moves every attribute of every customer."""
+    """The stream's records (`variant`: "first" or "rescored")."""
     rng = random.Random(seed)  # benchmark data: reproducible, not secret
     updated_at = _stamp(RUN_AT if variant == "first" else RUN_AT + dt.timedelta(days=1))
     scored = [_stamp(RUN_AT + dt.timedelta(seconds=s)) for s in range(3600)]
-    shift = 0 if variant == "first" else 1
     for number in range(1, count + 1):
         draw = rng.random
         probability = round(draw() ** 2.5, 4)
@@ -105,17 +97,6 @@ def records(count: int, *, seed: int = 7, variant: str = "first") -> Iterator[di
             # stamped again; the other 7 values as before (2 of 9 changed).
             probability = round(probability * 0.5 + 0.5, 4) if probability < 0.999 else 0.1
             scored_at = (scored_at + 1) % 3600
-        elif shift:
-            # Every value differs from the first variant's (the ledger sees all as changed).
-            probability = round(probability * 0.5 + 0.5, 4) if probability < 0.999 else 0.1
-            ltv = round(ltv + 1.0, 2)
-            propensity = round(propensity / 2 + 0.5001, 4)
-            product = (product + 1) % len(PRODUCTS)
-            segment = (segment + 1) % len(SEGMENTS)
-            orders += 1
-            scored_at = (scored_at + 1) % 3600
-            risk = f"{risk}_rescored"
-            vip = not vip
         yield {
             "customer_id": f"C{number:07d}",
             "updated_at": updated_at,
@@ -173,18 +154,3 @@ def write_file(path: Path, count: int, *, seed: int = 7, variant: str = "first")
     """`write` into a file."""
     with path.open("wb") as out:
         return write(out, count, seed=seed, variant=variant)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the stream to stdout."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--variant", choices=["first", "changed", "rescored"], default="first")
-    args = parser.parse_args(argv)
-    write(sys.stdout.buffer, args.records, seed=args.seed, variant=args.variant)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

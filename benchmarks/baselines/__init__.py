@@ -1,1 +1,0 @@
-"""Baselines measured beside target-braze in the same run (run as scripts)."""
