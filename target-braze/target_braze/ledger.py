@@ -20,8 +20,11 @@ lands, so a rejected earlier object can never leave a value Braze does not hold.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
+import functools
+import itertools
 import logging
 import operator
 import queue
@@ -104,6 +107,30 @@ _whole_digest = xxhash.xxh3_64_digest
 _NO_WHOLE = bytes(8)
 _differs = operator.ne
 _GENERAL = object()  # `_trim_layout`: the general path decides
+_dumps_sorted = functools.partial(orjson.dumps, option=_SORT_KEYS)
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+_body_of = operator.attrgetter("body")
+_encoded_of = operator.attrgetter("encoded")
+_user_key_of = operator.attrgetter("user_key")
+_key_of = operator.attrgetter("key")
+_intents_of = operator.attrgetter("intents")
+_first_of = operator.attrgetter("first")
+_ledger_of = operator.attrgetter("ledger")
+_seqs_of = operator.attrgetter("seqs")
+_array_of = operator.attrgetter("array")
+_is_write = functools.partial(operator.is_not, None)
+_check_of = operator.attrgetter("check")
+_entries_of = operator.attrgetter("entries")
+_partial_of = operator.attrgetter("partial")
+_repeat = itertools.repeat
+
+
+def _consume(iterator: Iterator[Any]) -> None:
+    """Run `iterator` to its end in C (`map` of a function called for its effect)."""
+    collections.deque(iterator, maxlen=0)
+
+
 # The bit set of users a run on a new workspace selected (`Ledger._maybe_stored`): 8 MB,
 # 64M bits, so at 1M users about 1.5% of lookups are made for nothing.
 _WRITTEN_MASK = (1 << 23) - 1
@@ -221,16 +248,13 @@ class _Layout:
     fresh_days: bytes  # every entry confirmed today (a layout lives for one run)
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the body's values, in order
     personal: bool  # some names are in PERSONAL_FIELDS
+    control: tuple[str, ...] = ()  # the control keys, in the body's order
+    values_at: int = 0  # where a row's values begin (after the whole object's digest)
 
     @property
     def count(self) -> int:
         """How many attributes."""
         return len(self.names)
-
-    @property
-    def values_at(self) -> int:
-        """Where a row of this layout's values begin (after the whole object's digest)."""
-        return len(self.prefix) + 2 * len(self.names) + 8
 
     def encode(self, values: tuple[Any, ...]) -> tuple[bytes, Sequence[Any]]:
         """The stored JSON of `values`, and the stored values.
@@ -496,6 +520,8 @@ class Ledger:
             array("H", [self._today] * len(slots)).tobytes(),
             values,
             not PERSONAL_FIELDS.isdisjoint(names),
+            tuple(name for name in keys if name in CONTROL_KEYS),
+            2 + 6 * len(slots) + 8,
         )
         if len(self._layouts) < 1024:  # a tap whose records vary in shape gets no cache
             self._layouts[keys] = layout
@@ -503,18 +529,27 @@ class Ledger:
 
     def select(self, objects: list[BrazeObject]) -> Selection:
         """Drop what Braze already holds; the rest is trimmed to what changed, in order."""
-        users = [o for o in objects if o.array == "attributes"] if self.send_only_changes else []
-        events = [o for o in objects if o.array != "attributes"] if self.deduplicate_events else []
+        arrays = set(map(_array_of, objects))
+        if arrays == {"attributes"}:  # a table of attributes: no pass per object to split
+            users = list(objects) if self.send_only_changes else []
+            events = []
+        else:
+            users = (
+                [o for o in objects if o.array == "attributes"] if self.send_only_changes else []
+            )
+            events = (
+                [o for o in objects if o.array != "attributes"] if self.deduplicate_events else []
+            )
         user_key = self._keys.user
-        user_keys = [user_key(*obj.user_key) for obj in users]
+        user_keys = self._keys.users(list(map(_user_key_of, users)))
         event_keys = [self._keys.event(self._event_identity(obj)) for obj in events]
         with self._lock:
             pending_users = self._pending_users
+            # A copy of what is on its way for these users (`_trim` adds to it, outside the
+            # lock); the users found by a set intersection in C, not a test per user.
             pending: dict[int, Sent] = {
-                # A copy: `_trim` adds to it, outside the lock.
                 key: dict(_sent_dict(pending_users[key][1]))
-                for key, _ in user_keys
-                if key in pending_users
+                for key in (pending_users.keys() & map(_first, user_keys) if pending_users else ())
             }
             pending_events = {key for key, _ in event_keys if key in self._pending_events}
         reader = self._reader
@@ -526,15 +561,19 @@ class Ledger:
         verdict: dict[int, str] = {}
         sent_digests: list[tuple[int, Sent]] = []
         sent_users: list[BrazeObject] = []
-        for obj, (key, check) in zip(users, user_keys, strict=True):
-            row = stored.get(key)
-            known = row is not None and row[0] == check
-            sent = self._trim(obj, key, check, row[1] if known else b"", known, pending)  # type: ignore[index]
-            if sent is None:
-                verdict[id(obj)] = "unchanged"
-            else:
-                sent_digests.append((key, sent))
-                sent_users.append(obj)
+        firsts = None if stored or pending else self._first_writes(users, user_keys)
+        if firsts is not None:
+            sent_digests = firsts
+        else:
+            for obj, (key, check) in zip(users, user_keys, strict=True):
+                row = stored.get(key)
+                known = row is not None and row[0] == check
+                sent = self._trim(obj, key, check, row[1] if known else b"", known, pending)  # type: ignore[index]
+                if sent is None:
+                    verdict[id(obj)] = "unchanged"
+                else:
+                    sent_digests.append((key, sent))
+                    sent_users.append(obj)
         selected: set[int] = set()
         event_keys_sent = []
         sent_events: list[EventWrite] = []
@@ -560,11 +599,59 @@ class Ledger:
         else:
             selection.send = objects
         self._add_pending(sent_digests, event_keys_sent)
-        if self._written is not None:
+        if self._written is not None and sent_digests:
+            # The bits of the keys sent, set in C-level passes (no Python per user).
+            keys = list(map(_first, sent_digests))
+            at = list(
+                map(operator.and_, map(operator.rshift, keys, _repeat(3)), _repeat(_WRITTEN_MASK))
+            )
+            bits = map(operator.lshift, _repeat(1), map(operator.and_, keys, _repeat(7)))
             written = self._written
-            for key, _ in sent_digests:
-                written[(key >> 3) & _WRITTEN_MASK] |= 1 << (key & 7)
+            # Lazily, element by element: a byte two keys share gets both bits.
+            _consume(
+                map(written.__setitem__, at, map(operator.or_, map(written.__getitem__, at), bits))
+            )
         return selection
+
+    def _first_writes(
+        self, users: list[BrazeObject], user_keys: list[tuple[int, int]]
+    ) -> list[tuple[int, Sent]] | None:
+        """Every user of a selection is new to the ledger: `_first_write` for all, in bulk.
+
+        For a first sync's selections: nothing stored, nothing on its way, each user once,
+        one layout of short values that are not personal. The same rows and pending values
+        as `_first_write` gives each, made in C-level passes over the selection (no Python
+        per user, beyond the write's object). None when the selection is not such.
+        """
+        if not users:
+            return []
+        shapes = set(map(tuple, map(_body_of, users)))
+        if len(shapes) != 1 or len(set(user_keys)) != len(user_keys):
+            return None
+        (shape,) = shapes
+        layout = self._layouts.get(shape) or self._layout(shape)
+        if layout is None or layout.personal:
+            return None
+        values = list(map(layout.values, map(_body_of, users)))
+        encoded = list(map(_dumps_sorted, values))
+        if max(map(len, encoded)) > _LONG_VALUE:
+            return None  # some value is stored as its digest: `_first_write` decides
+        head = layout.prefix + layout.fresh_days
+        rows = map(
+            head.__add__, map(bytes.__add__, map(_whole_digest, map(_encoded_of, users)), encoded)
+        )
+        keys = list(map(_first, user_keys))
+        writes = map(
+            UserWrite,
+            keys,
+            map(_second, user_keys),
+            rows,
+            _repeat(False),
+            _repeat(()),
+            _repeat(True),
+        )
+        _consume(map(setattr, users, _repeat("ledger"), writes))
+        return list(zip(keys, zip(_repeat(layout.slots), values, strict=False), strict=True))
 
     def _maybe_stored(self, user_keys: list[tuple[int, int]]) -> list[int]:
         """The keys to look up: all, or in a workspace new this run, those it may have written.
@@ -575,11 +662,14 @@ class Ledger:
         is made and finds nothing.
         """
         written = self._written
+        keys = list(map(_first, user_keys))
         if written is None:
-            return [key for key, _ in user_keys]
-        return [
-            key for key, _ in user_keys if written[(key >> 3) & _WRITTEN_MASK] & (1 << (key & 7))
-        ]
+            return keys
+        at = map(operator.and_, map(operator.rshift, keys, _repeat(3)), _repeat(_WRITTEN_MASK))
+        bits = map(operator.lshift, _repeat(1), map(operator.and_, keys, _repeat(7)))
+        return list(
+            itertools.compress(keys, map(operator.and_, map(written.__getitem__, at), bits))
+        )
 
     def _trim(
         self,
@@ -668,21 +758,20 @@ class Ledger:
         if all(send):  # the whole object goes, as a first write
             obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)
             return layout.slots, stored_new
-        changed = [i for i, differs in enumerate(send) if differs]
+        changed = list(itertools.compress(range(len(send)), send))
         if not changed:
             return None
         today_ = self._today
         for i in changed:
             days[i] = today_
-        names = {layout.names[i] for i in changed}
-        kept = {
-            name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
-        }
+        # The control keys, then the changed attributes: no pass over the whole body.
+        kept = {name: body[name] for name in layout.control}
+        new_values = list(map(values.__getitem__, changed))
+        kept.update(zip(map(layout.names.__getitem__, changed), new_values, strict=True))
         obj.replace_body(kept, len(changed))
         row = layout.prefix + days.tobytes() + whole + encoded
         obj.ledger = UserWrite(key, check, row, partial=False)
-        slots = layout.slots
-        return {slots[i]: values[i] for i in changed}
+        return dict(zip(map(layout.slots.__getitem__, changed), new_values, strict=True))
 
     def _trim_entries(
         self,
@@ -760,8 +849,16 @@ class Ledger:
         return _dumps(obj.body, option=_SORT_KEYS, default=str)
 
     def _add_pending(self, users: list[tuple[int, Sent]], events: list[int]) -> None:
+        keys = list(map(_first, users))
+        once = len(set(keys)) == len(keys)
         with self._lock:
             pending_users = self._pending_users
+            if once and pending_users.keys().isdisjoint(keys):
+                # Each user once, none pending yet (a first sync): one `update`, in C.
+                pending_users.update(
+                    zip(keys, zip(_repeat(1), map(_second, users), strict=False), strict=True)
+                )
+                users = []
             for key, sent in users:
                 held = pending_users.get(key)
                 pending_users[key] = (
@@ -789,9 +886,11 @@ class Ledger:
         """
         if self._dry_run or self._reader is None:
             return
-        writes = [
-            write for obj in users if isinstance(write := obj.ledger, UserWrite) and not write.first
-        ]
+        # Each selected user's `ledger` is the UserWrite `_trim` made: kept unless first.
+        ledgers = list(map(_ledger_of, users))
+        writes: list[UserWrite] = list(
+            itertools.compress(ledgers, map(operator.not_, map(_first_of, ledgers)))
+        )
         if not writes and not events:
             return
         today_ = self._today
@@ -802,8 +901,7 @@ class Ledger:
         )
         if not writes:
             return
-        for write in writes:
-            write.intents = (intent,)
+        _consume(map(setattr, writes, _repeat("intents"), _repeat((intent,))))
         with self._lock:
             self._open_intents[intent] = len(writes)
 
@@ -813,16 +911,24 @@ class Ledger:
         with self._lock:
             if not self._open_intents:  # a first sync opens none: no loop per write
                 return done
-            for write in writes:
-                if not isinstance(write, UserWrite):
+            # How many of each intent's objects settle now: counted in C, then one step per
+            # intent (a few hundred objects each), not per write.
+            if set(map(type, writes)) == {UserWrite}:
+                users: Sequence[UserWrite] = writes  # type: ignore[assignment]
+            else:
+                users = [write for write in writes if isinstance(write, UserWrite)]
+            settled = collections.Counter(itertools.chain.from_iterable(map(_intents_of, users)))
+            for intent, count in settled.items():
+                if intent not in self._open_intents:
+                    # Not counted open (cannot happen): as before, settled by one object.
+                    done.append(intent)
                     continue
-                for intent in write.intents:
-                    left = self._open_intents.get(intent, 1) - 1
-                    if left <= 0:
-                        self._open_intents.pop(intent, None)
-                        done.append(intent)
-                    else:
-                        self._open_intents[intent] = left
+                left = self._open_intents[intent] - count
+                if left <= 0:
+                    del self._open_intents[intent]
+                    done.append(intent)
+                else:
+                    self._open_intents[intent] = left
         return done
 
     def forget_pending(self, objects: Sequence[BrazeObject]) -> None:
@@ -864,6 +970,19 @@ class Ledger:
         self._queue_settled(objects, then)
 
     def _release(self, writes: Sequence[UserWrite | EventWrite]) -> None:
+        if writes and set(map(type, writes)) == {UserWrite}:
+            keys = list(map(_key_of, writes))
+            if len(set(keys)) == len(keys):
+                with self._lock:
+                    popped: list[tuple[int, Sent] | None] = list(
+                        map(self._pending_users.pop, keys, _repeat(None))
+                    )
+                    if max(map(_first, filter(None, popped)), default=1) <= 1:
+                        return  # each was pending once (the common case): all popped, in C
+                    for key, was in zip(keys, popped, strict=True):  # put back the others
+                        if was is not None and was[0] > 1:
+                            self._pending_users[key] = (was[0] - 1, was[1])
+                return
         with self._lock:
             for write in writes:
                 table: dict[int, Any] = (
@@ -885,9 +1004,10 @@ class Ledger:
 
         Only the writes and sequence numbers are kept until the commit, not the objects.
         """
-        for obj in objects:
-            if isinstance(obj.ledger, EventWrite):
-                obj.ledger.outcome = CONFIRMED
+        if EventWrite in set(map(type, map(_ledger_of, objects))):
+            for obj in objects:
+                if isinstance(obj.ledger, EventWrite):
+                    obj.ledger.outcome = CONFIRMED
         self._queue_settled(objects, then)
 
     def forget_deleted_users(self, users: Sequence[tuple[str, str]]) -> None:
@@ -919,8 +1039,8 @@ class Ledger:
         self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]
     ) -> None:
         """Hand settled objects' writes to the writer (waiting while it is far behind)."""
-        writes = [obj.ledger for obj in objects if obj.ledger is not None]
-        seqs = [seq for obj in objects for seq in obj.seqs]
+        writes = list(filter(_is_write, map(_ledger_of, objects)))
+        seqs = list(itertools.chain.from_iterable(map(_seqs_of, objects)))
         with self._room:
             while self._queued >= _QUEUED_OBJECTS:
                 self._room.wait()
@@ -954,7 +1074,7 @@ class Ledger:
                 return
 
     def _write_group(self, group: list[_Confirmation]) -> None:
-        writes = [write for item in group for write in item[0]]
+        writes = list(itertools.chain.from_iterable(map(_first, group)))
         done = [intent for item in group for intent in item[3]]
         done += self._settled_intents(writes)
         if self.failure is None and not self._dry_run:
@@ -971,6 +1091,19 @@ class Ledger:
 
     def _commit(self, writes: list[UserWrite | EventWrite], done_intents: list[int]) -> None:
         assert self._writer_store is not None  # noqa: S101 - only real runs write
+        if writes and set(map(type, writes)) == {UserWrite}:
+            keys = list(map(_key_of, writes))
+            blobs = list(map(_entries_of, writes))
+            if (
+                not any(map(_partial_of, writes))
+                and set(map(type, blobs)) == {bytes}
+                and len(set(keys)) == len(keys)
+            ):
+                # Whole rows, each user once (a first sync, a changed table): no merging,
+                # the rows straight from the writes, in C-level passes.
+                rows = list(zip(keys, map(_check_of, writes), blobs, strict=True))
+                self._writer_store.write(self.workspace, rows, [], done_intents)
+                return
         users: dict[int, UserWrite] = {}
         events = []
         unknown = []
