@@ -114,12 +114,7 @@ _body_of = operator.attrgetter("body")
 _encoded_of = operator.attrgetter("encoded")
 _user_key_of = operator.attrgetter("user_key")
 _key_of = operator.attrgetter("key")
-_intents_of = operator.attrgetter("intents")
-_first_of = operator.attrgetter("first")
-_ledger_of = operator.attrgetter("ledger")
-_seqs_of = operator.attrgetter("seqs")
 _array_of = operator.attrgetter("array")
-_is_write = functools.partial(operator.is_not, None)
 _check_of = operator.attrgetter("check")
 _entries_of = operator.attrgetter("entries")
 _partial_of = operator.attrgetter("partial")
@@ -251,7 +246,6 @@ class _Layout:
     fresh_days: bytes  # every entry confirmed today (a layout lives for one run)
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the body's values, in order
     personal: bool  # some names are in PERSONAL_FIELDS
-    control: tuple[str, ...] = ()  # the control keys, in the body's order
     values_at: int = 0  # where a row's values begin (after the whole object's digest)
 
     @property
@@ -523,7 +517,6 @@ class Ledger:
             array("H", [self._today] * len(slots)).tobytes(),
             values,
             not PERSONAL_FIELDS.isdisjoint(names),
-            tuple(name for name in keys if name in CONTROL_KEYS),
             2 + 6 * len(slots) + 8,
         )
         if len(self._layouts) < 1024:  # a tap whose records vary in shape gets no cache
@@ -749,20 +742,21 @@ class Ledger:
         if all(send):  # the whole object goes, as a first write
             obj.ledger = UserWrite(key, check, layout.fresh_row(whole, encoded), partial=False)
             return layout.slots, stored_new
-        changed = list(itertools.compress(range(len(send)), send))
+        changed = [i for i, differs in enumerate(send) if differs]
         if not changed:
             return None
         today_ = self._today
         for i in changed:
             days[i] = today_
-        # The control keys, then the changed attributes: no pass over the whole body.
-        kept = {name: body[name] for name in layout.control}
-        new_values = list(map(values.__getitem__, changed))
-        kept.update(zip(map(layout.names.__getitem__, changed), new_values, strict=True))
+        names = {layout.names[i] for i in changed}
+        kept = {
+            name: value for name, value in body.items() if name in names or name in CONTROL_KEYS
+        }
         obj.replace_body(kept, len(changed))
         row = layout.prefix + days.tobytes() + whole + encoded
         obj.ledger = UserWrite(key, check, row, partial=False)
-        return dict(zip(map(layout.slots.__getitem__, changed), new_values, strict=True))
+        slots = layout.slots
+        return {slots[i]: values[i] for i in changed}
 
     def _trim_entries(
         self,
@@ -877,11 +871,9 @@ class Ledger:
         """
         if self._dry_run or self._reader is None:
             return
-        # Each selected user's `ledger` is the UserWrite `_trim` made: kept unless first.
-        ledgers = list(map(_ledger_of, users))
-        writes: list[UserWrite] = list(
-            itertools.compress(ledgers, map(operator.not_, map(_first_of, ledgers)))
-        )
+        writes = [
+            write for obj in users if isinstance(write := obj.ledger, UserWrite) and not write.first
+        ]
         if not writes and not events:
             return
         today_ = self._today
@@ -892,7 +884,8 @@ class Ledger:
         )
         if not writes:
             return
-        _consume(map(setattr, writes, _repeat("intents"), _repeat((intent,))))
+        for write in writes:
+            write.intents = (intent,)
         with self._lock:
             self._open_intents[intent] = len(writes)
 
@@ -902,24 +895,16 @@ class Ledger:
         with self._lock:
             if not self._open_intents:  # a first sync opens none: no loop per write
                 return done
-            # How many of each intent's objects settle now: counted in C, then one step per
-            # intent (a few hundred objects each), not per write.
-            if set(map(type, writes)) == {UserWrite}:
-                users: Sequence[UserWrite] = writes  # type: ignore[assignment]
-            else:
-                users = [write for write in writes if isinstance(write, UserWrite)]
-            settled = collections.Counter(itertools.chain.from_iterable(map(_intents_of, users)))
-            for intent, count in settled.items():
-                if intent not in self._open_intents:
-                    # Not counted open (cannot happen): as before, settled by one object.
-                    done.append(intent)
+            for write in writes:
+                if not isinstance(write, UserWrite):
                     continue
-                left = self._open_intents[intent] - count
-                if left <= 0:
-                    del self._open_intents[intent]
-                    done.append(intent)
-                else:
-                    self._open_intents[intent] = left
+                for intent in write.intents:
+                    left = self._open_intents.get(intent, 1) - 1
+                    if left <= 0:
+                        self._open_intents.pop(intent, None)
+                        done.append(intent)
+                    else:
+                        self._open_intents[intent] = left
         return done
 
     def forget_pending(self, objects: Sequence[BrazeObject]) -> None:
@@ -995,10 +980,9 @@ class Ledger:
 
         Only the writes and sequence numbers are kept until the commit, not the objects.
         """
-        if EventWrite in set(map(type, map(_ledger_of, objects))):
-            for obj in objects:
-                if isinstance(obj.ledger, EventWrite):
-                    obj.ledger.outcome = CONFIRMED
+        for obj in objects:
+            if isinstance(obj.ledger, EventWrite):
+                obj.ledger.outcome = CONFIRMED
         self._queue_settled(objects, then)
 
     def forget_deleted_users(self, users: Sequence[tuple[str, str]]) -> None:
@@ -1030,8 +1014,8 @@ class Ledger:
         self, objects: Sequence[BrazeObject], then: Callable[[list[int]], None]
     ) -> None:
         """Hand settled objects' writes to the writer (waiting while it is far behind)."""
-        writes = list(filter(_is_write, map(_ledger_of, objects)))
-        seqs = list(itertools.chain.from_iterable(map(_seqs_of, objects)))
+        writes = [obj.ledger for obj in objects if obj.ledger is not None]
+        seqs = [seq for obj in objects for seq in obj.seqs]
         with self._room:
             while self._queued >= _QUEUED_OBJECTS:
                 self._room.wait()
@@ -1065,7 +1049,7 @@ class Ledger:
                 return
 
     def _write_group(self, group: list[_Confirmation]) -> None:
-        writes = list(itertools.chain.from_iterable(map(_first, group)))
+        writes = [write for item in group for write in item[0]]
         done = [intent for item in group for intent in item[3]]
         done += self._settled_intents(writes)
         if self.failure is None and not self._dry_run:

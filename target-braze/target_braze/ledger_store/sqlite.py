@@ -35,7 +35,6 @@ from target_braze.private_files import make_private_directories, open_private
 _first = itemgetter(0)
 _second = itemgetter(1)
 _third = itemgetter(2)
-_check_entries = itemgetter(1, 2)
 
 
 def sqlite_ledger_path(url: str) -> Path | None:
@@ -311,8 +310,8 @@ class SqliteLedgerStore(LedgerStore):
     @override
     def read_users(self, keys: Sequence[int]) -> dict[int, tuple[int, bytes]]:
         """See `LedgerStore.read_users`."""
-        rows = list(self._select_in("SELECT k, chk, entries FROM users WHERE k IN ", keys))
-        return dict(zip(map(_first, rows), map(_check_entries, rows), strict=True))
+        rows = self._select_in("SELECT k, chk, entries FROM users WHERE k IN ", keys)
+        return {k: (chk, entries) for k, chk, entries in rows}
 
     @override
     def read_events(self, keys: Sequence[int]) -> dict[int, int]:
