@@ -423,3 +423,39 @@ def test_a_trimmed_object_keeps_its_control_keys(tmp_path):
 
     assert changed.body == {"external_id": "u1", "_update_existing_only": True, "b": 2}
     assert changed.data_points == 1
+
+
+def stored_rows(directory) -> dict[int, bytes]:
+    with closing(sqlite3.connect(directory / "ledger.sqlite")) as conn:
+        return dict(conn.execute("SELECT k, entries FROM users").fetchall())
+
+
+def test_a_first_sync_written_in_bulk_stores_the_rows_the_user_by_user_path_stores(
+    tmp_path, monkeypatch
+):
+    values = [
+        {"customer_id": f"u{i}", "score": i / 3, "segment": "x" * i, "vip": i % 2 == 0}
+        for i in range(4)
+    ]
+    bulk, general = tmp_path / "bulk", tmp_path / "general"
+    bulk.mkdir()
+    general.mkdir()
+    ledger = open_ledger(general)
+    # A second shape in the selection: every user goes through `_trim`, one by one.
+    mixed = objects(*values, {"customer_id": "other", "other": 1})
+    confirm(ledger, ledger.select(mixed).send)
+    ledger.close()
+
+    def no_trim(*_args: object) -> None:
+        raise AssertionError("a first sync of one shape is selected in bulk")
+
+    monkeypatch.setattr(Ledger, "_trim", no_trim)
+    ledger = open_ledger(bulk)
+    selection = ledger.select(objects(*values))
+    confirm(ledger, selection.send)
+    ledger.close()
+
+    assert len(selection.send) == 4
+    written = stored_rows(bulk)
+    assert len(written) == 4
+    assert written == {key: row for key, row in stored_rows(general).items() if key in written}

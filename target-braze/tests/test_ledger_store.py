@@ -161,6 +161,14 @@ def test_user_key_is_the_two_signed_halves_of_xxh3_128() -> None:
     assert -(2**63) <= check < 2**63
 
 
+def test_users_in_bulk_are_user_of_each_identity_in_order() -> None:
+    keys = KeySpace("name:a")
+    one_type = [("external_id", f"c{i}") for i in range(5)] + [("external_id", "\udc80")]
+    mixed = [("external_id", "x"), ("email", "x"), ("external_id", "y")]
+    for identities in (one_type, mixed, []):
+        assert keys.users(identities) == [keys.user(*identity) for identity in identities]
+
+
 def test_event_key_hashes_the_workspace_kind_and_identity() -> None:
     key, check = KeySpace("name:a").event(b"order-7")
     value = xxhash.xxh3_128_intdigest(b"name:a\x00event\x00order-7")

@@ -8,6 +8,8 @@ import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,10 @@ from target_braze.ledger_store.base import (
     mask_url,
 )
 from target_braze.private_files import make_private_directories, open_private
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+_third = itemgetter(2)
 
 
 def sqlite_ledger_path(url: str) -> Path | None:
@@ -332,7 +338,8 @@ class SqliteLedgerStore(LedgerStore):
         if not (users or events or done_intents or unknown_events or forgotten_events):
             return
         # Sorted keys walk the b-tree in order: fewer pages touched per commit.
-        user_rows = [(k, chk, workspace, e) for k, chk, e in _last_per_key(users)]
+        last = _last_per_key(users)
+        user_rows = zip(map(_first, last), map(_second, last), repeat(workspace), map(_third, last))
         event_rows = [(k, chk, workspace, uk, d) for k, chk, uk, d in _last_per_key(events)]
         with self._transaction() as conn:
             conn.executemany(
