@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import shutil
 import sqlite3
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,48 @@ def ensure_plugins_installed() -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"meltano install failed:\n{result.stdout}\n{result.stderr}")
+
+
+def session_directory(basetemp: Path) -> Path:
+    """A directory every pytest-xdist worker of this session shares (and only this session).
+
+    A worker's base temp is `<session's base temp>/popen-gwN`; without xdist it is the
+    session's own.
+    """
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def built_once(basetemp: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """`<session dir>/<name>`, made by `build(directory)` once per test session.
+
+    Every xdist worker asks; the first builds under a file lock while the others wait, then
+    all use the same directory (read only). A build that fails leaves nothing behind: the
+    next test to ask tries again, and fails with its own error.
+    """
+    shared = session_directory(basetemp)
+    directory = shared / name
+    done = shared / f"{name}.built"
+    with _exclusive(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            try:
+                build(directory)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            done.touch()
+    return directory
 
 
 def init_ledger(

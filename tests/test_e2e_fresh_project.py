@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from braze_sandbox.testing import SandboxProcess
-from pipeline_harness import MELTANO, PROJECT_ROOT
+from pipeline_harness import MELTANO, PROJECT_ROOT, built_once
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +45,7 @@ CITIES = ("Lisbon", "Porto, PT", "São Paulo", 'The "Hague"', "Zürich")
 _SCRUBBED_PREFIXES = ("TAP_", "TARGET_", "MELTANO_")
 _SCRUBBED = {"BRAZE_API_KEY", "PEAK_API_KEY", "PEAK_WAREHOUSE_URL", "PEAK_BRAZE_CHECKOUT"}
 BRAZE_KEY = "fresh-project-k3y-7Yq2Lm9Vw"
+PROJECT_NAME = "their-project"
 
 
 @dataclass
@@ -72,6 +74,15 @@ class FreshProject:
         )
         return result
 
+    def configure(self, plugin_type: str, name: str, values: dict[str, Any]) -> None:
+        """Set plugin settings in meltano.yml, as `meltano config set` would write them (in
+        the plugin's `config`), without a Meltano start-up per setting."""
+        path = self.root / "meltano.yml"
+        project = yaml.safe_load(path.read_text(encoding="utf-8"))
+        (entry,) = [p for p in project["plugins"][plugin_type] if p["name"] == name]
+        entry.setdefault("config", {}).update(values)
+        path.write_text(yaml.safe_dump(project, sort_keys=False), encoding="utf-8")
+
     def plugin(self, plugin_type: str, name: str) -> dict[str, Any]:
         """The plugin's entry in the project's meltano.yml."""
         project = yaml.safe_load((self.root / "meltano.yml").read_text(encoding="utf-8"))
@@ -91,13 +102,11 @@ def _clean_environment() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def fresh_project(tmp_path_factory: pytest.TempPathFactory) -> FreshProject:
-    parent = tmp_path_factory.mktemp("another-team")
-    assert not parent.resolve().is_relative_to(PROJECT_ROOT)
+def _install_fresh_project(parent: Path) -> None:
+    """`meltano init`, then target-braze and the third-party tap added (and installed)."""
     env = _clean_environment()
     init = subprocess.run(
-        [MELTANO, "init", "their-project", "--no_usage_stats"],
+        [MELTANO, "init", PROJECT_NAME, "--no_usage_stats"],
         cwd=parent,
         env=env,
         capture_output=True,
@@ -106,7 +115,7 @@ def fresh_project(tmp_path_factory: pytest.TempPathFactory) -> FreshProject:
         check=False,
     )
     assert init.returncode == 0, init.stdout + init.stderr
-    project = FreshProject(parent / "their-project", env)
+    project = FreshProject(parent / PROJECT_NAME, env)
     project.meltano("config", "set", "meltano", "venv.backend", "uv")
     tap_definition = parent / f"{THIRD_PARTY_TAP}.yml"
     tap_definition.write_text(yaml.safe_dump(THIRD_PARTY_TAP_DEFINITION), encoding="utf-8")
@@ -117,7 +126,30 @@ def fresh_project(tmp_path_factory: pytest.TempPathFactory) -> FreshProject:
     project.meltano(
         "add", "--plugin-type", "extractor", THIRD_PARTY_TAP, "--from-ref", str(tap_definition)
     )
-    return project
+
+
+@pytest.fixture(scope="session")
+def installed_fresh_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project as `meltano init` and the two `meltano add` left it: made (and its
+    plugins installed) once per test session, whichever xdist worker asks first."""
+    parent = built_once(tmp_path_factory.getbasetemp(), "another-team", _install_fresh_project)
+    assert not parent.resolve().is_relative_to(PROJECT_ROOT)
+    return parent / PROJECT_NAME
+
+
+@pytest.fixture
+def fresh_project(installed_fresh_project: Path, tmp_path: Path) -> FreshProject:
+    """A test's own copy of the installed project: its meltano.yml, lock files and system
+    database are its own; the plugin venvs are the installed ones, linked in (the same
+    files `meltano add` installed, so nothing is installed again)."""
+    root = tmp_path / PROJECT_NAME
+    shutil.copytree(installed_fresh_project, root, ignore=shutil.ignore_patterns(".meltano"))
+    (root / ".meltano").mkdir()
+    for plugin_type in ("extractors", "loaders"):
+        (root / ".meltano" / plugin_type).symlink_to(
+            installed_fresh_project / ".meltano" / plugin_type, target_is_directory=True
+        )
+    return FreshProject(root, _clean_environment())
 
 
 def _installed_about(project: FreshProject) -> dict[str, Any]:

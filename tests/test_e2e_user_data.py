@@ -20,10 +20,17 @@ from typing import Any
 import pytest
 from braze_sandbox.testing import SandboxProcess
 from pipeline_harness import MELTANO
-from test_e2e_fresh_project import BRAZE_KEY, THIRD_PARTY_TAP, FreshProject, fresh_project
+from test_e2e_fresh_project import (
+    BRAZE_KEY,
+    THIRD_PARTY_TAP,
+    FreshProject,
+    fresh_project,
+    installed_fresh_project,
+)
 
 pytestmark = pytest.mark.e2e
-__all__ = ["fresh_project"]  # the module-scoped fixture, shared by this module's tests
+# The fixtures: each test's own copy of the project installed once per session.
+__all__ = ["fresh_project", "installed_fresh_project"]
 
 
 def _csv(path: Path, header: list[str], rows: list[list[str]]) -> dict[str, Any]:
@@ -51,13 +58,11 @@ def _configure(
         "max_deletes_per_run": 0,
         **settings,
     }
-    for name, value in values.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        project.meltano("config", "set", "target-braze", name, text)
+    project.configure("loaders", "target-braze", values)
 
 
 def _run(project: FreshProject, files: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
-    project.meltano("config", "set", THIRD_PARTY_TAP, "files", json.dumps(files))
+    project.configure("extractors", THIRD_PARTY_TAP, {"files": files})
     return subprocess.run(
         [MELTANO, "run", "--force", THIRD_PARTY_TAP, "target-braze"],
         cwd=project.root,
@@ -261,7 +266,7 @@ def test_kill_9_between_deletes_then_a_rerun_loses_nothing_and_duplicates_no_eve
             user_data_requests_per_window=1,
             user_data_rate_window_seconds=3600,
         )
-        fresh_project.meltano("config", "set", THIRD_PARTY_TAP, "files", json.dumps(files))
+        fresh_project.configure("extractors", THIRD_PARTY_TAP, {"files": files})
         with (tmp_path / "killed.log").open("wb") as log:
             process = subprocess.Popen(
                 [MELTANO, "run", "--force", THIRD_PARTY_TAP, "target-braze"],

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from contextlib import closing
 
+import pytest
 from braze_target_harness import builder_for
 from target_braze import ledger as ledger_module
 from target_braze.ledger import Ledger
@@ -25,6 +26,17 @@ def open_ledger(tmp_path, **settings) -> Ledger:
 
 
 BUILDER = builder_for()
+
+
+@pytest.fixture(autouse=True)
+def _prompt_writer(monkeypatch):
+    """The writer commits what it holds at once instead of gathering for up to a second.
+
+    These tests confirm one request at a time and wait for its commit: with the
+    production grouping each `confirm` took a second, the file's tests minutes. What
+    they prove (the decisions) does not depend on how writes are grouped.
+    """
+    monkeypatch.setattr(ledger_module, "_GROUP_SECONDS", 0.0)
 
 
 def intents(tmp_path) -> int:

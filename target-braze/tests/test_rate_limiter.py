@@ -47,9 +47,19 @@ def test_in_flight_requests_hold_their_slots_until_their_answer():
 
 
 def test_zero_limit_never_blocks():
-    limiter = RateLimiter(0, 3.0)
-    for _ in range(10_000):
-        limiter.release(limiter.acquire())
+    # The clock never moves: a limiter that held any of these acquires would hold it
+    # forever, and the thread would never finish (the wait below only bounds the hang).
+    limiter = RateLimiter(0, 3.0, clock=FakeClock())
+    done = threading.Event()
+
+    def acquire_all() -> None:
+        slots = [limiter.acquire() for _ in range(10_000)]  # none released in between
+        for slot in slots:
+            limiter.release(slot)
+        done.set()
+
+    threading.Thread(target=acquire_all, daemon=True).start()
+    assert done.wait(120), "an acquire of a limiter with limit 0 blocked"
 
 
 def test_remaining_below_our_own_allowance_pauses_until_reset():
