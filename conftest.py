@@ -23,15 +23,6 @@ import pytest
 DURATIONS = Path(__file__).resolve().parent / "tests" / "durations.json"
 # Tests shorter than this keep their place in the collection.
 LONG_SECONDS = 5.0
-# Tests that run the whole pipeline through Meltano but live outside tests/.
-E2E_OUTSIDE_TESTS = {"benchmarks/tests/test_benchmark_smoke.py::test_benchmark_command_tiny"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark end-to-end tests outside tests/ `e2e` (scripts/test --quick skips them)."""
-    for item in items:
-        if item.nodeid in E2E_OUTSIDE_TESTS:
-            item.add_marker(pytest.mark.e2e)
 
 
 def longest_first(items: list[pytest.Item], durations: dict[str, float], workers: int) -> list:

@@ -52,6 +52,7 @@ def test_target_beside_the_floor_and_beside_a_frozen_older_commit(tmp_path: Path
     assert all(row["records_in"] == 300 for row in data["rows"])
 
 
+@pytest.mark.e2e  # runs Meltano: `scripts/test --quick` skips it
 def test_tap_and_meltano_run(tmp_path: Path) -> None:
     data = bench(tmp_path, "tap", "--rows", "300", "--repeat", "1")
     records = [row["records_in"] for row in data["rows"]]
