@@ -45,7 +45,7 @@ def planted_project(tmp_path: Path) -> Path:
     (plant / "sitecustomize.py").write_text(
         textwrap.dedent(
             """
-            from target_braze.message_path import MessagePath
+            from target_braze.read import MessagePath
 
             def deliver(self, routes, record, origin):
                 raise ZeroDivisionError("planted by the test")

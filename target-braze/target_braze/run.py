@@ -12,19 +12,23 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from target_braze.batching import RequestLimits
 from target_braze.checkpoint import Checkpoint, StateOutput
-from target_braze.client import BrazeClient, DryRunClient, RetryPolicy, Sends, resolve_rest_endpoint
-from target_braze.delivery import Delivery
+from target_braze.client import (
+    BrazeClient,
+    DryRunClient,
+    RateLimiter,
+    RetryPolicy,
+    Sends,
+    resolve_rest_endpoint,
+)
 from target_braze.errors import ConfigError, RejectedRatioExceeded, TargetBrazeError
 from target_braze.ledger_store.transport import secure_postgres_url
+from target_braze.pack import RequestLimits
 from target_braze.private_files import check_output_path
-from target_braze.rate_limiter import RateLimiter
-from target_braze.rejects import RejectedRecords
 from target_braze.report import RunStats
-from target_braze.sender import UsersTrackSender
+from target_braze.send import Delivery, UsersTrackSender
 from target_braze.settings import check_setting_values, resolve_api_key
-from target_braze.settlement import Settlement
+from target_braze.settle import RejectedRecords, Settlement
 from target_braze.user_data import UserData, delete_guards
 
 if TYPE_CHECKING:

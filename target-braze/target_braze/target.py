@@ -18,13 +18,17 @@ from singer_sdk.singerlib.encoding.base import GenericSingerReader
 from singer_sdk.target_base import Target
 from typing_extensions import override
 
-from target_braze.batch_files import BatchFiles
-from target_braze.config_problems import schema_problem, unknown_setting
 from target_braze.errors import ConfigError, InputError, TargetBrazeError
-from target_braze.message_path import MessagePath
-from target_braze.reader import MessageReader
+from target_braze.read import BatchFiles, MessagePath, MessageReader
 from target_braze.run import Run
-from target_braze.settings import CONFIG_SCHEMA, MAPPING_SETTINGS, SECRET_SETTINGS, apply_defaults
+from target_braze.settings import (
+    CONFIG_SCHEMA,
+    MAPPING_SETTINGS,
+    SECRET_SETTINGS,
+    apply_defaults,
+    schema_problem,
+    unknown_setting,
+)
 
 logger = logging.getLogger("target_braze")
 

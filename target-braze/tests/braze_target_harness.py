@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from braze_sandbox.testing import SandboxProcess
-from target_braze.builder import ObjectBuilder
+from target_braze.build import ObjectBuilder, StreamSettings
 from target_braze.settings import apply_defaults
-from target_braze.stream_settings import StreamSettings
 
 API_KEY = "sandbox-key-0123456789abcdef"
 

@@ -17,8 +17,8 @@ from braze_target_harness import (
     state,
     target_config,
 )
-from target_braze.batch_files import _local_path
 from target_braze.private_files import open_beneath, unlink_beneath
+from target_braze.read import _local_path
 
 
 def write_batch(path: Path, n: int = 5, start: int = 0) -> Path:

@@ -3,10 +3,10 @@ Delivery stages objects for the ledger's lookups."""
 
 import orjson
 from braze_target_harness import builder_for
-from target_braze.batching import RequestLimits, UsersTrackBatch
-from target_braze.delivery import Delivery
 from target_braze.ledger import Selection
+from target_braze.pack import RequestLimits, UsersTrackBatch
 from target_braze.report import RunStats
+from target_braze.send import Delivery
 
 BUILDER = builder_for()
 

@@ -10,9 +10,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from pytest_httpserver import HTTPServer
-from target_braze.client import BrazeClient, RetryPolicy, reset_in_seconds, retry_after_seconds
+from target_braze.client import (
+    BrazeClient,
+    RateLimiter,
+    RetryPolicy,
+    reset_in_seconds,
+    retry_after_seconds,
+)
 from target_braze.errors import BrazeFatalError
-from target_braze.rate_limiter import RateLimiter
 from target_braze.report import RunStats
 from urllib3 import HTTPHeaderDict
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from target_braze.in_flight import MINIMUM_SLOTS, InFlight
+from target_braze.send import MINIMUM_SLOTS, InFlight
 
 
 class Threads:

@@ -3,7 +3,7 @@
 import logging
 import threading
 
-from target_braze.rate_limiter import RateLimiter
+from target_braze.client import RateLimiter
 
 
 class FakeClock:

@@ -20,9 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from target_braze.client import BrazeClient, RetryPolicy
+from target_braze.client import BrazeClient, RateLimiter, RetryPolicy
 from target_braze.errors import BrazeFatalError
-from target_braze.rate_limiter import RateLimiter
 from target_braze.report import RunStats
 
 KEY = "transport-test-key-5150"

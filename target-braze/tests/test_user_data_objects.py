@@ -6,13 +6,17 @@ from typing import Any
 
 import orjson
 import pytest
-from target_braze.builder import ObjectBuilder
+from target_braze.build import ObjectBuilder, StreamSettings
 from target_braze.errors import ConfigError
 from target_braze.objects import BrazeObject, Rejection
 from target_braze.settings import apply_defaults
-from target_braze.stream_settings import StreamSettings
-from target_braze.user_data import UserDataBatch, _array_body, _subscriptions_body
-from target_braze.user_data_objects import DeletingBuilder, UserDataBuilder
+from target_braze.user_data import (
+    DeletingBuilder,
+    UserDataBatch,
+    UserDataBuilder,
+    _array_body,
+    _subscriptions_body,
+)
 
 PROPS = {
     name: {"type": ["string", "null"]}

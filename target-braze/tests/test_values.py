@@ -4,7 +4,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from target_braze.values import UnsendableValue, normalise_datetime_string, to_braze
+from target_braze.build import UnsendableValue, normalise_datetime_string, to_braze
 
 
 def test_decimal_integral_becomes_int_and_fraction_becomes_float():
