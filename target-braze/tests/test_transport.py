@@ -10,6 +10,7 @@ import select
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,7 +90,22 @@ def server_context(pem: Path) -> ssl.SSLContext:
 # --- servers ------------------------------------------------------------------------------
 
 
-class BrazeStandIn(http.server.ThreadingHTTPServer):
+class _RefusalsKept(socketserver.BaseServer):
+    """A client refusing our certificate (the verification tests) is expected: the error
+    is kept in `refused`, not printed as a traceback into the suite's output. Any other
+    error is printed as socketserver does."""
+
+    refused: list[BaseException]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError | ConnectionError):
+            self.refused.append(error)
+            return
+        super().handle_error(request, client_address)
+
+
+class BrazeStandIn(_RefusalsKept, http.server.ThreadingHTTPServer):
     """Answers every POST with 201; counts connections and requests (keep-alive: HTTP/1.1)."""
 
     daemon_threads = True
@@ -99,6 +115,7 @@ class BrazeStandIn(http.server.ThreadingHTTPServer):
         self.tls = tls
         self.connections = 0
         self.requests: list[dict[str, str]] = []
+        self.refused: list[BaseException] = []
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
@@ -140,7 +157,7 @@ class _BrazeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class ConnectProxy(socketserver.ThreadingTCPServer):
+class ConnectProxy(_RefusalsKept, socketserver.ThreadingTCPServer):
     """A CONNECT-only proxy, over TLS itself when given a context; counts tunnels."""
 
     daemon_threads = True
@@ -149,6 +166,7 @@ class ConnectProxy(socketserver.ThreadingTCPServer):
     def __init__(self, tls: ssl.SSLContext | None) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.tls = tls
+        self.refused = []
         self.tunnels: list[str] = []
 
     @property
