@@ -23,9 +23,10 @@ response (which capped a run at limit / (window + latency): 75% at 1 s latency);
 latency L it allows limit / max(window + margin, L) requests per second.
 
 It also obeys Braze's own view: when `X-RateLimit-Remaining` says fewer requests are
-left than our slots allow (the limit is shared with everything else the customer sends),
-new requests wait until `X-RateLimit-Reset`; a 429 pauses every sender until the reset it
-names. And an optional hourly budget (`max_requests_per_hour`, Braze's MAU contracts):
+left than our slots allow (the limit is shared with everything else the customer sends,
+or with a run that ended moments ago), what Braze has left, less our requests still out,
+is all that is sent until `X-RateLimit-Reset`; a 429 pauses every sender until the reset
+it names. And an optional hourly budget (`max_requests_per_hour`, Braze's MAU contracts):
 requests are counted per clock hour (UTC), and once the hour's budget is spent every
 request waits for the next hour. A request sent within `margin` of the hour's end may
 arrive in the next one, so it is counted in both.
@@ -112,6 +113,9 @@ class RateLimiter:
         self._waiting = 0  # senders held here: more in flight would only wait longer
         self._cooling: list[float] = []  # heap of times at which a slot frees up
         self._paused_until = 0.0
+        # Braze's count below ours (shared limit): requests left to send until the reset.
+        self._shared_left = 0
+        self._shared_until = 0.0
         self._hour = -1  # the clock hour counted, its requests, and those of the next
         self._hour_sent = 0
         self._next_hour_sent = 0
@@ -153,8 +157,15 @@ class RateLimiter:
             return wait, ""
         if self.limit and self._in_use + len(self._cooling) >= self.limit:
             return (self._cooling[0] - now if self._cooling else _POLL_SECONDS), ""
+        shared = now < self._shared_until
+        if shared and self._shared_left <= 0:
+            return self._shared_until - now, ""
         if self.per_hour:
-            return self._hourly_wait()
+            wait, announce = self._hourly_wait()
+            if wait > 0:
+                return wait, announce
+        if shared:
+            self._shared_left -= 1
         return 0.0, ""
 
     def _hourly_wait(self) -> tuple[float, str]:
@@ -205,7 +216,11 @@ class RateLimiter:
             until = self._clock() + seconds
             longer = until > self._paused_until + 1.0
             self._paused_until = max(self._paused_until, until)
-        if longer and seconds > max(self.window, 1.0) * 2:
+        if longer:
+            self._announce_wait(seconds)
+
+    def _announce_wait(self, seconds: float) -> None:
+        if seconds > max(self.window, 1.0) * 2:
             logger.warning(
                 "Braze says its rate limit is spent for %.0f s (shared with other traffic, or "
                 "an hourly limit): every request waits until then",
@@ -216,25 +231,34 @@ class RateLimiter:
         """Slow down when Braze says less is left than this limiter believes.
 
         Braze's `X-RateLimit-Remaining` counts everything the customer sends. While it is
-        at least what our own slots allow, our slots already keep us under the limit and
-        a pause would only waste the window. Below that, someone else is using the shared
-        limit: hold new requests until `X-RateLimit-Reset`.
+        at least what our own slots allow, our slots already keep us under the limit.
+        Below that, someone else is using the shared limit (or an earlier run's requests
+        are still in Braze's window): until `X-RateLimit-Reset`, send only what Braze has
+        left less our `in_flight` requests (which it may not have counted yet). Nothing
+        left: every request waits for the reset. A later answer's count replaces this one.
         """
         if remaining is None or reset_in is None:
             return
-        if self.limit:
-            with self._cond:
-                now = self._clock()
+        with self._cond:
+            now = self._clock()
+            if self.limit:
                 while self._cooling and self._cooling[0] <= now:
                     heapq.heappop(self._cooling)
                 ours = self.limit - self._in_use - len(self._cooling)
-            # Alone on the limit, every arrival Braze counts holds one of our slots, so
-            # Braze's remaining is never below our free slots.
-            if remaining >= ours:
-                return
-        elif remaining > in_flight:
-            return
-        self.pause_for(reset_in)
+                # Alone on the limit, every arrival Braze counts holds one of our slots,
+                # so Braze's remaining is never below our free slots.
+                if remaining >= ours:
+                    self._shared_until = 0.0
+                    if self._waiting:
+                        self._cond.notify_all()
+                    return
+            spent = self._shared_until > now and self._shared_left <= 0
+            left = self._shared_left = remaining - in_flight
+            self._shared_until = now + reset_in
+            if self._waiting:
+                self._cond.notify_all()
+        if left <= 0 and not spent:
+            self._announce_wait(reset_in)
 
     def in_flight_needed(
         self, latency_at_least: float = 0.0, rate_at_most: float = math.inf

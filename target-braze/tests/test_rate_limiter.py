@@ -73,6 +73,35 @@ def test_remaining_below_our_own_allowance_pauses_until_reset():
     assert waiting.wait(2.0)
 
 
+def test_remaining_below_our_allowance_allows_what_braze_has_left_then_waits_for_reset():
+    # An earlier run's requests are still in Braze's window (or others share the limit):
+    # Braze has 10 left, 4 of ours are out and may not be counted yet, so 6 more go now
+    # and the seventh waits for the reset, instead of everything waiting a whole window.
+    clock = FakeClock()
+    limiter = RateLimiter(100, 60.0, clock=clock)
+    limiter.observe(remaining=10, reset_in=50.0, in_flight=4)
+    sent: list[float] = []
+    counting = threading.Thread(
+        target=lambda: [sent.append(limiter.acquire()) for _ in range(7)], daemon=True
+    )
+    counting.start()
+    counting.join(0.5)
+    assert len(sent) == 6
+    clock.now = 50.0
+    counting.join(2.0)
+    assert len(sent) == 7
+
+
+def test_a_later_answer_with_room_ends_the_shared_budget():
+    clock = FakeClock()
+    limiter = RateLimiter(100, 60.0, clock=clock)
+    limiter.observe(remaining=1, reset_in=50.0, in_flight=4)
+    waiting = acquire_in_background(limiter)
+    assert not waiting.wait(0.3)
+    limiter.observe(remaining=100, reset_in=50.0, in_flight=0)  # the window moved on
+    assert waiting.wait(2.0)
+
+
 def test_remaining_matching_our_own_slots_does_not_pause():
     # Alone on the limit: Braze's count falls with ours; our slots already keep us under.
     clock = FakeClock()
