@@ -153,13 +153,19 @@ def test_aliases_created_then_identified_into_external_ids_with_their_attributes
     with SandboxProcess(api_key=BRAZE_KEY) as sandbox:
         sandbox.track({"attributes": [{"external_id": "known-0", "plan": "team"}]})
         _configure(fresh_project, sandbox, tmp_path, stream_mappings=mappings, alias_wait_seconds=1)
+        # One run per step: tap-spreadsheets syncs its files in no fixed order, and the
+        # aliases must exist before their profiles get attributes.
         create = [
-            _csv(tmp_path / "aliases.csv", ["user_id", "external_id"], [[n, ""] for n in names]),
-            _csv(
-                tmp_path / "alias_profiles.csv", ["user_id", "segment"], [[n, "vip"] for n in names]
-            ),
+            _csv(tmp_path / "aliases.csv", ["user_id", "external_id"], [[n, ""] for n in names])
         ]
         result = _run(fresh_project, create)
+        assert result.returncode == 0, result.stderr[-4000:]
+        profiles = [
+            _csv(
+                tmp_path / "alias_profiles.csv", ["user_id", "segment"], [[n, "vip"] for n in names]
+            )
+        ]
+        result = _run(fresh_project, profiles)
         assert result.returncode == 0, result.stderr[-4000:]
         alias = {"alias_name": "crm-0", "alias_label": "crm"}
         (user,) = sandbox.export(user_aliases=[alias])["users"]
