@@ -261,6 +261,7 @@ COLUMNS = [
     ("Wall s", "wall", ".2f"),
     ("Records/s", "records_per_s", ",.0f"),
     ("CPU s", "cpu", ".2f"),
+    ("of it system s", "sys_cpu", ".2f"),
     ("CPU s / 100k", "cpu_per_100k", ".2f"),
     ("Peak RSS MB", "rss_mb", ".0f"),
 ]

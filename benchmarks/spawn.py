@@ -32,6 +32,7 @@ def main() -> int:
     result = {
         "wall": time.perf_counter() - start,
         "cpu": usage.ru_utime + usage.ru_stime,
+        "sys_cpu": usage.ru_stime,  # the kernel's share: I/O, page faults, lock waits
         "own_cpu": own,
         "rss_mb": usage.ru_maxrss / 1024,  # Linux: KiB
         "returncode": os.waitstatus_to_exitcode(status),
