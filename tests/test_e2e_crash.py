@@ -41,7 +41,9 @@ SEED = 20261129
 # requests do that with a third of the rows to generate, read and compare (30,000
 # customers in requests of 75 cost the test a third more time, and proved the same).
 CUSTOMERS = 10_000
-TRIALS = 10
+# Per mode, half of them killed only after a checkpoint: 12 kills at random progress over
+# both modes (20 cost the suite a minute more of its two cores).
+TRIALS = 6
 OBJECTS_PER_REQUEST = 25
 # Before each trial, model runs make sure at least this many rows wait to be sent, so a
 # trial's run makes at least OUTSTANDING_BEFORE_TRIAL / OBJECTS_PER_REQUEST = 200 requests.
