@@ -40,7 +40,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -396,6 +396,7 @@ class StreamSettings:
     subscription_group_id: str | None = None
     subscription_group_id_property: str | None = None
     subscription_state_property: str | None = None
+    change_thresholds: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_config(
@@ -431,6 +432,21 @@ class StreamSettings:
             )
         structural = _check_object_settings(object_type, where, get)
         property_types = _check_property_types(get("property_types"), stream, where, schema)
+        # The stream's own thresholds name its properties; the top level's are defaults
+        # for every attributes stream, whichever properties each has.
+        own = overrides.get("change_thresholds")
+        if own and object_type != "attributes":
+            raise ConfigError(
+                f"change_thresholds is for attributes streams (in {where}); stream "
+                f"'{stream}' sends {object_type}"
+            )
+        thresholds = (
+            _check_change_thresholds(own, stream, where, schema)
+            if own is not None
+            else _check_change_thresholds(
+                config.get("change_thresholds"), stream, "the target settings", {}
+            )
+        )
         if get("deleted_property") and object_type != "attributes":
             raise ConfigError(
                 f"deleted_property is for attributes streams (in {where}); stream "
@@ -485,7 +501,33 @@ class StreamSettings:
             subscription_group_id=get("subscription_group_id"),
             subscription_group_id_property=settings["subscription_group_id_property"],
             subscription_state_property=settings["subscription_state_property"],
+            change_thresholds=thresholds if object_type == "attributes" else {},
         )
+
+
+def _check_change_thresholds(
+    declared: Any, stream: str, where: str, schema: Mapping[str, Any]
+) -> dict[str, float]:
+    """`change_thresholds`, checked: numbers >= 0, for properties the stream has (or "*")."""
+    if not declared:
+        return {}
+    properties: Mapping[str, Any] = schema.get("properties") or {}
+    checked = {}
+    for name, value in declared.items():
+        # Numbers from a config file arrive as Decimal (singer-sdk parses them so).
+        number = type(value) in (int, float, Decimal) and math.isfinite(value)
+        if not number or value < 0:
+            raise ConfigError(
+                f"change_thresholds.{name} is {_shown(value)} (in {where}); give a number "
+                "of 0 or more"
+            )
+        if name != "*" and properties and name not in properties:
+            raise ConfigError(
+                f"stream '{stream}' has no property '{name}' for change_thresholds (in "
+                f'{where}); its properties are: {", ".join(sorted(properties))}, or "*"'
+            )
+        checked[name] = float(value)
+    return checked
 
 
 def _check_property_types(

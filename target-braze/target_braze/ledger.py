@@ -179,6 +179,12 @@ def _matches(stored: Any, encoded: bytes, seed: int) -> bool:
     return len(encoded) <= _LONG_VALUE and _dumps(stored, None, _SORT_KEYS) == encoded
 
 
+def _moved_less(value: Any, held: Any, limit: float) -> bool:
+    """Whether a number moved less than `limit` from the number Braze holds (`held`)."""
+    numbers = (int, float)
+    return type(value) in numbers and type(held) in numbers and abs(value - held) < limit
+
+
 def _nested(encoded: bytes) -> bool:
     """Whether a JSON array of values may hold an array or object (a string may look so)."""
     return encoded.find(b"[", 1) >= 0 or b"{" in encoded
@@ -424,6 +430,7 @@ class Ledger:
                     )
         self._slots: dict[str, tuple[int, int]] = {}
         self._layouts: dict[tuple[str, ...], _Layout] = {}
+        self._thresholds: dict[str, dict[str, float]] = {}  # stream -> change_thresholds
         # Users this run selected to send, as bits, while the workspace is new this run.
         self._written = bytearray(_WRITTEN_MASK + 1) if self._created else None
         self._lock = threading.Lock()
@@ -685,7 +692,7 @@ class Ledger:
                     sent = self._first_write(obj, key, check, layout, whole)
                     pending[key] = sent
                     return sent
-                if blob.startswith(layout.prefix):
+                if blob.startswith(layout.prefix) and obj.stream not in self._thresholds:
                     decided = self._trim_layout(obj, key, check, blob, layout, whole)
                     if decided is not _GENERAL:
                         if decided is not None:
@@ -693,6 +700,13 @@ class Ledger:
                         return decided  # type: ignore[return-value]
         entries = decode_entries(blob)
         return self._trim_entries(obj, key, check, entries, known, in_flight, pending, whole)
+
+    def set_change_thresholds(self, stream: str, thresholds: Mapping[str, float]) -> None:
+        """`change_thresholds` of an attributes stream: by attribute, "*" for the others."""
+        if thresholds:
+            self._thresholds[stream] = dict(thresholds)
+        else:
+            self._thresholds.pop(stream, None)
 
     def _trim_layout(
         self, obj: BrazeObject, key: int, check: int, blob: bytes, layout: _Layout, whole: bytes
@@ -774,6 +788,8 @@ class Ledger:
         `whole` (zeros when `in_flight`) is stored with the row: it holds the whole object.
         """
         partial = in_flight is not None
+        thresholds = self._thresholds.get(obj.stream)
+        held = False  # some number moved less than its threshold: Braze keeps the old one
         slots = self._slots
         day = self._today
         cutoff = self._cutoff
@@ -790,14 +806,20 @@ class Ledger:
             slot, seed = slots.get(name) or self._slot(name)
             encoded = _dumps(value, None, _SORT_KEYS)
             confirmed = entries.get(slot)
+            fresh = not resend and confirmed is not None and confirmed[0] > cutoff
             if (
-                not resend
-                and confirmed is not None
-                and confirmed[0] > cutoff
-                and _matches(confirmed[1], encoded, seed)
+                fresh
+                and _matches(confirmed[1], encoded, seed)  # type: ignore[index]
                 and (slot not in others or _matches(others[slot], encoded, seed))
             ):
                 continue
+            if thresholds is not None and (fresh or slot in others):
+                # Against what Braze will hold: the value on its way, else the confirmed one.
+                held_value = others[slot] if slot in others else confirmed[1]  # type: ignore[index]
+                limit = thresholds.get(name, thresholds.get("*"))
+                if limit is not None and _moved_less(value, held_value, limit):
+                    held = True
+                    continue
             if len(encoded) <= _LONG_VALUE and name not in PERSONAL_FIELDS:
                 stored = value
             else:
@@ -811,7 +833,8 @@ class Ledger:
         if len(kept) != len(body):
             obj.replace_body(kept, len(sent))
         pending.setdefault(key, {}).update(sent)  # type: ignore[union-attr]  # a dict here
-        stored_row = written if partial else encode_entries(written, whole)
+        # A row that keeps a held value is not the object's whole: no digest of it.
+        stored_row = written if partial else encode_entries(written, _NO_WHOLE if held else whole)
         obj.ledger = UserWrite(key, check, stored_row, partial)
         return sent
 

@@ -359,6 +359,9 @@ class MessagePath:
             user_data.stream_merge_behavior(settings.stream, settings.merge_behavior)
             return UserDataBuilder(settings), user_data.add
         builder = ObjectBuilder(settings, schema, validate=self._validate)
+        ledger = self._run.ledger
+        if ledger is not None:
+            ledger.set_change_thresholds(settings.stream, settings.change_thresholds)
         if settings.deleted_property:
             return DeletingBuilder(settings, builder), user_data.add
         guarded = user_data.track_guard_needed or settings.identifier_type == "user_alias"

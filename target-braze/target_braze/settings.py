@@ -260,6 +260,20 @@ def _mapping_properties(*, with_defaults: bool) -> list[th.Property]:
             ),
         ),
         th.Property(
+            "change_thresholds",
+            th.ObjectType(additional_properties=th.NumberType),
+            title="Change thresholds",
+            description=(
+                "For attributes, with the ledger on: send a number only once it moved by at "
+                'least this much from the value Braze holds, by attribute name; "*" for '
+                'every other number: {"peak_churn_probability": 0.02, "*": 0.01}. A smaller '
+                "move is not sent (no data point) and counts as unchanged, so Braze's value "
+                "may be off by up to the threshold; the moves add up, and the value is sent "
+                "once it is that far from Braze's. Retention still resends it. Whole numbers "
+                "and decimals only (never true/false or text)."
+            ),
+        ),
+        th.Property(
             "properties_property",
             th.StringType,
             title="Properties property",
