@@ -1018,9 +1018,8 @@ class Ledger:
         if self._writer_store is None or self.failure is not None:
             return
         with self._failure_recorded("forgetting deleted users in the ledger"):
-            for kind, identifier in users:
-                key, _check = self._keys.user(kind, identifier)
-                self._writer_store.clear_user(self.workspace, key, events=False)
+            keys = [self._keys.user(kind, identifier)[0] for kind, identifier in users]
+            self._writer_store.clear_users(self.workspace, keys, events=False)
 
     @contextlib.contextmanager
     def _failure_recorded(self, doing: str) -> Iterator[None]:

@@ -402,6 +402,22 @@ def test_clearing_a_user_deletes_its_row_and_its_events_only(store: LedgerStore)
     assert store.read_events([10, 11, 12]) == {12: 1}
 
 
+def test_clearing_many_users_at_once_keeps_their_events_and_other_workspaces(
+    store: LedgerStore,
+) -> None:
+    # Braze confirmed a request of deletes: their rows go in one transaction, more keys
+    # than one SQL statement takes; their event identities stay (events=False).
+    ws = store.register_workspace("name:a", ENDPOINT, None)
+    other = store.register_workspace("name:b", ENDPOINT, None)
+    keys = list(range(1, 2502))
+    store.write(ws, [(k, k, b"x") for k in keys], [(100_000, 1, 1, 1)])
+    store.write(other, [(200_000, 1, b"o")], [])
+    assert store.clear_users(ws, [*keys[:-1], 200_000], events=False) == (2500, 0)
+    assert store.read_users([*keys, 200_000]) == {2501: (2501, b"x"), 200_000: (1, b"o")}
+    assert store.read_events([100_000]) == {100_000: 1}
+    assert store.clear_users(ws, [2501, 1]) == (1, 1)
+
+
 def test_store_used_after_close_is_refused(ledger_url: str) -> None:
     opened = open_store(ledger_url)
     opened.close()

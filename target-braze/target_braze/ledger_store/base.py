@@ -431,9 +431,15 @@ class LedgerStore(ABC):
     def clear_workspace(self, workspace: int) -> tuple[int, int]:
         """Delete a workspace, its users and its events; `(users, events)` deleted."""
 
-    @abstractmethod
     def clear_user(self, workspace: int, user_key: int, *, events: bool = True) -> tuple[int, int]:
         """Delete one user's row and (with `events`) its events; `(users, events)` deleted."""
+        return self.clear_users(workspace, [user_key], events=events)
+
+    @abstractmethod
+    def clear_users(
+        self, workspace: int, user_keys: Sequence[int], *, events: bool = True
+    ) -> tuple[int, int]:
+        """`clear_user` of many users in one transaction; `(users, events)` deleted."""
 
     @abstractmethod
     def table_rows(self, table: str) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:

@@ -530,17 +530,23 @@ class PostgresLedgerStore(LedgerStore):
         return self._run(clear, commit=True)
 
     @override
-    def clear_user(self, workspace: int, user_key: int, *, events: bool = True) -> tuple[int, int]:
-        """See `LedgerStore.clear_user`."""
+    def clear_users(
+        self, workspace: int, user_keys: Sequence[int], *, events: bool = True
+    ) -> tuple[int, int]:
+        """See `LedgerStore.clear_users`."""
         p = self._prefix
+        keys = list(user_keys)
 
         def clear(cur: Any) -> tuple[int, int]:
-            cur.execute(f"DELETE FROM {p}users WHERE k = %s AND ws = %s", (user_key, workspace))
+            cur.execute(
+                f"DELETE FROM {p}users WHERE ws = %s AND k = ANY(%b::bigint[])", (workspace, keys)
+            )
             users = cur.rowcount
             if not events:
                 return int(users), 0
             cur.execute(
-                f"DELETE FROM {p}events WHERE ws = %s AND user_k = %s", (workspace, user_key)
+                f"DELETE FROM {p}events WHERE ws = %s AND user_k = ANY(%b::bigint[])",
+                (workspace, keys),
             )
             return int(users), int(cur.rowcount)
 

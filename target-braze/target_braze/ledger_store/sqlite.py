@@ -489,17 +489,23 @@ class SqliteLedgerStore(LedgerStore):
         return int(users), int(events)
 
     @override
-    def clear_user(self, workspace: int, user_key: int, *, events: bool = True) -> tuple[int, int]:
-        """See `LedgerStore.clear_user`."""
+    def clear_users(
+        self, workspace: int, user_keys: Sequence[int], *, events: bool = True
+    ) -> tuple[int, int]:
+        """See `LedgerStore.clear_users`."""
+        users = deleted = 0
         with self._transaction() as conn:
-            users = conn.execute(
-                "DELETE FROM users WHERE k = ? AND ws = ?", (user_key, workspace)
-            ).rowcount
-            deleted = 0
-            if events:
-                deleted = conn.execute(
-                    "DELETE FROM events WHERE ws = ? AND user_k = ?", (workspace, user_key)
+            for start in range(0, len(user_keys), self._chunk):
+                chunk = list(user_keys[start : start + self._chunk])
+                marks = ",".join("?" * len(chunk))
+                users += conn.execute(
+                    f"DELETE FROM users WHERE ws = ? AND k IN ({marks})", (workspace, *chunk)
                 ).rowcount
+                if events:
+                    deleted += conn.execute(
+                        f"DELETE FROM events WHERE ws = ? AND user_k IN ({marks})",
+                        (workspace, *chunk),
+                    ).rowcount
         return int(users), int(deleted)
 
     @override
