@@ -7,20 +7,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_forkserver
 import pytest
 from tap_peak_attributes import sample
 
-TAP_CLI = Path(sys.executable).with_name("tap-peak-attributes")
 PREFIX = "tap-peak-attributes: error: "
 #: The bundled sample warehouse, as Meltano's dev environment allows it.
 DEMO = {"allow_sample_warehouse": True}
 
 
 def run_tap(tmp_path: Path, *args: str, env: dict[str, str] | None = None, config=None):
-    command = [str(TAP_CLI)]
+    command: list[str] = []
     if config is not None:
         path = tmp_path / "config.json"
         path.write_text(config if isinstance(config, str) else json.dumps(config))
@@ -28,13 +27,8 @@ def run_tap(tmp_path: Path, *args: str, env: dict[str, str] | None = None, confi
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("TAP_PEAK", "PEAK_", "LOGLEVEL"))
     }
-    return subprocess.run(
-        [*command, *args],
-        capture_output=True,
-        text=True,
-        env={**environment, **(env or {})},
-        timeout=120,
-        check=False,
+    return cli_forkserver.run(
+        "tap_peak_attributes", [*command, *args], env={**environment, **(env or {})}, timeout=120
     )
 
 

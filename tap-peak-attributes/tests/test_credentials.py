@@ -11,19 +11,18 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli_forkserver
 import pytest
 import sqlalchemy as sa
 from tap_peak_attributes import credentials, sample
 from tap_peak_attributes.errors import TapPeakError
 from werkzeug import Response
 
-TAP_CLI = Path(sys.executable).with_name("tap-peak-attributes")
 PREFIX = "tap-peak-attributes: error: "
 PEAK_PATH = "/connections/api/v2/connections/credentials"
 
@@ -34,13 +33,8 @@ def run_tap(tmp_path: Path, config: dict, env: dict[str, str]) -> subprocess.Com
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("TAP_PEAK", "PEAK_", "PG"))
     }
-    return subprocess.run(
-        [str(TAP_CLI), "--config", str(path)],
-        capture_output=True,
-        text=True,
-        env={**environment, **env},
-        timeout=120,
-        check=False,
+    return cli_forkserver.run(
+        "tap_peak_attributes", ["--config", str(path)], env={**environment, **env}, timeout=120
     )
 
 

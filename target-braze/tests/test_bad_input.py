@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 
+import cli_forkserver
 import pytest
 from braze_target_harness import (
     customers,
@@ -12,7 +13,6 @@ from braze_target_harness import (
     record,
     schema_message,
     state,
-    target_command,
     target_config,
 )
 
@@ -23,15 +23,13 @@ def run_lines(config: dict, lines: list[bytes], tmp_path, env: dict | None = Non
     """Run the CLI on raw input lines (bytes: some tests need what JSON cannot say)."""
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
-    import os
-
-    return subprocess.run(
-        target_command(config_path),
+    return cli_forkserver.run(
+        "target_braze",
+        ["--config", str(config_path)],
         input=b"".join(line + b"\n" for line in lines),
-        capture_output=True,
         timeout=120,
-        check=False,
         env={**os.environ, **(env or {})},
+        text=False,
     )
 
 

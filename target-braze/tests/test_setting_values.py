@@ -7,13 +7,13 @@ import json
 import os
 import subprocess
 
+import cli_forkserver
 import pytest
 from braze_target_harness import (
     customers,
     error_lines,
     schema_message,
     state,
-    target_command,
     target_config,
 )
 
@@ -24,13 +24,11 @@ MESSAGES = [schema_message(), *customers(2), state("s")]
 def run(config: dict, tmp_path, env: dict | None = None) -> subprocess.CompletedProcess:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    return subprocess.run(
-        target_command(path),
+    return cli_forkserver.run(
+        "target_braze",
+        ["--config", str(path)],
         input="".join(json.dumps(m) + "\n" for m in MESSAGES),
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
         env={**os.environ, **(env or {})},
     )
 
