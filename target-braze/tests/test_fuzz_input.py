@@ -9,12 +9,18 @@ import subprocess
 import sys
 
 import fuzz_streams
+import pytest
 
 CASES = 300
 FIRST_SEED = 20_000
+# The cases in parts, one test each, so that both workers can take a share.
+PARTS = 2
 
 
-def test_adversarial_streams_end_in_success_a_reject_or_one_clean_line(braze, tmp_path):
+@pytest.mark.parametrize("part", range(PARTS))
+def test_adversarial_streams_end_in_success_a_reject_or_one_clean_line(braze, tmp_path, part):
+    cases = CASES // PARTS
+    first_seed = FIRST_SEED + part * cases
     results = tmp_path / "results.jsonl"
     log = tmp_path / "worker.log"
     with log.open("wb") as stderr, contextlib.suppress(subprocess.TimeoutExpired):
@@ -26,8 +32,8 @@ def test_adversarial_streams_end_in_success_a_reject_or_one_clean_line(braze, tm
                 str(tmp_path / "work"),
                 braze.url,
                 braze.api_key,
-                str(FIRST_SEED),
-                str(CASES),
+                str(first_seed),
+                str(cases),
             ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -37,8 +43,8 @@ def test_adversarial_streams_end_in_success_a_reject_or_one_clean_line(braze, tm
     lines = results.read_text().splitlines() if results.exists() else []
     started = [int(line.split()[1]) for line in lines if line.startswith("start ")]
     outcomes = [json.loads(line) for line in lines if line.startswith("{")]
-    assert len(outcomes) == CASES, (
-        f"{len(outcomes)} of {CASES} cases finished; case {started[-1] if started else None} "
+    assert len(outcomes) == cases, (
+        f"{len(outcomes)} of {cases} cases finished; case {started[-1] if started else None} "
         f"never ended. Worker log tail:\n{log.read_text(errors='replace')[-3000:]}"
     )
     problems = []
