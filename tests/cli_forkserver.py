@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -54,6 +55,10 @@ def enabled() -> bool:
 def _serve(path: str, modules: list[str]) -> None:
     for module in modules:
         importlib.import_module(module)
+    # The imports' objects out of the collector's reach: a child's collections would
+    # otherwise touch every one of them, copying the server's memory page by page.
+    gc.collect()
+    gc.freeze()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli_forkserver
 import psycopg
 import pytest
 from target_braze.ledger_store import KeySpace, open_store, workspace_identity
@@ -43,13 +44,12 @@ def ledger_cli(
         path = Path(os.environ["LEDGER_CLI_TMP"]) / f"config-{uuid.uuid4().hex}.json"
         path.write_text(json.dumps(config))
         config_args += ["--config", str(path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "target_braze.ledger_cli", *config_args, *args],
-        stdin=subprocess.DEVNULL,  # nobody to answer a question: never waits for one
-        capture_output=True,
-        text=True,
+    # Through the session's fork server; stdin empty: nobody answers a question.
+    done = cli_forkserver.run(
+        "target_braze.ledger_cli",
+        [*config_args, *args],
+        input="",
         timeout=120,
-        check=False,
         env={**clean, **(env or {})},
     )
     return Done(done.returncode, done.stdout, done.stderr)
