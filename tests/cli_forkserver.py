@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,14 @@ def _serve(path: str, modules: list[str]) -> None:
     sys.stdout.flush()
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, None)
+    # stdin is a pipe from the client that is never written to: readable (its end of file)
+    # once the client's process is gone, however it ended. The server then ends too.
+    selector.register(0, selectors.EVENT_READ, "client gone")
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
     while True:
         for key, _ in selector.select():
+            if key.data == "client gone":
+                os._exit(0)
             if key.data is None:
                 conn, _ = listener.accept()
                 request, fds = _receive(conn)
@@ -151,18 +156,25 @@ class ForkServer:
         )
         #: The variables that shape an interpreter's imports, as the server started with them.
         self.interpreter = _interpreter_settings(os.environ)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code, str(Path(__file__).parent), self.path, *modules],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self.log = Path(self._dir.name) / "server.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, str(Path(__file__).parent), self.path, *modules],
+                stdin=subprocess.PIPE,  # the server ends when this process does (see _serve)
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         assert self.process.stdout is not None
         ready = self.process.stdout.readline()
         if ready != "ready\n":
             self.process.kill()
-            raise RuntimeError(f"the CLI fork server did not start (said {ready!r})")
+            raise RuntimeError(f"the CLI fork server did not start: {self.log_tail()}")
         atexit.register(self.close)
+
+    def log_tail(self) -> str:
+        """The end of the server's own stderr (its traceback, if it failed)."""
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
     @classmethod
     def shared(cls) -> ForkServer:
@@ -192,14 +204,15 @@ class ForkServer:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.path)
         socket.send_fds(conn, [_HEADER.pack(len(body)) + body], list(stdio))
-        return Child(conn)
+        return Child(conn, self.log_tail)
 
 
 class Child:
     """A run forked by the server: its pid, and its exit code once it ends."""
 
-    def __init__(self, conn: socket.socket) -> None:
+    def __init__(self, conn: socket.socket, log_tail: Callable[[], str]) -> None:
         self._conn = conn
+        self._log_tail = log_tail
         self._reader = conn.makefile("r")
         self.pid = int(self._reader.readline())
         self.returncode: int | None = None
@@ -210,7 +223,7 @@ class Child:
             self._conn.settimeout(timeout)
             line = self._reader.readline()  # TimeoutError after `timeout`
             if not line:
-                raise RuntimeError("the CLI fork server died during a run")
+                raise RuntimeError(f"the CLI fork server died during a run: {self._log_tail()}")
             self.returncode = int(line)
             self._reader.close()
             self._conn.close()

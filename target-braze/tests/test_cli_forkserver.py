@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cli_forkserver
@@ -154,3 +155,31 @@ def test_pythonpath_of_a_run_gets_a_fresh_interpreter(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
     done = cli_forkserver.run("target_braze", [], env=env, timeout=120)
     assert (done.returncode, done.stdout) == (0, "the shadow\n")
+
+
+def test_the_server_ends_when_its_client_is_killed(tmp_path: Path) -> None:
+    """A test process killed by kill -9 leaves no server behind (nor its pipes held open)."""
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1]); import cli_forkserver; "
+            "print(cli_forkserver.ForkServer.shared().process.pid, flush=True); time.sleep(600)",
+            str(Path(cli_forkserver.__file__).parent),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    server = int(client.stdout.readline())
+    client.kill()
+    client.wait()
+    # Not a child of this process: gone once /proc no longer lists it (or only as a zombie
+    # of init's). A hang guard, not the verdict: the loop ends as soon as it is gone.
+    status = Path(f"/proc/{server}/status")
+    for _ in range(6000):
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail(f"the fork server {server} outlived its killed client by a minute")
