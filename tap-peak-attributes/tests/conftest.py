@@ -69,7 +69,7 @@ def run_tap() -> Callable[..., Run]:
 
 @pytest.fixture
 def run_cli(tmp_path: Path) -> Callable[..., Run]:
-    """Run the tap the way a user does: its console script, config and state files."""
+    """Run the tap's CLI as a user does, with config and state files (fork server)."""
 
     def run(config: dict | None, state: dict | None = None, *extra: str) -> Run:
         args: list[str] = []
