@@ -521,11 +521,8 @@ def _check_change_thresholds(
                 f"change_thresholds.{name} is {_shown(value)} (in {where}); give a number "
                 "of 0 or more"
             )
-        if name != "*" and properties and name not in properties:
-            raise ConfigError(
-                f"stream '{stream}' has no property '{name}' for change_thresholds (in "
-                f'{where}); its properties are: {", ".join(sorted(properties))}, or "*"'
-            )
+        if name != "*":
+            _check_named_property("change_thresholds", name, stream, where, properties, ', or "*"')
         checked[name] = float(value)
     return checked
 
@@ -542,12 +539,24 @@ def _check_property_types(
             raise ConfigError(
                 f"property_types.{name} is {kind!r} (in {where}); use one of: {', '.join(TYPES)}"
             )
-        if properties and name not in properties:
-            raise ConfigError(
-                f"stream '{stream}' has no property '{name}' for property_types (in {where}); "
-                f"its properties are: {', '.join(sorted(properties))}"
-            )
+        _check_named_property("property_types", name, stream, where, properties)
     return dict(declared)
+
+
+def _check_named_property(
+    setting: str,
+    name: str,
+    stream: str,
+    where: str,
+    properties: Mapping[str, Any],
+    also: str = "",
+) -> None:
+    """A per-property setting names a property the stream has (if its schema lists any)."""
+    if properties and name not in properties:
+        raise ConfigError(
+            f"stream '{stream}' has no property '{name}' for {setting} (in {where}); "
+            f"its properties are: {', '.join(sorted(properties))}{also}"
+        )
 
 
 def _check_object_settings(object_type: str, where: str, get: Any) -> list[str]:
